@@ -1,0 +1,162 @@
+"""Build or inspect DPO-Diff search spaces (synonym, antonym, NPLib, hybrid).
+
+  dpo-diff space build --prompt "a red car on a wet street" --kind antonym --out spaces.json
+  dpo-diff space build --prompts prompts.txt --kind synonym --lexicon llm --llm-model gpt-4o --out spaces.json
+  dpo-diff space show spaces.json --prompt "a red car on a wet street"
+
+The default lexicon is the offline WordNet one; rerunning an interrupted build resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+KINDS = ("synonym", "antonym", "nplib", "hybrid")
+LEXICONS = ("wordnet", "llm", "file")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub = parser.add_subparsers(dest="space_command", metavar="{build,show}")
+    sub.required = True
+
+    b = sub.add_parser("build", help="build spaces for one prompt or a file of prompts",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one user prompt")
+    src.add_argument("--prompts", metavar="FILE", help="prompt file: one per line, a JSON list or {prompt: ...}")
+    b.add_argument("--kind", choices=KINDS, default="antonym",
+                   help="synonym (positive, attack), antonym or nplib (negative, improve), hybrid (both)")
+    b.add_argument("--lexicon", default="wordnet", help=f"substitute source: {', '.join(LEXICONS)}")
+    b.add_argument("--lexicon-file", metavar="FILE", help="space file to replay with --lexicon file")
+    b.add_argument("--out", required=True, help="JSON file that holds all spaces (created or extended)")
+    b.add_argument("--max-options", type=int, default=5, help="substitutes per word (paper: 5)")
+    b.add_argument("--with-nplib", action="store_true", help="also add the NPLib slots (e.g. to an antonym space)")
+    b.add_argument("--nplib-slots", type=int, default=4, help="number of NPLib slots (paper: 4)")
+    b.add_argument("--negative-prompt", default="", help="fixed negative prompt the searched terms are appended to")
+    b.add_argument("--overrides", metavar="FILE", help="JSON/YAML file of extra or forbidden substitutes")
+    b.add_argument("--similarity-threshold", type=float, default=None,
+                   help="meaning constraint: drop single substitutions below this cosine similarity (synonym and "
+                        "hybrid spaces default to 0.9; 0 disables)")
+    b.add_argument("--similarity-model", default=None,
+                   help="sentence-transformers model for the constraint (default: offline all-MiniLM-L6-v2; paper: "
+                        "sentence-transformers/sentence-t5-base)")
+    b.add_argument("--model", default=None, help="diffusion model folder or hub id whose tokenizer to report "
+                                                  "(default: the bundled SD 1.x CLIP tokenizer)")
+    b.add_argument("--no-resume", action="store_true", help="rebuild prompts already in --out")
+    b.add_argument("--keep-going", action="store_true", help="skip prompts that fail instead of stopping")
+    g = b.add_argument_group("LLM lexicon (any OpenAI-compatible endpoint)")
+    g.add_argument("--llm-base-url", default=None, help="endpoint, e.g. http://127.0.0.1:8000/v1 "
+                                                         "(default: $OPENAI_BASE_URL or OpenAI)")
+    g.add_argument("--llm-model", default=None, help="model name on the endpoint, e.g. gpt-4o")
+    g.add_argument("--llm-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    g.add_argument("--llm-cache", default=None, help="response cache folder (default: ~/.cache/dpo-diff/llm)")
+    g.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per request")
+    g.add_argument("--llm-attempts", type=int, default=5, help="attempts per prompt before giving up")
+
+    s = sub.add_parser("show", help="print the slots of spaces and how each option tokenizes")
+    s.add_argument("path", help="space file (ours or the reference layout)")
+    s.add_argument("--prompt", default=None, help="only this prompt")
+    s.add_argument("--model", default=None, help="diffusion model folder or hub id whose tokenizer to use")
+
+
+def _make_lexicon(args: argparse.Namespace) -> Any:
+    from dpo_diff.cli import UserError
+    from dpo_diff.lexicons import LEXICONS as KNOWN
+    from dpo_diff.lexicons import get_lexicon
+
+    common = {"max_options": args.max_options}
+    if args.lexicon not in KNOWN:
+        raise UserError(f"unknown lexicon {args.lexicon!r}; choose one of {', '.join(KNOWN)}")
+    if args.lexicon == "llm":
+        if not args.llm_model:
+            raise UserError("--lexicon llm needs --llm-model (the model name on the endpoint, e.g. gpt-4o)")
+        return get_lexicon("llm", model=args.llm_model, base_url=args.llm_base_url,
+                           api_key_env=args.llm_api_key_env, cache_dir=args.llm_cache, timeout=args.llm_timeout,
+                           max_attempts=args.llm_attempts, n=args.max_options, **common)
+    if args.lexicon == "file":
+        if not args.lexicon_file:
+            raise UserError("--lexicon file needs --lexicon-file (a space file to replay)")
+        return get_lexicon("file", path=args.lexicon_file, **common)
+    return get_lexicon("wordnet", **common)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from dpo_diff.cli import UserError
+    from dpo_diff.space_builder import build_spaces, load_overrides, read_prompts
+
+    if args.similarity_threshold is not None and not 0.0 <= args.similarity_threshold <= 1.0:
+        raise UserError(f"--similarity-threshold must be in [0, 1], got {args.similarity_threshold}")
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    if not any(p.strip() for p in prompts):
+        raise UserError("--prompt is empty; give the text you want to generate")
+    lexicon = _make_lexicon(args) if args.kind != "nplib" else None
+    overrides = load_overrides(args.overrides) if args.overrides else None
+    constraint = None
+    threshold = args.similarity_threshold
+    if threshold is None and args.kind in ("synonym", "hybrid"):
+        threshold = 0.9  # the paper's attack setting
+    if threshold and args.kind in ("synonym", "hybrid"):
+        from dpo_diff.constraint import MeaningConstraint
+
+        constraint = MeaningConstraint(args.similarity_model, threshold)
+    tokenizer = _tokenizer(args.model)
+
+    def progress(i: int, n: int, prompt: str, status: str) -> None:
+        print(f"[{i + 1}/{n}] {status}: {prompt}", file=sys.stderr)
+
+    report = build_spaces(prompts, args.kind, lexicon, out=args.out, resume=not args.no_resume,
+                          on_error="skip" if args.keep_going else "raise", progress=progress,
+                          constraint=constraint, overrides=overrides, negative_prompt=args.negative_prompt,
+                          nplib=True if args.with_nplib else None, nplib_num_slots=args.nplib_slots)
+    from dpo_diff.tokenization import report_summary, tokenization_report
+
+    for prompt in prompts:
+        space = report.spaces.get(prompt)
+        if space is None:
+            continue
+        summary = report_summary(tokenization_report(space, tokenizer))
+        print(f"{prompt!r}: {len(space.slots)} slots, {space.num_candidates} candidates, "
+              f"{summary['single_token_options']}/{summary['options']} options are single tokens")
+    for warning in report.warnings.values():
+        print(f"warning: {warning}", file=sys.stderr)
+    for prompt, error in report.failed.items():
+        print(f"failed: {prompt!r}: {error}", file=sys.stderr)
+    print(f"{len(report.built)} built, {len(report.reused)} reused, {len(report.failed)} failed -> {args.out}")
+    return 1 if report.failed else 0
+
+
+def _tokenizer(model: str | None) -> Any:
+    from dpo_diff.tokenization import load_tokenizer
+
+    return load_tokenizer(model)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from dpo_diff.space import load_space, load_spaces
+    from dpo_diff.tokenization import tokenization_report
+
+    spaces = [load_space(args.path, args.prompt)] if args.prompt else list(load_spaces(args.path).values())
+    tokenizer = _tokenizer(args.model)
+    for space in spaces:
+        meta = dict(space.meta)
+        print(f"prompt: {space.prompt!r}  kind: {meta.get('kind', '?')}  slots: {len(space.slots)}  "
+              f"candidates: {space.num_candidates}")
+        if space.negative_prompt:
+            print(f"  fixed negative prompt: {space.negative_prompt!r}")
+        if meta.get("warning"):
+            print(f"  warning: {meta['warning']}")
+        for st in tokenization_report(space, tokenizer):
+            label = st.word or "(nplib)"
+            print(f"  [{st.slot}] {st.target} {label}: {st.single_token_options}/{len(st.options)} single-token")
+            shown = [(o.option or '""') + (" " + "|".join(o.tokens) if o.tokens else "") for o in st.options]
+            print("      " + "; ".join(shown))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.space_command == "build":
+        return _build(args)
+    return _show(args)
