@@ -320,6 +320,8 @@ def space_from_substitutes(
     for word, opts in (synonyms or {}).items():
         if allowed is not None and word.lower() not in allowed:
             continue
+        if len(word.split()) > 1:
+            continue  # a phrase ("coming out" in the reference's spaces) cannot be one word slot
         for span in check(word):
             options = _clean_options(span.text, opts)
             if options:
@@ -329,6 +331,8 @@ def space_from_substitutes(
     neg: list[tuple[int, Slot]] = []
     for word, opts in (antonyms or {}).items():
         if allowed is not None and word.lower() not in allowed:
+            continue
+        if len(word.split()) > 1:
             continue
         span = check(word)[0]
         options = _clean_options(span.text, opts)
@@ -355,7 +359,8 @@ def parse_reference_entry(prompt: str, entry: Mapping[str, Any]) -> SearchSpace:
     Accepted keys: ``synonym`` or ``sub`` (positive space), ``antonym`` or ``opp`` (negative space), optional
     ``keywords``. Each value is either the raw LLM answer (lines ``word -> a, b, c``) or a ``{word: [options]}`` map.
     """
-    known = {"synonym", "sub", "antonym", "opp", "keywords"}
+    # prompt_id/prompt are bookkeeping the reference builder writes into every entry
+    known = {"synonym", "sub", "antonym", "opp", "keywords", "prompt_id", "prompt"}
     unknown = set(entry) - known
     if unknown:
         raise SpaceError(f"unknown keys {sorted(unknown)} in the entry for {prompt!r}; allowed: {sorted(known)}")
