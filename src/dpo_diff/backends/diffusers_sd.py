@@ -1,0 +1,270 @@
+"""Stable Diffusion 1.x / 2.x backend over diffusers' ``unet`` / ``scheduler`` / ``vae`` (the only diffusers user).
+
+We run our own denoising loop instead of calling ``StableDiffusionPipeline`` because the shortcut text gradient
+needs to stop after ``k`` steps, switch grad on for ``K`` steps and jump to x0. With hard prompts, :meth:`sample`
+reproduces the pipeline's images exactly for the same prompt, negative prompt, seed, steps and guidance (tested).
+No method sets the autograd mode: callers decide (see :mod:`dpo_diff.shortcut`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dpo_diff.loading import ModelNotFoundError, resolve_model
+from dpo_diff.seeding import latent_generator
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SCHEDULERS = ("ddim", "pndm", "euler", "dpm++", "model")
+"""``model`` keeps the scheduler saved with the model; the others are built from its config with ``from_config``."""
+
+
+def _scheduler_class(name: str):
+    import diffusers
+
+    classes = {
+        "ddim": diffusers.DDIMScheduler,
+        "pndm": diffusers.PNDMScheduler,
+        "euler": diffusers.EulerDiscreteScheduler,
+        "dpm++": diffusers.DPMSolverMultistepScheduler,
+    }
+    if name not in classes:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {SCHEDULERS}")
+    return classes[name]
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning for a batch: ``cond``/``uncond`` are ``Tensor[B, 77, D]`` (uncond unused without CFG)."""
+
+    cond: Tensor
+    uncond: Tensor | None
+
+
+class StableDiffusionBackend:
+    """A frozen Stable Diffusion model (1.x or 2.x; epsilon, v- or sample-prediction).
+
+    Build it with :meth:`from_pretrained`. Weights never receive gradients: only the prompt's word-mixture logits
+    are trained by the searches.
+    """
+
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, scheduler_name: str = "ddim", source: str = "") -> None:
+        if scheduler_name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler_name!r}; choose one of {SCHEDULERS}")
+        if not hasattr(scheduler, "alphas_cumprod"):
+            raise ValueError(f"scheduler {type(scheduler).__name__} has no alphas_cumprod; the one-step x0 jump needs it")
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.unet = unet
+        self.vae = vae
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.source = source
+        self._scheduler_config = scheduler.config
+        self._scheduler_cls = type(scheduler) if scheduler_name == "model" else _scheduler_class(scheduler_name)
+        self.scheduler_name = scheduler_name
+        for module in (text_encoder, unet, vae):
+            module.requires_grad_(False)
+            module.eval()
+            module.to(self.device, dtype)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        sample_size = unet.config.sample_size
+        sample_size = sample_size if isinstance(sample_size, int) else sample_size[0]
+        self.default_size = sample_size * self.vae_scale_factor
+        self.prediction_type = self.new_scheduler().config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        if len(tokenizer) < 1000:
+            raise ValueError(
+                f"the tokenizer has only {len(tokenizer)} entries: its files are missing from the model folder "
+                f"(transformers then silently builds a placeholder tokenizer); add the tokenizer/ folder"
+            )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, model: str, *, device: str | torch.device = "cpu", dtype: str = "fp32",
+                        scheduler: str = "ddim") -> StableDiffusionBackend:
+        """Load a diffusers Stable Diffusion folder or hub id (e.g. ``CompVis/stable-diffusion-v1-4``).
+
+        Args:
+            model: hub id or local folder with ``model_index.json``.
+            device: ``"cuda"``, ``"cpu"``, ...
+            dtype: one of ``fp32``, ``fp16``, ``bf16`` (fp16 on GPUs; the text gradient is loss-scaled, see
+                :mod:`dpo_diff.search.gradient`).
+            scheduler: one of :data:`SCHEDULERS` (``ddim`` default, as in the paper).
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
+        _quiet_imports()
+        from diffusers import StableDiffusionPipeline
+
+        path, local_only = resolve_model(model, "Stable Diffusion model", "model_index.json")
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                path, safety_checker=None, requires_safety_checker=False, local_files_only=local_only,
+            )
+        except (OSError, ValueError) as e:
+            raise ModelNotFoundError(f"could not load Stable Diffusion model {model!r}: {e}") from e
+        # Weights are cast in __init__ (the pipeline's dtype argument changed name across diffusers versions).
+        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, pipe.scheduler, device=device,
+                   dtype=DTYPES[dtype], scheduler_name=scheduler, source=model)
+
+    # ------------------------------------------------------------------ text
+    @property
+    def max_length(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    @property
+    def token_embedding(self) -> torch.nn.Embedding:
+        """The token-embedding table the word mixtures are spliced into (through a forward hook)."""
+        return self.text_encoder.get_input_embeddings()
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        """``LongTensor[B, 77]``, padded and truncated exactly as ``StableDiffusionPipeline.encode_prompt`` does."""
+        return self.tokenizer(list(texts), padding="max_length", max_length=self.max_length, truncation=True,
+                              return_tensors="pt").input_ids
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` including BOS and EOS (must be <= 77)."""
+        return len(self.tokenizer(text, truncation=False).input_ids)
+
+    def encode_ids(self, input_ids: Tensor, *, embedding_hook: Callable | None = None) -> Tensor:
+        """Run the text encoder on ``input_ids[B, 77]`` -> ``Tensor[B, 77, D]`` (last hidden state).
+
+        ``embedding_hook`` (a forward hook for the token-embedding module) may replace token embeddings, which is how
+        the Gumbel-softmax mixtures go *through* the text encoder: transformers 5's ``CLIPTextModel.forward`` takes no
+        ``inputs_embeds``. EOS pooling still reads ``input_ids``, so callers keep the true EOS there.
+        """
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = (input_ids != self.tokenizer.pad_token_id).long().to(self.device)
+        with self._hooked(embedding_hook):
+            return self.text_encoder(input_ids.to(self.device), attention_mask=mask)[0]
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        return self.encode_ids(self.tokenize(texts))
+
+    @contextlib.contextmanager
+    def _hooked(self, hook: Callable | None) -> Iterator[None]:
+        handle = self.token_embedding.register_forward_hook(hook) if hook is not None else None
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    # ------------------------------------------------------------------ diffusion
+    def new_scheduler(self, num_steps: int | None = None):
+        """A fresh scheduler (schedulers are stateful: multistep solvers keep past outputs)."""
+        sched = self._scheduler_cls.from_config(self._scheduler_config)
+        if num_steps is not None:
+            sched.set_timesteps(num_steps, device=self.device)
+        return sched
+
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        h, w = height or self.default_size, width or self.default_size
+        if h % self.vae_scale_factor or w % self.vae_scale_factor:
+            raise ValueError(f"height/width {h}x{w} must be multiples of {self.vae_scale_factor}")
+        return (self.unet.config.in_channels, h // self.vae_scale_factor, w // self.vae_scale_factor)
+
+    def initial_latents(self, seeds: Sequence[int], scheduler, height: int | None = None,
+                        width: int | None = None) -> Tensor:
+        """Initial noise for each image seed, drawn on the CPU (same image on any device), as the pipeline does."""
+        shape = self.latent_shape(height, width)
+        noise = [torch.randn((1, *shape), generator=latent_generator(s), dtype=self.dtype) for s in seeds]
+        return torch.cat(noise).to(self.device) * scheduler.init_noise_sigma
+
+    def guided_prediction(self, scheduler, latents: Tensor, t: Tensor, text: Conditioning,
+                          guidance_scale: float) -> tuple[Tensor, Tensor]:
+        """One (classifier-free guided) UNet call. Returns ``(model_output, scaled_model_input)``."""
+        cfg = guidance_scale > 1 and text.uncond is not None
+        model_input = torch.cat([latents] * 2) if cfg else latents
+        model_input = scheduler.scale_model_input(model_input, t)
+        hidden = torch.cat([text.uncond, text.cond]) if cfg else text.cond
+        out = self.unet(model_input, t, encoder_hidden_states=hidden, return_dict=False)[0]
+        if cfg:
+            out_uncond, out_text = out.chunk(2)
+            out = out_uncond + guidance_scale * (out_text - out_uncond)
+            model_input = model_input.chunk(2)[0]
+        return out, model_input
+
+    def alpha_bar(self, scheduler, t: Tensor | float) -> float:
+        """Cumulative signal level abar_t of the training schedule at (possibly fractional) timestep ``t``."""
+        acp = scheduler.alphas_cumprod
+        tf = float(t)
+        if tf == int(tf):
+            return float(acp[int(tf)])
+        # Fractional timesteps (Euler with linspace spacing): interpolate sigma = sqrt((1-a)/a), as the scheduler does.
+        lo, hi = int(math.floor(tf)), int(math.ceil(tf))
+        s = lambda a: math.sqrt((1 - a) / max(a, 1e-12))  # noqa: E731
+        sig = s(float(acp[lo])) + (tf - lo) * (s(float(acp[hi])) - s(float(acp[lo])))
+        return 1.0 / (1.0 + sig * sig)
+
+    def predict_x0(self, model_output: Tensor, x_t: Tensor, abar: float) -> Tensor:
+        """One-step estimate of the clean latents from the model output at noise level ``abar`` (the shortcut jump).
+
+        epsilon: x0 = (x_t - sqrt(1 - abar) * eps) / sqrt(abar); v: x0 = sqrt(abar) * x_t - sqrt(1 - abar) * v.
+        ``x_t`` is the variance-preserving model input (after ``scale_model_input``).
+        """
+        a = torch.as_tensor(abar, dtype=torch.float32)
+        if self.prediction_type == "epsilon":
+            return (x_t - (1 - a).sqrt() * model_output) / a.clamp_min(1e-8).sqrt()
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * x_t - (1 - a).sqrt() * model_output
+        return model_output
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> images ``Tensor[B, 3, H, W]`` in [0, 1] (differentiable)."""
+        latents = latents.to(self.dtype)
+        images = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    def denoise(self, scheduler, latents: Tensor, text: Conditioning, guidance_scale: float,
+                step_range: range) -> Tensor:
+        """Run scheduler steps ``step_range`` (indices into ``scheduler.timesteps``); grad mode is the caller's."""
+        for i in step_range:
+            t = scheduler.timesteps[i]
+            out, _ = self.guided_prediction(scheduler, latents, t, text, guidance_scale)
+            latents = scheduler.step(out, t, latents, return_dict=False)[0]
+        return latents
+
+    @torch.no_grad()
+    def sample(self, text: Conditioning, seeds: Sequence[int], *, steps: int = 50, guidance_scale: float = 7.5,
+               height: int | None = None, width: int | None = None) -> Tensor:
+        """Full sampler for a batch (one conditioning row per seed) -> images ``Tensor[B, 3, H, W]`` in [0, 1]."""
+        scheduler = self.new_scheduler(steps)
+        latents = self.initial_latents(seeds, scheduler, height, width)
+        latents = self.denoise(scheduler, latents, text, guidance_scale, range(len(scheduler.timesteps)))
+        return self.decode(latents).float()
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int], *,
+                 steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
+                 width: int | None = None) -> Tensor:
+        """Images for exact prompt texts, one per ``(prompt, negative_prompt, seed)`` row."""
+        if not (len(prompts) == len(negative_prompts) == len(seeds)):
+            raise ValueError("prompts, negative_prompts and seeds must have the same length")
+        cond = self.encode_text(prompts)
+        uncond = self.encode_text(negative_prompts) if guidance_scale > 1 else None
+        return self.sample(Conditioning(cond, uncond), seeds, steps=steps, guidance_scale=guidance_scale,
+                           height=height, width=width)
+
+
+def _quiet_imports() -> None:
+    """Silence import-time warnings (torchvision fallbacks) and progress bars of transformers/diffusers."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()

@@ -1,0 +1,65 @@
+"""Optimize one prompt with DPO-Diff: improve it (negative antonym space) or attack the model (synonym space).
+
+Writes DIR/config.json, DIR/result.json (before/after losses on search and held-out report seeds), DIR/search.json,
+DIR/progress.jsonl and side-by-side PNGs of the user prompt's images and the optimized ones on the same seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from dpo_diff.optimize import METHODS, TARGETS
+
+    p.add_argument("--prompt", required=True, help="the user prompt")
+    p.add_argument("--task", default="improve", choices=("improve", "attack"))
+    p.add_argument("--space", required=True, help="search-space JSON (from 'dpo-diff space build' or the reference "
+                   "implementation's layout); the entry for --prompt is used")
+    p.add_argument("--target", default="auto", choices=TARGETS,
+                   help="slots to search (auto: negative for improve, positive for attack)")
+    p.add_argument("--model", required=True, help="Stable Diffusion hub id or local diffusers folder")
+    p.add_argument("--judge", default="openai/clip-vit-base-patch32", help="CLIP hub id or local folder")
+    p.add_argument("--method", default="hybrid", choices=METHODS)
+    p.add_argument("--budget", type=float, default=40.0, help="full-generation equivalents (default 40, as the paper)")
+    p.add_argument("--seeds", default="0", help="image seeds for the search, e.g. 0,1,2")
+    p.add_argument("--report-seeds", default="1000,1001,1002", help="held-out seeds for before/after numbers")
+    p.add_argument("--seed", type=int, default=0, help="root seed of the search's random streams")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--scheduler", default="ddim", help="ddim | pndm | euler | dpm++ | model")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=8, help="candidate x seed rows per UNet batch")
+    p.add_argument("--gpo-iterations", type=int, default=20)
+    p.add_argument("--k-schedule", default="step-15-2", help="step-A-B | fixed-A | random-A-B")
+    p.add_argument("--grad-steps", type=int, default=1, help="K grad-enabled steps of the shortcut gradient")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="reuse evaluations already in DIR/progress.jsonl")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dpo_diff.optimize import OptimizeConfig, optimize
+    from dpo_diff.search.gradient import GradientSearchConfig
+    from dpo_diff.seeding import parse_seeds
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = OptimizeConfig(
+        prompt=args.prompt, task=args.task, space=args.space, target=args.target, model=args.model,
+        judge=args.judge, method=args.method, budget=args.budget, seeds=parse_seeds(args.seeds),
+        report_seeds=parse_seeds(args.report_seeds) if args.report_seeds else (), seed=args.seed,
+        steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, dtype=args.dtype, device=device,
+        batch_size=args.batch_size, out=args.out,
+        gpo=GradientSearchConfig(iterations=args.gpo_iterations, k_schedule=args.k_schedule,
+                                 grad_steps=args.grad_steps),
+    )
+    result = optimize(cfg, progress=not args.quiet, resume=args.resume)
+    print(json.dumps({k: result[k] for k in ("user_prompt", "best", "before", "after", "cost")}, indent=2))
+    if result["note"]:
+        print(result["note"])
+    print(f"results in {args.out}")
+    return 0

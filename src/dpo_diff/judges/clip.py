@@ -1,0 +1,123 @@
+"""CLIP judge: the spherical CLIP loss between generated images and the *user's* prompt (the only CLIP importer).
+
+DPO-Diff's objective (paper Eq. 1) is ``L = 2 * arcsin(|x - y| / 2)^2`` for unit CLIP embeddings x (image) and
+y (text), i.e. ``arccos(cos)^2 / 2``. Improve minimises it; attack maximises it. Preprocessing is a differentiable
+tensor version of ``CLIPImageProcessor``: resize the shortest side (bicubic, antialiased), centre-crop, normalise;
+images stay ``[B, 3, H, W]`` (the reference code transposed H and W instead of permuting channels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dpo_diff.loading import ModelNotFoundError, resolve_model
+
+DEFAULT_JUDGE = "openai/clip-vit-base-patch32"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def spherical_loss(x: Tensor, y: Tensor) -> Tensor:
+    """Spherical distance loss between rows of ``x[B, D]`` and ``y[B or 1, D]`` (both normalised inside)."""
+    x = F.normalize(x.float(), dim=-1)
+    y = F.normalize(y.float(), dim=-1)
+    return (x - y).norm(dim=-1).div(2).clamp(max=1.0).arcsin().pow(2).mul(2)
+
+
+class ClipJudge:
+    """A frozen ``transformers.CLIPModel`` scoring images against text.
+
+    Args:
+        model: the CLIP model; tokenizer: its tokenizer; image_size: side of the square crop the vision tower takes;
+        mean/std: normalisation constants; device: where the judge runs (may differ from the generator's).
+    """
+
+    def __init__(self, model, tokenizer, *, image_size: int, mean: Sequence[float] = OPENAI_MEAN,
+                 std: Sequence[float] = OPENAI_STD, resize: int | None = None, device: str | torch.device = "cpu",
+                 source: str = "") -> None:
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.resize = int(resize or image_size)
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.source = source
+        self.max_length = int(model.config.text_config.max_position_embeddings)
+        if len(tokenizer) < 1000:
+            raise ValueError(f"the judge's tokenizer has only {len(tokenizer)} entries: its files are missing")
+        self._text_cache: dict[str, Tensor] = {}
+
+    @classmethod
+    def from_pretrained(cls, model: str = DEFAULT_JUDGE, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> ClipJudge:
+        """Load any CLIP id or folder. The judge runs in fp32 by default so half-precision generators still get a
+        finite, non-zero text gradient (the loss path is computed in fp32)."""
+        import transformers
+        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+        transformers.logging.set_verbosity_error()
+        path, local_only = resolve_model(model, "CLIP judge", "config.json")
+        try:
+            clip = CLIPModel.from_pretrained(path, local_files_only=local_only, dtype=dtype)
+            tok = CLIPTokenizer.from_pretrained(path, local_files_only=local_only)
+        except (OSError, ValueError) as e:
+            raise ModelNotFoundError(f"could not load CLIP judge {model!r}: {e}") from e
+        image_size = clip.config.vision_config.image_size
+        mean, std, resize = OPENAI_MEAN, OPENAI_STD, image_size
+        has_proc = not Path(path).is_dir() or (Path(path) / "preprocessor_config.json").is_file()
+        if has_proc:
+            try:
+                proc = CLIPImageProcessor.from_pretrained(path, local_files_only=local_only)
+                mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+                size = proc.size  # a dict or SizeDict with "shortest_edge" (or height/width)
+                get = size.get if hasattr(size, "get") else (lambda k, d=None: getattr(size, k, d))
+                resize = int(get("shortest_edge", None) or get("height", None) or image_size)
+            except (OSError, ValueError):
+                pass  # CLIP checkpoints without a processor config use OpenAI's constants
+        return cls(clip, tok, image_size=image_size, mean=mean, std=std, resize=resize, device=device, source=model)
+
+    # ------------------------------------------------------------------ features
+    def preprocess(self, images: Tensor) -> Tensor:
+        """``images[B, 3, H, W]`` in [0, 1] -> normalised ``pixel_values`` (differentiable)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+        x = images.to(self.device, torch.float32)
+        h, w = x.shape[-2:]
+        scale = self.resize / min(h, w)
+        nh, nw = max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
+        top, left = (nh - self.image_size) // 2, (nw - self.image_size) // 2
+        x = x[..., top : top + self.image_size, left : left + self.image_size]
+        return (x - self.mean) / self.std
+
+    def image_features(self, images: Tensor) -> Tensor:
+        pixels = self.preprocess(images).to(self.model.dtype)
+        out = self.model.get_image_features(pixel_values=pixels)
+        feats = out.pooler_output if hasattr(out, "pooler_output") else out
+        return F.normalize(feats.float(), dim=-1)
+
+    @torch.no_grad()
+    def text_features(self, texts: Sequence[str]) -> Tensor:
+        """Unit text features ``Tensor[N, D]`` (cached per text)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=self.max_length, truncation=True,
+                                 return_tensors="pt")
+            out = self.model.get_text_features(input_ids=ids.input_ids.to(self.device),
+                                               attention_mask=ids.attention_mask.to(self.device))
+            feats = out.pooler_output if hasattr(out, "pooler_output") else out
+            for t, f in zip(missing, F.normalize(feats.float(), dim=-1)):
+                self._text_cache[t] = f
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    def loss(self, images: Tensor, texts: Sequence[str] | str) -> Tensor:
+        """Spherical CLIP loss ``Tensor[B]`` of each image against its text (one text broadcasts)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return spherical_loss(self.image_features(images), self.text_features(texts))

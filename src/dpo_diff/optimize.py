@@ -1,0 +1,298 @@
+"""``optimize``: the whole DPO-Diff run for one prompt, from models to an output folder.
+
+Example (a GPU and Stable Diffusion v1.4)::
+
+    from dpo_diff.optimize import OptimizeConfig, optimize
+    cfg = OptimizeConfig(prompt="a red car on a snowy road", task="improve", space="spaces.json",
+                         model="CompVis/stable-diffusion-v1-4", device="cuda", dtype="fp16", out="runs/car")
+    result = optimize(cfg)
+    print(result["best"]["negative_prompt"], result["after"]["report_mean"])
+
+The output folder gets ``config.json`` (the resolved config), ``progress.jsonl`` (every evaluation as it happens),
+``search.json`` (the full search record), ``result.json`` (before/after losses per seed on the search seeds and on
+held-out report seeds, cost, time) and PNGs of the user prompt's images beside the optimized ones on the same seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dpo_diff.search.evolution import EvolutionSearchConfig
+from dpo_diff.search.gradient import GradientSearchConfig
+from dpo_diff.space import SearchSpace, atomic_write_text
+
+METHODS = ("hybrid", "gpo", "epo", "random")
+TARGETS = ("auto", "positive", "negative", "both")
+
+
+@dataclass
+class OptimizeConfig:
+    """Everything that defines a run (saved as ``config.json`` next to its results)."""
+
+    prompt: str = ""
+    task: str = "improve"
+    space: str | None = None  # JSON file with the space for `prompt` (None: pass a SearchSpace to optimize())
+    target: str = "auto"  # which slots to search: auto = negative for improve, positive for attack
+    model: str = ""
+    judge: str = "openai/clip-vit-base-patch32"
+    method: str = "hybrid"
+    budget: float = 40.0  # full-generation equivalents (one full sampler run on one seed = 1)
+    seeds: tuple[int, ...] = (0,)  # image seeds seen by the search
+    report_seeds: tuple[int, ...] = (1000, 1001, 1002)  # held-out seeds for the final before/after numbers
+    seed: int = 0  # root of every random stream of the search (Gumbel noise, EPO, sampling)
+    steps: int = 50
+    guidance: float = 7.5
+    scheduler: str = "ddim"
+    dtype: str = "fp32"
+    device: str = "cpu"
+    judge_device: str | None = None
+    batch_size: int = 8
+    height: int | None = None
+    width: int | None = None
+    out: str = "runs/optimize"
+    gpo: GradientSearchConfig = field(default_factory=GradientSearchConfig)
+    epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
+
+    def __post_init__(self) -> None:
+        from dpo_diff.problem import TASKS
+
+        if isinstance(self.gpo, dict):
+            self.gpo = GradientSearchConfig(**self.gpo)
+        if isinstance(self.epo, dict):
+            self.epo = EvolutionSearchConfig(**self.epo)
+        self.seeds, self.report_seeds = tuple(self.seeds), tuple(self.report_seeds)
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; choose one of {TARGETS}")
+        if not self.budget > 0 or not math.isfinite(self.budget):
+            raise ValueError(f"budget must be a positive number, got {self.budget}")
+        if not self.seeds:
+            raise ValueError("give at least one search seed")
+        overlap = set(self.seeds) & set(self.report_seeds)
+        if overlap:
+            raise ValueError(f"report seeds must be held out from the search seeds; both contain {sorted(overlap)}")
+        from dpo_diff.problem import SamplingConfig
+
+        SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seeds"], d["report_seeds"] = list(self.seeds), list(self.report_seeds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OptimizeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def select_target(space: SearchSpace, task: str, target: str) -> SearchSpace:
+    """The part of ``space`` the task searches (the antonym/negative part for improve, synonyms for attack)."""
+    from dpo_diff.problem import Task
+
+    chosen = Task(task).default_target if target == "auto" else target
+    sub = space.select(chosen)
+    if target == "auto" and not sub.slots and space.slots:
+        sub = space  # e.g. an improve run given only a synonym space: search what was given, do not drop it
+    return sub
+
+
+def run_search(problem, evaluator, cfg: OptimizeConfig, on_iteration=None):
+    from dpo_diff.search.evolution import evolution_search
+    from dpo_diff.search.gradient import gradient_search
+    from dpo_diff.search.hybrid import hybrid_search
+    from dpo_diff.search.random_search import random_search
+
+    if cfg.method == "gpo":
+        return gradient_search(problem, evaluator, cfg.gpo, seed=cfg.seed, on_iteration=on_iteration)
+    if cfg.method == "hybrid":
+        return hybrid_search(problem, evaluator, cfg.gpo, cfg.epo, seed=cfg.seed, on_iteration=on_iteration)
+    if cfg.method == "epo":
+        return evolution_search(problem, evaluator, cfg.epo, seed=cfg.seed)
+    return random_search(problem, evaluator, seed=cfg.seed)
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    import dpo_diff
+
+    info: dict[str, Any] = {"dpo_diff": dpo_diff.__version__, "python": platform.python_version(),
+                            "torch": torch.__version__, "platform": platform.platform()}
+    for mod in ("diffusers", "transformers"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=None, judge=None,
+             constraint=None, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Run DPO-Diff for one prompt and write the output folder. Returns the ``result.json`` content.
+
+    ``backend``/``judge`` may be passed to reuse loaded models across prompts; otherwise they are loaded from
+    ``cfg.model``/``cfg.judge``. ``resume`` reuses the evaluations in ``progress.jsonl`` of the same folder.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from dpo_diff.problem import Problem, SamplingConfig, Task
+    from dpo_diff.search.base import Evaluation, Evaluator
+    from dpo_diff.space import load_space
+
+    out = Path(cfg.out)
+    if space is None:
+        if not cfg.space:
+            raise ValueError("no search space: give --space FILE (build one with 'dpo-diff space build')")
+        space = load_space(cfg.space, cfg.prompt or None)
+    if cfg.prompt and space.prompt.strip().lower() != cfg.prompt.strip().lower():
+        raise ValueError(f"the space is for prompt {space.prompt!r}, not {cfg.prompt!r}")
+    cfg.prompt = space.prompt
+    full_space = space
+    space = select_target(space, cfg.task, cfg.target)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    record = {"config": cfg.to_dict(), "space": space.to_dict(), "environment": environment()}
+    if resume and config_path.is_file():
+        old = json.loads(config_path.read_text())
+        if old.get("config") != record["config"] or old.get("space") != record["space"]:
+            raise ValueError(f"{config_path} was written by a different configuration; use a new --out folder or "
+                             f"rerun without --resume to start over")
+    atomic_write_text(config_path, json.dumps(record, indent=2) + "\n")
+
+    if backend is None:
+        from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+
+        backend = StableDiffusionBackend.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                                         scheduler=cfg.scheduler)
+    if judge is None:
+        from dpo_diff.judges.clip import ClipJudge
+
+        judge = ClipJudge.from_pretrained(cfg.judge, device=cfg.judge_device or cfg.device)
+    sampling = SamplingConfig(cfg.steps, cfg.guidance, cfg.height, cfg.width, cfg.batch_size)
+    problem = Problem(space, Task(cfg.task), backend, judge, sampling, constraint)
+    user = space.render(space.default)
+    n_tok = backend.count_tokens(space.prompt)
+    if n_tok > backend.max_length:
+        raise ValueError(f"the prompt has {n_tok} tokens but the text encoder takes {backend.max_length}; shorten it")
+
+    t0 = time.perf_counter()
+    progress_path = out / "progress.jsonl"
+    preloaded: dict = {}
+    if resume and progress_path.is_file():
+        for line in progress_path.read_text().splitlines():
+            if line.strip():
+                try:
+                    ev = Evaluation.from_dict(json.loads(line))
+                except (ValueError, KeyError):
+                    continue  # a line cut by a crash
+                preloaded[ev.candidate] = ev
+    elif progress_path.exists():
+        progress_path.unlink()
+    bar = tqdm(total=cfg.budget, desc=f"{cfg.method} ({cfg.task})", unit="gen", disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} gen [{elapsed}<{remaining}]")
+
+    def on_eval(ev: Evaluation) -> None:
+        if ev.candidate not in preloaded:
+            with progress_path.open("a") as f:
+                f.write(json.dumps(ev.to_dict()) + "\n")
+        bar.n = evaluator.cost
+        bar.set_postfix(best=f"{problem.task.sign * evaluator.best.objective:.4f}")
+        bar.refresh()
+
+    def on_iter(state) -> None:
+        bar.n = evaluator.cost
+        if state.log:
+            bar.set_postfix(gpo_loss=f"{state.log[-1]['loss']:.4f}")
+        bar.refresh()
+        torch.save({"logits": state.mixture.logits.detach().cpu(), "log": state.log}, out / "gpo_state.pt")
+
+    evaluator = Evaluator(problem, cfg.seeds, cfg.budget, on_eval, preloaded)
+    # The user prompt on the search seeds: the baseline every method must beat (not charged to the budget).
+    before_search, _ = problem.losses([user], cfg.seeds)
+    if space.is_trivial:
+        result_search = None
+        best_pair, best_cand = user, space.default
+        note = "the space offers no alternative to the user prompt (no slot has a second option); nothing to search"
+        print(f"dpo-diff: {note}")
+    else:
+        result_search = run_search(problem, evaluator, cfg, on_iter)
+        note = ""
+        best_ev = result_search.best
+        user_obj = float(problem.task.objective(before_search.mean()))
+        if best_ev.objective < user_obj:
+            best_pair, best_cand = space.render(best_ev.candidate), best_ev.candidate
+        else:
+            best_pair, best_cand = user, space.default
+            note = "no candidate beat the user prompt on the search seeds; the user prompt is kept"
+        atomic_write_text(out / "search.json", result_search.to_json() + "\n")
+    bar.close()
+    search_wall = time.perf_counter() - t0
+
+    # Final numbers: search seeds and held-out report seeds, user prompt vs best, images kept for the PNGs.
+    seeds_all = list(cfg.seeds) + list(cfg.report_seeds)
+    pairs = [user] if best_pair == user else [user, best_pair]
+    losses, images = problem.losses(pairs, seeds_all, keep_images=True)
+    if best_pair == user:
+        losses, images = losses.repeat(2, 1), torch.cat([images, images])
+    n_s = len(cfg.seeds)
+    _save_images(out, images, seeds_all, user, best_pair)
+
+    def summary(row) -> dict[str, Any]:
+        search, report = row[:n_s].tolist(), row[n_s:].tolist()
+        return {"search_losses": dict(zip(map(str, cfg.seeds), search)), "search_mean": _mean(search),
+                "report_losses": dict(zip(map(str, cfg.report_seeds), report)), "report_mean": _mean(report)}
+
+    result = {
+        "user_prompt": space.prompt,
+        "task": cfg.task,
+        "method": cfg.method,
+        "best": {**best_pair.to_dict(), "candidate": list(best_cand), "changes": space.describe(best_cand)},
+        "before": summary(losses[0]),
+        "after": summary(losses[1]),
+        "cost": evaluator.cost,
+        "budget": cfg.budget,
+        "evaluated": len(evaluator.evaluations),
+        "rejected_by_constraint": len(evaluator.rejected),
+        "search_seconds": search_wall,
+        "total_seconds": time.perf_counter() - t0,
+        "note": note,
+        "slots": len(space.slots),
+        "space_size": space.num_candidates,
+        "full_space_slots": len(full_space.slots),
+    }
+    atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _save_images(out: Path, images, seeds: list[int], user, best) -> None:
+    from dpo_diff.images import save_grid, save_png
+
+    img_dir = out / "images"
+    img_dir.mkdir(exist_ok=True)
+    n = len(seeds)
+    for j, s in enumerate(seeds):
+        save_png(images[j], img_dir / f"user_seed{s}.png", min_side=128)
+        save_png(images[n + j], img_dir / f"best_seed{s}.png", min_side=128)
+    neg = f" | neg: {best.negative_prompt}" if best.negative_prompt else ""
+    save_grid([list(images[:n]), list(images[n:])], [f"user: {user.prompt}", f"best: {best.prompt}{neg}"],
+              out / "comparison.png")

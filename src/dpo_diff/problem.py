@@ -1,0 +1,133 @@
+"""The optimization problem: a search space, a task, a generator, a judge and how images are sampled.
+
+:class:`Problem` owns exact candidate evaluation (the full sampler, batched over candidates x seeds, with automatic
+back-off on out-of-memory) and the task's sign: DPO-Diff *improve* minimises the spherical CLIP loss to the user
+prompt; *attack* maximises it. Searches minimise :meth:`Task.objective`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from dpo_diff.space import Candidate, PromptPair, SearchSpace
+
+TASKS = ("improve", "attack")
+TaskName = Literal["improve", "attack"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """``improve``: make images follow the prompt (negative antonym space by default, minimise the loss).
+    ``attack``: a meaning-preserving synonym rewrite that breaks faithfulness (positive space, maximise the loss)."""
+
+    name: TaskName
+
+    def __post_init__(self) -> None:
+        if self.name not in TASKS:
+            raise ValueError(f"unknown task {self.name!r}; choose one of {TASKS}")
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.name == "improve" else -1.0
+
+    def objective(self, loss):
+        """The value every search minimises (loss for improve, -loss for attack)."""
+        return loss * self.sign
+
+    @property
+    def default_target(self) -> Literal["negative", "positive"]:
+        return "negative" if self.name == "improve" else "positive"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How images are generated for evaluation and in the shortcut gradient (paper: 50 DDIM steps, CFG 7.5)."""
+
+    steps: int = 50
+    guidance_scale: float = 7.5
+    height: int | None = None
+    width: int | None = None
+    batch_size: int = 8
+    """Rows (candidate x seed) per UNet batch for full-sampler evaluation; halves automatically on OOM."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.steps}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Problem:
+    """Everything a search needs. ``constraint`` (optional) accepts or rejects candidate prompts (attack meaning
+    preservation): ``constraint(user_prompt, [candidate prompts]) -> [bool]``."""
+
+    space: SearchSpace
+    task: Task
+    backend: object  # StableDiffusionBackend (or any object with the same methods)
+    judge: object  # ClipJudge
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    constraint: Callable[[str, list[str]], list[bool]] | None = None
+
+    @property
+    def user_prompt(self) -> str:
+        return self.space.prompt
+
+    def render(self, candidate: Candidate) -> PromptPair:
+        return self.space.render(candidate)
+
+    def check_lengths(self, pairs: Sequence[PromptPair]) -> None:
+        limit = self.backend.max_length
+        for p in pairs:
+            for text in (p.prompt, p.negative_prompt):
+                n = self.backend.count_tokens(text)
+                if n > limit:
+                    raise ValueError(f"prompt {text[:60]!r}... has {n} tokens; the text encoder takes {limit}")
+
+    def generate(self, pairs: Sequence[PromptPair], seeds: Sequence[int]) -> Tensor:
+        """Images ``Tensor[N * S, 3, H, W]`` for every pair on every seed (rows: pair-major), batched."""
+        rows = [(p, s) for p in pairs for s in seeds]
+        return torch.cat([imgs for _, imgs in self._batches(rows)]) if rows else torch.empty(0)
+
+    def losses(self, pairs: Sequence[PromptPair], seeds: Sequence[int],
+               keep_images: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Spherical CLIP loss to the user prompt, ``Tensor[N, S]``, from the full sampler (and the images)."""
+        rows = [(p, s) for p in pairs for s in seeds]
+        losses, images = [], []
+        for _, imgs in self._batches(rows):
+            with torch.no_grad():
+                losses.append(self.judge.loss(imgs, self.user_prompt).cpu())
+            if keep_images:
+                images.append(imgs.cpu())
+        out = torch.cat(losses).view(len(pairs), len(seeds)) if rows else torch.empty(len(pairs), len(seeds))
+        return out, (torch.cat(images) if keep_images and images else None)
+
+    def _batches(self, rows: list[tuple[PromptPair, int]]):
+        """Yield ``(rows, images)`` batches; on CUDA out-of-memory halve the batch size and retry."""
+        sc = self.sampling
+        i, bs = 0, getattr(self, "_batch_size", sc.batch_size)
+        while i < len(rows):
+            chunk = rows[i : i + bs]
+            try:
+                imgs = self.backend.generate([p.prompt for p, _ in chunk], [p.negative_prompt for p, _ in chunk],
+                                             [s for _, s in chunk], steps=sc.steps, guidance_scale=sc.guidance_scale,
+                                             height=sc.height, width=sc.width)
+            except torch.OutOfMemoryError:
+                if bs == 1:
+                    raise
+                bs = self._batch_size = max(1, bs // 2)  # remembered: later calls start from the size that fit
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            yield chunk, imgs
+            i += len(chunk)

@@ -1,0 +1,202 @@
+"""Budget accounting and results shared by every search (GPO, EPO, hybrid, random).
+
+Cost is counted in one place, :class:`Evaluator`, in *full-generation equivalents*: one full sampler run for one
+seed costs 1, so evaluating a candidate on S search seeds costs S; a shortcut-gradient (GPO) iteration costs
+``(k + K) / steps`` per seed (the no-grad prefix plus the grad-enabled UNet calls). A candidate is never evaluated
+twice and candidates rejected by the meaning constraint cost nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpo_diff.problem import Problem
+from dpo_diff.space import Candidate
+
+
+class BudgetExhausted(Exception):
+    """Raised inside a search when the next evaluation would exceed the budget; the search then stops."""
+
+
+class NothingToSearch(ValueError):
+    """The space offers no alternative to the user prompt."""
+
+
+@dataclass
+class Evaluation:
+    candidate: Candidate
+    prompt: str
+    negative_prompt: str
+    losses: list[float]  # spherical CLIP loss per search seed
+    objective: float  # task-signed mean loss (lower is better for every task)
+    cost: float  # cumulative cost after this evaluation
+    source: str = ""  # which search step produced it ("init", "mutation", "gpo-sample", ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidate": list(self.candidate), "prompt": self.prompt, "negative_prompt": self.negative_prompt,
+                "losses": self.losses, "objective": self.objective, "cost": self.cost, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Evaluation:
+        return cls(tuple(d["candidate"]), d["prompt"], d["negative_prompt"], list(d["losses"]), d["objective"],
+                   d["cost"], d.get("source", ""))
+
+
+@dataclass
+class Evaluator:
+    """Evaluates candidates on the search seeds under a budget, caching results and logging the history.
+
+    Args:
+        problem: what to evaluate.
+        seeds: image seeds used during the search (report seeds are held out elsewhere).
+        budget: total cost allowed, in full-generation equivalents.
+        on_evaluation: called after each new evaluation (used to write progress to disk).
+        preloaded: evaluations restored from a previous run (``--resume``). They are not generated again, but
+            their cost is charged when the search asks for them, so a resumed run follows exactly the same path and
+            budget as an uninterrupted one.
+    """
+
+    problem: Problem
+    seeds: tuple[int, ...]
+    budget: float
+    on_evaluation: Callable[[Evaluation], None] | None = None
+    preloaded: dict[Candidate, Evaluation] = field(default_factory=dict)
+    cost: float = 0.0
+    evaluations: dict[Candidate, Evaluation] = field(default_factory=dict)
+    rejected: dict[Candidate, str] = field(default_factory=dict)
+    history: list[tuple[float, float]] = field(default_factory=list)  # (cost, best objective so far)
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        if not self.budget > 0 or not math.isfinite(self.budget):
+            raise ValueError(f"budget must be a positive number of full generations, got {self.budget}")
+        if self.budget < len(self.seeds):
+            raise ValueError(
+                f"budget {self.budget} is smaller than one evaluation ({len(self.seeds)} seeds = {len(self.seeds)} "
+                f"full generations); raise --budget or use fewer --seeds"
+            )
+
+    @property
+    def remaining(self) -> float:
+        return self.budget - self.cost
+
+    @property
+    def evaluation_cost(self) -> float:
+        return float(len(self.seeds))
+
+    def can_afford(self, cost: float) -> bool:
+        return cost <= self.remaining + 1e-9
+
+    def charge(self, cost: float) -> None:
+        """Spend ``cost`` (GPO iterations) or raise :class:`BudgetExhausted`."""
+        if not self.can_afford(cost):
+            raise BudgetExhausted
+        self.cost += cost
+        self._record_history()
+
+    @property
+    def best(self) -> Evaluation | None:
+        return min(self.evaluations.values(), key=lambda e: e.objective, default=None)
+
+    def _record_history(self) -> None:
+        best = self.best
+        self.history.append((self.cost, best.objective if best else float("nan")))
+
+    def accepted(self, candidates: Sequence[Candidate]) -> list[Candidate]:
+        """Filter by the meaning constraint (free of cost); remembers rejections."""
+        if self.problem.constraint is None:
+            return list(candidates)
+        todo = [c for c in candidates if c not in self.rejected and c not in self.evaluations]
+        if todo:
+            prompts = [self.problem.render(c).prompt for c in todo]
+            for c, ok in zip(todo, self.problem.constraint(self.problem.user_prompt, prompts)):
+                if not ok:
+                    self.rejected[c] = self.problem.render(c).prompt
+        return [c for c in candidates if c not in self.rejected]
+
+    def evaluate(self, candidates: Sequence[Candidate], source: str = "") -> list[Evaluation | None]:
+        """Evaluate (or look up) candidates, in order. New ones are charged; rejected ones give ``None``.
+
+        Evaluates as many new candidates as the budget allows (in one batch), then raises
+        :class:`BudgetExhausted` if some could not be afforded.
+        """
+        ok = set(self.accepted(candidates))
+        new: list[Candidate] = []
+        for c in dict.fromkeys(candidates):
+            if c in ok and c not in self.evaluations and c not in new:
+                new.append(c)
+        affordable = int((self.remaining + 1e-9) // self.evaluation_cost)
+        run, short = new[:affordable], len(new) > affordable
+        reuse = [c for c in run if c in self.preloaded]
+        fresh = [c for c in run if c not in self.preloaded]
+        if fresh:
+            pairs = [self.problem.render(c) for c in fresh]
+            losses, _ = self.problem.losses(pairs, self.seeds)
+            results = {c: [float(x) for x in row] for c, row in zip(fresh, losses)}
+        else:
+            results = {}
+        for c in run:
+            row = self.preloaded[c].losses if c in reuse else results[c]
+            pair = self.problem.render(c)
+            mean = sum(row) / len(row)
+            self.cost += self.evaluation_cost
+            ev = Evaluation(c, pair.prompt, pair.negative_prompt, row, float(self.problem.task.objective(mean)),
+                            self.cost, source)
+            self.evaluations[c] = ev
+            self._record_history()
+            if self.on_evaluation:
+                self.on_evaluation(ev)
+        if short:
+            raise BudgetExhausted
+        return [self.evaluations.get(c) for c in candidates]
+
+
+@dataclass
+class SearchResult:
+    """Outcome of a search: the best candidate, every evaluation, the cost curve and timing."""
+
+    method: str
+    best: Evaluation
+    evaluations: list[Evaluation]
+    history: list[tuple[float, float]]
+    cost: float
+    budget: float
+    wall_time: float
+    rejected: dict[Candidate, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "best": self.best.to_dict(),
+            "cost": self.cost,
+            "budget": self.budget,
+            "wall_time": self.wall_time,
+            "history": [list(h) for h in self.history],
+            "evaluations": [e.to_dict() for e in self.evaluations],
+            "rejected": [{"candidate": list(c), "prompt": p} for c, p in self.rejected.items()],
+            "extra": self.extra,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def finish(method: str, ev: Evaluator, extra: dict[str, Any] | None = None) -> SearchResult:
+    """Package an evaluator's state into a :class:`SearchResult` (raises if nothing was evaluated)."""
+    best = ev.best
+    if best is None:
+        if ev.rejected:
+            tried = list(ev.rejected.values())[:5]
+            raise ValueError(
+                f"every candidate tried ({len(ev.rejected)}) was rejected by the meaning constraint, e.g. {tried}; "
+                f"lower the similarity threshold or add closer substitutes"
+            )
+        raise ValueError(f"no candidate could be evaluated within the budget {ev.budget}")
+    return SearchResult(method, best, list(ev.evaluations.values()), list(ev.history), ev.cost, ev.budget,
+                        time.perf_counter() - ev.started, dict(ev.rejected), extra or {})

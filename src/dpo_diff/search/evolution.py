@@ -1,0 +1,136 @@
+"""Evolutionary prompt optimization (the paper's EPO) and its population operators.
+
+Genome: one option index per slot. Each generation keeps an elitist archive of the best ``archive_size``
+candidates, takes the top ``num_parents`` as parents, and proposes ``num_mutants`` mutants (each gene resampled with
+probability ``mutation_prob``) and ``num_crossovers`` uniform crossovers; defaults are the paper's (population 20,
+10 parents, 10 mutants with p = 0.1, 10 crossovers). Offspring already evaluated or rejected are re-drawn, never
+re-evaluated. All randomness comes from one ``random.Random`` derived from the run seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from dpo_diff.problem import Problem
+from dpo_diff.search.base import BudgetExhausted, Evaluator, SearchResult, finish
+from dpo_diff.seeding import rng as make_rng
+from dpo_diff.space import Candidate
+
+
+@dataclass(frozen=True)
+class EvolutionSearchConfig:
+    """EPO settings (defaults: the paper's)."""
+
+    population_size: int = 20
+    num_parents: int = 10
+    num_mutants: int = 10
+    num_crossovers: int = 10
+    mutation_prob: float = 0.1
+    archive_size: int = 20
+    max_redraws: int = 50  # attempts to find an unseen offspring before giving up on it
+
+    def __post_init__(self) -> None:
+        for name in ("population_size", "num_parents", "archive_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_mutants < 0 or self.num_crossovers < 0 or self.num_mutants + self.num_crossovers == 0:
+            raise ValueError("need num_mutants >= 0, num_crossovers >= 0 and at least one offspring per generation")
+        if not 0 < self.mutation_prob <= 1:
+            raise ValueError(f"mutation_prob must be in (0, 1], got {self.mutation_prob}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def random_candidate(sizes: Sequence[int], rng: random.Random) -> Candidate:
+    return tuple(rng.randrange(s) for s in sizes)
+
+
+def mutate(parent: Candidate, sizes: Sequence[int], p: float, rng: random.Random) -> Candidate:
+    """Resample each gene with probability ``p`` to a *different* option; at least one gene changes."""
+    mutable = [i for i, s in enumerate(sizes) if s > 1]
+    if not mutable:
+        return parent
+    genes = list(parent)
+    changed = False
+    for i in mutable:
+        if rng.random() < p:
+            genes[i] = rng.choice([o for o in range(sizes[i]) if o != parent[i]])
+            changed = True
+    if not changed:  # an unchanged child is its parent: a wasted (duplicate) proposal
+        i = rng.choice(mutable)
+        genes[i] = rng.choice([o for o in range(sizes[i]) if o != parent[i]])
+    return tuple(genes)
+
+
+def crossover(a: Candidate, b: Candidate, rng: random.Random) -> Candidate:
+    """Uniform crossover: each gene from either parent with probability 1/2."""
+    return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
+
+
+class _Seen:
+    def __init__(self, ev: Evaluator) -> None:
+        self.ev = ev
+
+    def __contains__(self, c: Candidate) -> bool:
+        return c in self.ev.evaluations or c in self.ev.rejected
+
+
+def evolve(problem: Problem, evaluator: Evaluator, config: EvolutionSearchConfig, rng: random.Random,
+           initial: Sequence[Candidate]) -> None:
+    """Run EPO generations from ``initial`` until the budget is spent or no unseen offspring can be found."""
+    sizes = problem.space.sizes
+    seen = _Seen(evaluator)
+    try:
+        evaluator.evaluate(list(dict.fromkeys(initial)), source="init")
+        while True:
+            ranked = sorted(evaluator.evaluations.values(), key=lambda e: e.objective)[: config.archive_size]
+            parents = [e.candidate for e in ranked[: config.num_parents]]
+            children: list[Candidate] = []
+
+            def propose(make) -> None:
+                for _ in range(config.max_redraws):
+                    c = make()
+                    if c not in seen and c not in children:
+                        children.append(c)
+                        return
+
+            for _ in range(config.num_mutants):
+                propose(lambda: mutate(rng.choice(parents), sizes, config.mutation_prob, rng))
+            for _ in range(config.num_crossovers):
+                if len(parents) >= 2:
+                    propose(lambda: crossover(*rng.sample(parents, 2), rng))
+            if not children:
+                break  # the neighbourhood of the archive is exhausted (small spaces)
+            evaluator.evaluate(children, source="offspring")
+    except BudgetExhausted:
+        pass
+
+
+def evolution_search(problem: Problem, evaluator: Evaluator, config: EvolutionSearchConfig | None = None, *,
+                     seed: int = 0) -> SearchResult:
+    """EPO from a uniformly random initial population (distinct candidates)."""
+    config = config or EvolutionSearchConfig()
+    rng = make_rng(seed, "epo")
+    init = distinct_random(problem.space.sizes, config.population_size, rng)
+    evolve(problem, evaluator, config, rng, init)
+    return finish("epo", evaluator)
+
+
+def distinct_random(sizes: Sequence[int], n: int, rng: random.Random, exclude=frozenset()) -> list[Candidate]:
+    """Up to ``n`` distinct uniform random candidates not in ``exclude``."""
+    total = 1
+    for s in sizes:
+        total *= s
+    out: list[Candidate] = []
+    seen = set(exclude)
+    for _ in range(50 * max(n, 1)):
+        if len(out) >= n or len(seen) >= total:
+            break
+        c = random_candidate(sizes, rng)
+        if c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out

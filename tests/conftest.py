@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random Stable Diffusion and CLIP folders, loaded through the public from_pretrained path."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> str:
+    from dpo_diff.testing import save_tiny_sd
+
+    return str(save_tiny_sd(tmp_path_factory.mktemp("models") / "sd-eps", prediction_type="epsilon"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_v(tmp_path_factory) -> str:
+    from dpo_diff.testing import save_tiny_sd
+
+    return str(save_tiny_sd(tmp_path_factory.mktemp("models") / "sd-v", prediction_type="v_prediction", seed=3))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    from dpo_diff.testing import save_tiny_clip
+
+    return str(save_tiny_clip(tmp_path_factory.mktemp("models") / "clip"))
+
+
+@pytest.fixture(scope="session")
+def backend(tiny_sd):
+    from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+
+    return StableDiffusionBackend.from_pretrained(tiny_sd)
+
+
+@pytest.fixture(scope="session")
+def judge(tiny_clip):
+    from dpo_diff.judges.clip import ClipJudge
+
+    return ClipJudge.from_pretrained(tiny_clip)
