@@ -53,7 +53,7 @@ def parse_answer(text: str) -> dict[str, list[str]]:
         if len(parts) != 2 or not parts[1].strip():
             continue
         word = normalize_option(parts[0]).lower()
-        opts = [o for o in re.split(r"[,;/|]", parts[1]) if o.strip()]
+        opts = [o.strip() for o in re.split(r"[,;/|]", parts[1]) if o.strip()]
         if word and opts:
             out.setdefault(word, []).extend(opts)
     return out

@@ -11,8 +11,9 @@ For each word of the prompt:
    heuristic instead: the WordNet tag count of each reading (how often SemCor saw the lemma with that part of
    speech) plus a few context rules from the neighbouring words (no verb right after a determiner; verbs after
    pronouns, modals and "to"; -ing/-ed after forms of "be"; a noun after an adjective; an inflected verb before a
-   preposition or determiner, as in "a plane *flies* through"). It is right for the short noun-phrase prompts typical of text-to-image models;
-   a wrong guess costs only option quality, and the meaning constraint filters the rest.
+   preposition or determiner, as in "a plane *flies* through"). It is right for the short noun-phrase prompts
+   typical of text-to-image models; a wrong guess costs only option quality, and the meaning constraint filters
+   the rest.
 3. **Substitutes.** Ranked WordNet synonyms or antonyms of that lemma and part of speech, re-inflected into the
    word's form ("flies" -> "soars", "dogs" -> "hounds"); for antonyms, :mod:`~dpo_diff.lexicons.curated` opposites
    (colours, sizes, counts, positions, materials) come first.
