@@ -33,6 +33,7 @@ import gzip
 import json
 import shutil
 import tempfile
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -74,7 +75,9 @@ def open_wordnet(dict_dir: Path, work: Path):
         def map_wn(self, version="oewn"):  # needs the omw mapping data, which we do not have or need
             return None
 
-    return Reader(str(root), None)
+    with warnings.catch_warnings():  # "multilingual functions are not available": expected, we never use them
+        warnings.simplefilter("ignore", UserWarning)
+        return Reader(str(root), None)
 
 
 def _name(lemma) -> str:
