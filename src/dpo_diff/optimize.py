@@ -83,6 +83,8 @@ class OptimizeConfig:
         from dpo_diff.problem import SamplingConfig
 
         SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
+        if self.method in ("gpo", "hybrid"):
+            self.gpo.validate_for(self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -229,6 +231,8 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         result_search = None
         best_pair, best_cand = user, space.default
         note = "the space offers no alternative to the user prompt (no slot has a second option); nothing to search"
+        if full_space.meta.get("warning"):
+            note += f" ({full_space.meta['warning']})"
         print(f"dpo-diff: {note}")
     else:
         result_search = run_search(problem, evaluator, cfg, on_iter)

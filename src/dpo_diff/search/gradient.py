@@ -94,6 +94,16 @@ class GradientSearchConfig:
             )
         return k
 
+    def validate_for(self, steps: int) -> None:
+        """Check up front that every iteration's k fits ``steps`` (raises the same error k_at would)."""
+        kind, a, b = parse_k_schedule(self.k_schedule)
+        worst = {"step": lambda: a + (self.iterations - 1) // b, "fixed": lambda: a, "random": lambda: b}[kind]()
+        if round(worst * steps / 50) + self.grad_steps > steps:
+            raise ValueError(
+                f"k schedule {self.k_schedule!r} over {self.iterations} iterations reaches k={round(worst * steps / 50)}"
+                f", but k + grad_steps must be <= steps ({steps}); use fewer iterations or a smaller schedule"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -112,6 +122,7 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
                   on_iteration: Callable[[GradientState], None] | None = None) -> GradientState:
     """Learn the slot logits with the shortcut text gradient until ``config.iterations`` or the budget runs out."""
     space, backend, sc = problem.space, problem.backend, problem.sampling
+    config.validate_for(sc.steps)
     mixture = WordMixture(space.sizes).to(backend.device)
     opt = torch.optim.RMSprop(mixture.parameters(), lr=config.lr, momentum=config.momentum, alpha=config.alpha)
     gumbel = torch_generator(seed, "gumbel")
@@ -131,8 +142,8 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
     for it in range(config.iterations):
         k = config.k_at(it, sc.steps, k_rng)
         cost = len(seeds) * (k + config.grad_steps) / sc.steps
-        if not evaluator.can_afford(cost):
-            break
+        if not evaluator.can_afford(cost + evaluator.evaluation_cost):
+            break  # keep budget for at least one full evaluation of what was learned
         weights = mixture.sample_weights(config.tau, gumbel)
         cond = fixed_cond if fixed_cond is not None else encode_mixed(backend, pos, weights)
         uncond = fixed_uncond if not neg.slots else encode_mixed(backend, neg, weights)
@@ -166,7 +177,7 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
         value = float(problem.task.objective(loss.detach()))
         if value < state.best_loss:  # best-iterate tracking (the objective is stochastic: Gumbel noise, seeds)
             state.best_loss, state.best_logits = value, mixture.logits.detach().clone()
-        state.log.append({"iteration": it, "k": k, "loss": float(loss), "objective": value, "cost": evaluator.cost})
+        state.log.append({"iteration": it, "k": k, "loss": float(loss.detach()), "objective": value, "cost": evaluator.cost})
         if on_iteration:
             on_iteration(state)
     return state

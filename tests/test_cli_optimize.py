@@ -1,0 +1,119 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dpo_diff.cli import COMMANDS, main
+from dpo_diff.space import save_spaces, space_from_substitutes
+
+PROMPT = "a red dog on the grass"
+
+
+@pytest.fixture()
+def space_file(tmp_path):
+    s = space_from_substitutes(PROMPT, {"dog": ["hound", "puppy"], "red": ["crimson"]},
+                               {"red": ["blue", "green"], "grass": ["sand", "snow"]})
+    path = tmp_path / "spaces.json"
+    save_spaces([s], path)
+    return str(path)
+
+
+def run_optimize(space_file, tiny_sd, tiny_clip, out, *extra):
+    return main(["optimize", "--prompt", PROMPT, "--space", space_file, "--model", tiny_sd, "--judge", tiny_clip,
+                 "--steps", "6", "--budget", "6", "--gpo-iterations", "3", "--seeds", "0", "--report-seeds", "5,6",
+                 "--out", str(out), "--quiet", "--device", "cpu", *extra])
+
+
+@pytest.mark.parametrize("task", ["improve", "attack"])
+def test_optimize_through_the_cli(space_file, tiny_sd, tiny_clip, tmp_path, task, capsys):
+    out = tmp_path / "run"
+    assert run_optimize(space_file, tiny_sd, tiny_clip, out, "--task", task, "--method", "gpo") == 0
+    result = json.loads((out / "result.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["task"] == task and config["config"]["seeds"] == [0]
+    assert "torch" in config["environment"]
+    assert result["user_prompt"] == PROMPT
+    assert set(result["before"]["report_losses"]) == {"5", "6"} and set(result["after"]["search_losses"]) == {"0"}
+    assert 0 < result["cost"] <= 6
+    best = result["best"]
+    if task == "improve":  # the negative (antonym) space is searched; the prompt stays the user's
+        assert best["prompt"] == PROMPT
+    else:
+        assert best["negative_prompt"] == ""
+    if result["note"] == "":  # the optimized candidate beat the user prompt on the search seeds
+        sign = 1 if task == "improve" else -1
+        assert sign * result["after"]["search_mean"] < sign * result["before"]["search_mean"]
+    for s in (0, 5, 6):
+        assert (out / "images" / f"user_seed{s}.png").is_file() and (out / "images" / f"best_seed{s}.png").is_file()
+    assert (out / "comparison.png").is_file() and (out / "search.json").is_file()
+    assert "results in" in capsys.readouterr().out
+
+
+def test_every_subcommand_has_help(capsys):
+    import importlib.util
+
+    shipped = [n for n, (mod, _) in COMMANDS.items() if importlib.util.find_spec(mod) is not None]
+    assert {"optimize", "space"} <= set(shipped)
+    for name in shipped:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+    assert "optimize" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", "a blue cat"], "has no space for prompt"),
+        (["--space", "missing.json"], "does not exist"),
+        (["--model", "no/such/folder"], "does not exist"),
+        (["--budget", "0"], "budget must be a positive"),
+        (["--seeds", "0,1", "--budget", "1"], "smaller than one evaluation"),
+        (["--seeds", "0", "--report-seeds", "0,1"], "held out"),
+        (["--scheduler", "lms"], "unknown scheduler"),
+        (["--k-schedule", "linear"], "unknown k schedule"),
+        (["--k-schedule", "fixed-50"], "k \\+ grad_steps"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(space_file, tiny_sd, tiny_clip, tmp_path, capsys, args, message):
+    base = {"--prompt": PROMPT, "--space": space_file, "--model": tiny_sd, "--judge": tiny_clip, "--steps": "6",
+            "--budget": "6", "--seeds": "0", "--report-seeds": "5", "--gpo-iterations": "2", "--method": "gpo"}
+    flags = dict(base)
+    it = iter(args)
+    for k in it:
+        flags[k] = next(it)
+    argv = ["optimize", "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu"]
+    for k, v in flags.items():
+        argv += [k, v]
+    assert main(argv) == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err), message
+
+
+def test_unknown_task_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["optimize", "--prompt", "x", "--space", "s", "--model", "m", "--out", "o", "--task", "destroy"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_empty_prompt_and_trivial_space(tmp_path, tiny_sd, tiny_clip, capsys):
+    from dpo_diff.space import SearchSpace
+
+    path = tmp_path / "s.json"
+    save_spaces([SearchSpace("a cat")], path)
+    rc = main(["optimize", "--prompt", "a cat", "--space", str(path), "--model", tiny_sd, "--judge", tiny_clip,
+               "--steps", "4", "--budget", "4", "--report-seeds", "3", "--out", str(tmp_path / "o"), "--quiet",
+               "--device", "cpu"])
+    assert rc == 0
+    result = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert "nothing to search" in result["note"] and result["best"]["prompt"] == "a cat"
+    assert main(["optimize", "--prompt", " ", "--space", str(path), "--model", tiny_sd, "--out", "o"]) == 2
+
+
+def test_import_is_cheap():
+    code = "import sys, dpo_diff, dpo_diff.cli; print(sorted(m for m in ('torch','diffusers','transformers','nltk'," \
+           "'openai','sentence_transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
