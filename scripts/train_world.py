@@ -1,0 +1,573 @@
+"""Train every shipped model of the shapes world: VAE, checker, judge CLIP, generator (UNet + text encoder).
+
+Seeded and resumable: each stage checkpoints under ``--work`` every few minutes and resumes from its last
+checkpoint; the data of step ``k`` is drawn from ``numpy.random.default_rng([seed, stage, k])`` so a resumed run
+sees the same batches as an uninterrupted one. Finished stages are exported into the package data folder
+(``src/dpo_diff/data/shapes_world``) in safetensors (fp16 storage, fp32 configs: they load as float32).
+
+    python scripts/train_world.py                       # all stages, CPU, ~2 h on 2 cores
+    python scripts/train_world.py --device cuda         # same on a GPU, minutes
+    python scripts/train_world.py --stages generator --generator-minutes 30   # resume/extend one stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from dpo_diff.world.checker_model import CheckerNet, scene_targets
+from dpo_diff.world.paths import checker_path, generator_path, judge_path, world_data_dir
+from dpo_diff.world.prompts import sample_training_example
+from dpo_diff.world.render import render_batch
+from dpo_diff.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, make_object, sample_scene
+
+STAGE_IDS = {"vae": 1, "checker": 2, "judge": 3, "generator": 4}
+TOKENIZER_SRC = Path(__file__).resolve().parent.parent / "src" / "dpo_diff" / "data" / "clip_tokenizer"
+GEN_TEXT_LEN = 77  # like real SD: the pipeline pads prompts to 77 tokens
+JUDGE_TEXT_LEN = 32
+JUDGE_MEAN = [0.5, 0.5, 0.5]
+JUDGE_STD = [0.5, 0.5, 0.5]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def step_rng(seed: int, stage: str, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, STAGE_IDS[stage], step])
+
+
+def to_tensor(images: np.ndarray, device: str) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Blur, noise and brightness jitter so the checker and judge also read imperfect (generated) images."""
+    n = x.shape[0]
+    dev = x.device
+    sigma = torch.rand(n, generator=gen, device="cpu").to(dev) * 1.0 + 1e-3
+    k = torch.arange(-2, 3, device=dev, dtype=x.dtype)
+    w = torch.exp(-(k[None] ** 2) / (2 * sigma[:, None] ** 2))
+    w = w / w.sum(1, keepdim=True)  # (n, 5)
+    xb = x.reshape(1, n * 3, 32, 32)
+    wk = w.repeat_interleave(3, 0)
+    xb = F.conv2d(F.pad(xb, (2, 2, 0, 0), mode="replicate"), wk[:, None, None, :], groups=n * 3)
+    xb = F.conv2d(F.pad(xb, (0, 0, 2, 2), mode="replicate"), wk[:, None, :, None], groups=n * 3)
+    x = xb.reshape(n, 3, 32, 32)
+    scale = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen).to(dev) - 0.5) * 0.2
+    noise_std = torch.rand(n, 1, 1, 1, generator=gen).to(dev) * 0.08
+    x = (x + 1) * scale - 1 + torch.randn(x.shape, generator=gen).to(dev) * noise_std
+    return x.clamp(-1, 1)
+
+
+class Ckpt:
+    """Checkpoint of one stage: a dict of state_dicts + step, saved atomically."""
+
+    def __init__(self, work: Path, stage: str) -> None:
+        self.path = work / stage / "last.pt"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.last_save = time.time()
+
+    def load(self) -> dict | None:
+        if self.path.exists():
+            return torch.load(self.path, map_location="cpu", weights_only=False)
+        return None
+
+    def save(self, state: dict, force: bool = False, every_s: float = 120.0) -> None:
+        if not force and time.time() - self.last_save < every_s:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+        self.last_save = time.time()
+
+
+def lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / warmup)
+
+
+def save_fp16(folder: Path) -> None:
+    """Rewrite every safetensors file in ``folder`` in fp16 (configs stay float32, so they load as float32)."""
+    for f in folder.rglob("*.safetensors"):
+        sd = load_file(f)
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, f, metadata={"format": "pt"})
+
+
+def copy_tokenizer(dest: Path, max_len: int) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+        shutil.copy(TOKENIZER_SRC / name, dest / name)
+    cfg = json.loads((TOKENIZER_SRC / "tokenizer_config.json").read_text())
+    cfg["model_max_length"] = max_len
+    (dest / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def load_tokenizer(max_len: int):
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(TOKENIZER_SRC), model_max_length=max_len)
+    assert len(tok) == 49408, f"CLIP tokenizer has {len(tok)} tokens, expected 49408"
+    return tok
+
+
+class TokenCache:
+    """Tokenising with the Python BPE is slow-ish; the world has few distinct captions, so cache them."""
+
+    def __init__(self, tok, max_len: int) -> None:
+        self.tok, self.max_len, self.cache = tok, max_len, {}
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if missing:
+            enc = self.tok(missing, padding="max_length", max_length=self.max_len, truncation=True)
+            for t, ids, m in zip(missing, enc["input_ids"], enc["attention_mask"], strict=True):
+                self.cache[t] = (ids, m)
+        ids = torch.tensor([self.cache[t][0] for t in texts])
+        mask = torch.tensor([self.cache[t][1] for t in texts])
+        return ids, mask
+
+
+def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            else:
+                ema[k].copy_(v)
+
+
+def autocast(device: str, enabled: bool):
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                          enabled=enabled)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# VAE
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(32, 64), layers_per_block=1,
+        latent_channels=4, norm_num_groups=16, sample_size=32, mid_block_add_attention=False,
+    )
+
+
+def train_vae(args) -> None:
+    device = args.device
+    vae = build_vae().to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    ck = Ckpt(args.work, "vae")
+    state, step = ck.load(), 0
+    if state:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log(f"vae: resumed at step {step}")
+    start = time.time()
+    while step < args.vae_steps and (time.time() - start) < args.vae_minutes * 60:
+        rng = step_rng(args.seed, "vae", step)
+        scenes = [sample_scene(rng) for _ in range(args.batch)]
+        x = to_tensor(render_batch(scenes), device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, 1e-3, 100)
+        with autocast(device, args.bf16):
+            post = vae.encode(x).latent_dist
+            z = post.sample(generator=torch.Generator(device).manual_seed(args.seed * 1000 + step))
+            rec = vae.decode(z).sample
+        rec = rec.float()
+        kl = post.kl().mean() / (16 * 16 * 4)
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            log(f"vae step {step} loss {loss.item():.4f} mse {F.mse_loss(rec, x).item():.5f} kl {kl.item():.3f}")
+        ck.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
+    ck.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, force=True)
+    log(f"vae: done at step {step}")
+
+
+def load_trained_vae(args):
+    vae = build_vae()
+    vae.load_state_dict(Ckpt(args.work, "vae").load()["model"])
+    vae.eval().requires_grad_(False)
+    # Scaling factor: 1 / std of latent means on fresh scenes, so latents enter the UNet at unit variance.
+    rng = np.random.default_rng([args.seed, 99])
+    with torch.no_grad():
+        x = to_tensor(render_batch([sample_scene(rng) for _ in range(512)]), "cpu")
+        z = vae.encode(x).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return vae.to(args.device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checker
+
+
+def train_checker(args) -> None:
+    device = args.device
+    net = CheckerNet().to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    ck = Ckpt(args.work, "checker")
+    state, step = ck.load(), 0
+    if state:
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    start = time.time()
+    while step < args.checker_steps and (time.time() - start) < args.checker_minutes * 60:
+        rng = step_rng(args.seed, "checker", step)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        scenes = [sample_scene(rng) for _ in range(args.batch)]
+        x = augment(to_tensor(render_batch(scenes), device), gen)
+        tgt = {k: v.to(device) for k, v in scene_targets(scenes).items()}
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, 2e-3, 100) * 0.5 * (1 + math.cos(math.pi * step / args.checker_steps))
+        out = net(x)
+        loss = sum(F.cross_entropy(out[k], tgt[k], ignore_index=-100) for k in out)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            log(f"checker step {step} loss {loss.item():.4f}")
+        ck.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step})
+    ck.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step}, force=True)
+    export_checker(args)
+    log(f"checker: done at step {step}, exported")
+
+
+def export_checker(args) -> None:
+    state = Ckpt(args.work, "checker").load()
+    out_dir = checker_path()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().half().contiguous() for k, v in state["model"].items()},
+              out_dir / "model.safetensors", metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps({"architecture": "CheckerNet", "width": 32, "steps": state["step"],
+                                                     "seed": args.seed}, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Judge CLIP
+
+
+def perturb(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The same scene with one attribute changed: a hard negative for contrastive training."""
+    for _ in range(20):
+        objs = list(scene.objects)
+        bg = scene.background
+        i = int(rng.integers(len(objs)))
+        o = objs[i]
+        pair = len(objs) == 2
+        what = int(rng.integers(5))
+        c, s, z, p = o.colour, o.shape, o.size, o.position
+        if what == 0:
+            c = str(rng.choice([x for x in COLOURS if x != c]))
+        elif what == 1:
+            s = str(rng.choice([x for x in SHAPES if x != s]))
+        elif what == 2:
+            z = [x for x in SIZES if x != z][0]
+        elif what == 3 and not pair:
+            p = str(rng.choice([x for x in POSITIONS if x != p]))
+        elif what == 3 and pair:
+            a, b = objs
+            objs = [make_object(b.colour, b.shape, b.size, "left", True, rng),
+                    make_object(a.colour, a.shape, a.size, "right", True, rng)]
+        else:
+            bg = str(rng.choice([x for x in BACKGROUNDS if x != bg]))
+        if what != 3 or not pair:
+            objs[i] = make_object(c, s, z, p, pair, rng)
+        try:
+            new = Scene(tuple(objs), bg)
+        except ValueError:
+            continue
+        if new != scene:
+            return new
+    return sample_scene(rng)
+
+
+def build_judge(args):
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=48, intermediate_size=192, num_hidden_layers=4,
+                         num_attention_heads=4, max_position_embeddings=JUDGE_TEXT_LEN, bos_token_id=49406,
+                         eos_token_id=49407, pad_token_id=49407, projection_dim=64),
+        vision_config=dict(image_size=32, patch_size=4, hidden_size=96, intermediate_size=384, num_hidden_layers=4,
+                           num_attention_heads=4, num_channels=3, projection_dim=64),
+        projection_dim=64,
+    )
+    torch.manual_seed(args.seed + 7)  # the judge's own initialisation seed (the generator uses args.seed)
+    return CLIPModel(cfg)
+
+
+def train_judge(args) -> None:
+    device = args.device
+    model = build_judge(args).to(device)
+    tok = TokenCache(load_tokenizer(JUDGE_TEXT_LEN), JUDGE_TEXT_LEN)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    ck = Ckpt(args.work, "judge")
+    state, step = ck.load(), 0
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log(f"judge: resumed at step {step}")
+    from dpo_diff.world.captions import caption
+
+    start = time.time()
+    half = args.judge_batch // 2
+    while step < args.judge_steps and (time.time() - start) < args.judge_minutes * 60:
+        rng = step_rng(args.seed, "judge", step)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        pairs = [sample_training_example(rng, "judge") for _ in range(half)]
+        scenes = [s for s, _ in pairs]
+        texts = [t for _, t in pairs]
+        # Half the batch: one-attribute perturbations of the other half, so the judge must read every attribute.
+        from dpo_diff.world.prompts import is_heldout_caption
+
+        for s in list(scenes):
+            ps = perturb(s, rng)
+            for _ in range(8):
+                t = caption(ps, rng, "uniform")
+                if not is_heldout_caption(t):
+                    break
+            scenes.append(ps)
+            texts.append(t)
+        x = augment(to_tensor(render_batch(scenes), device), gen)
+        ids, mask = tok(texts)
+        # Same caption twice in a batch would be a false negative: mask duplicate texts out of the loss.
+        same = torch.tensor([[a == b for b in texts] for a in texts], device=device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, 1e-3, 200) * 0.5 * (1 + math.cos(math.pi * step / args.judge_steps))
+        with autocast(device, args.bf16):
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), pixel_values=x)
+        logits = out.logits_per_image.float()
+        eye = torch.eye(len(texts), dtype=torch.bool, device=device)
+        logits = logits.masked_fill(same & ~eye, -1e4)
+        labels = torch.arange(len(texts), device=device)
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        if step % 50 == 0:
+            acc = (logits.argmax(1) == labels).float().mean().item()
+            log(f"judge step {step} loss {loss.item():.4f} acc {acc:.3f} scale {model.logit_scale.exp().item():.1f}")
+        ck.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step})
+    ck.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, force=True)
+    export_judge(args)
+    log(f"judge: done at step {step}, exported")
+
+
+def export_judge(args) -> None:
+    from transformers import CLIPImageProcessor
+
+    state = Ckpt(args.work, "judge").load()
+    model = build_judge(args)
+    model.load_state_dict(state["model"])
+    step = state["step"]
+    out = judge_path()
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out)
+    save_fp16(out)
+    copy_tokenizer(out, JUDGE_TEXT_LEN)
+    CLIPImageProcessor(
+        do_resize=True, size={"shortest_edge": 32}, do_center_crop=True, crop_size={"height": 32, "width": 32},
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=JUDGE_MEAN, image_std=JUDGE_STD,
+        do_convert_rgb=True,
+    ).save_pretrained(out)
+    (out / "training_state.json").write_text(json.dumps({"steps": step, "seed": args.seed}) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generator
+
+
+def build_generator(args):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(args.seed)
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=GEN_TEXT_LEN, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        projection_dim=64,
+    ))
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64, attention_head_dim=4,
+        norm_num_groups=32,
+    )
+    return text, unet
+
+
+def scheduler_config() -> dict:
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def train_generator(args) -> None:
+    from diffusers import DDPMScheduler
+
+    device = args.device
+    vae = load_trained_vae(args)
+    sf = vae.config.scaling_factor
+    text, unet = build_generator(args)
+    text.to(device)
+    unet.to(device)
+    params = list(text.parameters()) + list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=args.gen_lr, weight_decay=0.0)
+    ema_t = {k: v.detach().clone() for k, v in text.state_dict().items()}
+    ema_u = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    sched = DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k not in ("set_alpha_to_one",)})
+    ck = Ckpt(args.work, "generator")
+    state, step = ck.load(), 0
+    if state:
+        text.load_state_dict(state["text"])
+        unet.load_state_dict(state["unet"])
+        opt.load_state_dict(state["opt"])
+        ema_t, ema_u, step = state["ema_text"], state["ema_unet"], state["step"]
+        log(f"generator: resumed at step {step}")
+    tok = TokenCache(load_tokenizer(GEN_TEXT_LEN), GEN_TEXT_LEN)
+    acp = sched.alphas_cumprod.to(device)
+
+    def snapshot() -> dict:
+        return {"text": text.state_dict(), "unet": unet.state_dict(), "opt": opt.state_dict(), "ema_text": ema_t,
+                "ema_unet": ema_u, "step": step, "scaling_factor": sf}
+
+    start = time.time()
+    while step < args.gen_steps and (time.time() - start) < args.generator_minutes * 60:
+        rng = step_rng(args.seed, "generator", step)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        pairs = [sample_training_example(rng, "generator") for _ in range(args.batch)]
+        # ~10% empty captions: the unconditional branch classifier-free guidance (and negative prompts) need.
+        texts = [t if rng.random() >= 0.1 else "" for _, t in pairs]
+        x = to_tensor(render_batch([s for s, _ in pairs]), device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean * sf
+        noise = torch.randn(z.shape, generator=gen).to(device)
+        t = torch.randint(0, 1000, (z.shape[0],), generator=gen).to(device)
+        a = acp[t].sqrt()[:, None, None, None]
+        b = (1 - acp[t]).sqrt()[:, None, None, None]
+        noisy = a * z + b * noise
+        target = a * noise - b * z  # v-prediction
+        ids, _ = tok(texts)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.gen_lr, 200)
+        with autocast(device, args.bf16):
+            h = text(input_ids=ids.to(device)).last_hidden_state
+            pred = unet(noisy, t, encoder_hidden_states=h).sample
+        loss = F.mse_loss(pred.float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        ema_update(ema_t, text, decay)
+        ema_update(ema_u, unet, decay)
+        step += 1
+        if step % 50 == 0:
+            el = time.time() - start
+            log(f"generator step {step} loss {loss.item():.4f} ({el / 60:.1f} min this run)")
+        ck.save(snapshot())
+        if args.export_every and step % args.export_every == 0:
+            ck.save(snapshot(), force=True)
+            export_generator(args)
+    ck.save(snapshot(), force=True)
+    export_generator(args)
+    log(f"generator: done at step {step}, exported")
+
+
+def export_generator(args) -> None:
+    """Assemble the StableDiffusionPipeline folder from the generator checkpoint's EMA weights and the VAE."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    state = Ckpt(args.work, "generator").load()
+    vae = load_trained_vae(args).cpu()
+    text, unet = build_generator(args)
+    text.load_state_dict(state["ema_text"])
+    unet.load_state_dict(state["ema_unet"])
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text.eval(), tokenizer=load_tokenizer(GEN_TEXT_LEN), unet=unet.eval(),
+        scheduler=DDIMScheduler(**scheduler_config()), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out = generator_path()
+    tmp = out.with_name("generator.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    save_fp16(tmp)
+    # The slow-tokenizer files suffice (len == 49408 checked on load); tokenizer.json would add 3.5 MB.
+    (tmp / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
+    copy_tokenizer(tmp / "tokenizer", GEN_TEXT_LEN)
+    (tmp / "training_state.json").write_text(json.dumps({"steps": state["step"], "seed": args.seed}) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log(f"generator exported (step {state['step']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stages", default="vae,checker,judge,generator")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=Path("checkpoints/world"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (helps on GPUs; slower on the CPU we measured)")
+    p.add_argument("--vae-steps", type=int, default=500)
+    p.add_argument("--vae-minutes", type=float, default=6)
+    p.add_argument("--checker-steps", type=int, default=600)
+    p.add_argument("--checker-minutes", type=float, default=5)
+    p.add_argument("--judge-steps", type=int, default=800)
+    p.add_argument("--judge-batch", type=int, default=128)
+    p.add_argument("--judge-minutes", type=float, default=12)
+    p.add_argument("--gen-steps", type=int, default=20000)
+    p.add_argument("--gen-lr", type=float, default=1e-3)
+    p.add_argument("--generator-minutes", type=float, default=55)
+    p.add_argument("--export-every", type=int, default=300)
+    p.add_argument("--export-only", action="store_true", help="only re-export models from their checkpoints")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    world_data_dir().mkdir(parents=True, exist_ok=True)
+    if args.export_only:
+        # Re-export every model whose checkpoint exists (e.g. after an interrupted run, or to refresh formats).
+        for stage, fn in (("checker", export_checker), ("judge", export_judge), ("generator", export_generator)):
+            if Ckpt(args.work, stage).path.exists():
+                fn(args)
+                log(f"exported {stage}")
+        return 0
+    for stage in args.stages.split(","):
+        t0 = time.time()
+        {"vae": train_vae, "checker": train_checker, "judge": train_judge, "generator": train_generator}[stage](args)
+        log(f"stage {stage} took {(time.time() - t0) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
