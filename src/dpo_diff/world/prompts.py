@@ -125,3 +125,31 @@ def heldout_prompts(difficulty: Difficulty, n: int, seed: int = 0) -> list[str]:
         seen.add(text)
         out.append(text)
     return out
+
+
+def scene_for_prompt(prompt: str, rng: np.random.Generator) -> Scene:
+    """A ground-truth scene that satisfies ``prompt`` (unstated attributes drawn from ``rng``).
+
+    Raises ``ValueError`` for prompts that describe no object or an impossible scene (e.g. a white object on a
+    white background).
+    """
+    from dpo_diff.world.captions import parse_caption
+    from dpo_diff.world.scene import object_colours
+
+    spec = parse_caption(prompt)
+    if not spec.objects:
+        raise ValueError(f"prompt {prompt!r} describes no object of the world")
+    background = spec.background or "black"
+    pair = spec.count == 2
+    objs = []
+    for i, o in enumerate(spec.objects):
+        colour = o.colour or str(rng.choice(object_colours(background)))
+        shape = o.shape or str(rng.choice(SHAPES))
+        size = o.size or str(rng.choice(SIZES))
+        position = ("left", "right")[i] if pair else (o.position or str(rng.choice(POSITIONS)))
+        objs.append(make_object(colour, shape, size, position, pair, rng))
+    if pair and not spec.ordered and rng.random() < 0.5:
+        a, b = objs
+        objs = [make_object(b.colour, b.shape, b.size, "left", True, rng),
+                make_object(a.colour, a.shape, a.size, "right", True, rng)]
+    return Scene(tuple(objs), background)
