@@ -3,8 +3,7 @@ import torch
 
 from dpo_diff.problem import Problem, SamplingConfig, Task
 from dpo_diff.search.base import Evaluator
-from dpo_diff.search.gradient import (GradientError, GradientSearchConfig, NaNLossError, parse_k_schedule,
-                                      train_mixture)
+from dpo_diff.search.gradient import GradientError, GradientSearchConfig, NaNLossError, parse_k_schedule, train_mixture
 from dpo_diff.space import space_from_substitutes
 
 SPACE = space_from_substitutes("a red dog on grass", {"dog": ["cat", "fox"], "grass": ["sand"]},

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dpo_diff.relax import (PromptTooLongError, WordMixture, encode_mixed, negative_template, positive_template)
+from dpo_diff.relax import PromptTooLongError, WordMixture, encode_mixed, negative_template, positive_template
 from dpo_diff.space import SearchSpace, Slot, space_from_substitutes
 
 

@@ -2,8 +2,17 @@ import json
 
 import pytest
 
-from dpo_diff.space import (PromptPair, SearchSpace, Slot, SpaceError, load_space, load_spaces, prompt_words,
-                            save_spaces, space_from_substitutes)
+from dpo_diff.space import (
+    PromptPair,
+    SearchSpace,
+    Slot,
+    SpaceError,
+    load_space,
+    load_spaces,
+    prompt_words,
+    save_spaces,
+    space_from_substitutes,
+)
 
 
 def make_space() -> SearchSpace:

@@ -27,7 +27,7 @@ from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
 from dpo_diff.space import SearchSpace, atomic_write_text
 
-METHODS = ("hybrid", "gpo", "epo", "random")
+METHODS = ("hybrid", "gpo", "epo", "random")  # see dpo_diff.search.api
 TARGETS = ("auto", "positive", "negative", "both")
 
 
@@ -56,6 +56,8 @@ class OptimizeConfig:
     height: int | None = None
     width: int | None = None
     out: str = "runs/optimize"
+    similarity_threshold: float | None = 0.9  # meaning constraint on rewritten prompts (positive slots); None: off
+    similarity_model: str | None = None  # sentence-embedding model (None: offline all-MiniLM-L6-v2)
     gpo: GradientSearchConfig = field(default_factory=GradientSearchConfig)
     epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
 
@@ -83,6 +85,8 @@ class OptimizeConfig:
         from dpo_diff.problem import SamplingConfig
 
         SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
+        if self.similarity_threshold is not None and not 0 <= self.similarity_threshold <= 1:
+            raise ValueError(f"similarity_threshold must be in [0, 1] or None, got {self.similarity_threshold}")
         if self.method in ("gpo", "hybrid"):
             self.gpo.validate_for(self.steps)
 
@@ -109,21 +113,6 @@ def select_target(space: SearchSpace, task: str, target: str) -> SearchSpace:
     if target == "auto" and not sub.slots and space.slots:
         sub = space  # e.g. an improve run given only a synonym space: search what was given, do not drop it
     return sub
-
-
-def run_search(problem, evaluator, cfg: OptimizeConfig, on_iteration=None):
-    from dpo_diff.search.evolution import evolution_search
-    from dpo_diff.search.gradient import gradient_search
-    from dpo_diff.search.hybrid import hybrid_search
-    from dpo_diff.search.random_search import random_search
-
-    if cfg.method == "gpo":
-        return gradient_search(problem, evaluator, cfg.gpo, seed=cfg.seed, on_iteration=on_iteration)
-    if cfg.method == "hybrid":
-        return hybrid_search(problem, evaluator, cfg.gpo, cfg.epo, seed=cfg.seed, on_iteration=on_iteration)
-    if cfg.method == "epo":
-        return evolution_search(problem, evaluator, cfg.epo, seed=cfg.seed)
-    return random_search(problem, evaluator, seed=cfg.seed)
 
 
 def environment() -> dict[str, Any]:
@@ -154,7 +143,8 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     from tqdm.auto import tqdm
 
     from dpo_diff.problem import Problem, SamplingConfig, Task
-    from dpo_diff.search.base import Evaluation, Evaluator
+    from dpo_diff.search.api import search
+    from dpo_diff.search.base import Evaluation
     from dpo_diff.space import load_space
 
     out = Path(cfg.out)
@@ -172,7 +162,9 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     record = {"config": cfg.to_dict(), "space": space.to_dict(), "environment": environment()}
     if resume and config_path.is_file():
         old = json.loads(config_path.read_text())
-        if old.get("config") != record["config"] or old.get("space") != record["space"]:
+        same = {k: v for k, v in old.get("config", {}).items() if k != "out"} == {
+            k: v for k, v in record["config"].items() if k != "out"}
+        if not same or old.get("space") != record["space"]:
             raise ValueError(f"{config_path} was written by a different configuration; use a new --out folder or "
                              f"rerun without --resume to start over")
     atomic_write_text(config_path, json.dumps(record, indent=2) + "\n")
@@ -186,6 +178,12 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         from dpo_diff.judges.clip import ClipJudge
 
         judge = ClipJudge.from_pretrained(cfg.judge, device=cfg.judge_device or cfg.device)
+    if constraint is None and cfg.similarity_threshold and space.slots_of("positive"):
+        # Rewrites of the user's words must keep their meaning (paper: sentence similarity >= 0.9); negative-prompt
+        # terms do not change the prompt text, so improve runs over antonym spaces need no constraint.
+        from dpo_diff.constraint import MeaningConstraint
+
+        constraint = MeaningConstraint(cfg.similarity_model, cfg.similarity_threshold).accepts
     sampling = SamplingConfig(cfg.steps, cfg.guidance, cfg.height, cfg.width, cfg.batch_size)
     problem = Problem(space, Task(cfg.task), backend, judge, sampling, constraint)
     user = space.render(space.default)
@@ -209,22 +207,27 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     bar = tqdm(total=cfg.budget, desc=f"{cfg.method} ({cfg.task})", unit="gen", disable=not progress,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} gen [{elapsed}<{remaining}]")
 
+    best_so_far: list[Evaluation] = []
+
     def on_eval(ev: Evaluation) -> None:
+        # Persist as we go: a crash or Ctrl-C leaves every finished evaluation and the best-so-far on disk.
         if ev.candidate not in preloaded:
             with progress_path.open("a") as f:
                 f.write(json.dumps(ev.to_dict()) + "\n")
-        bar.n = evaluator.cost
-        bar.set_postfix(best=f"{problem.task.sign * evaluator.best.objective:.4f}")
+        if not best_so_far or ev.objective < best_so_far[0].objective:
+            best_so_far[:] = [ev]
+            atomic_write_text(out / "best.json", json.dumps(ev.to_dict(), indent=2) + "\n")
+        bar.n = ev.cost
+        bar.set_postfix(best=f"{problem.task.sign * best_so_far[0].objective:.4f}")
         bar.refresh()
 
     def on_iter(state) -> None:
-        bar.n = evaluator.cost
         if state.log:
+            bar.n = state.log[-1]["cost"]
             bar.set_postfix(gpo_loss=f"{state.log[-1]['loss']:.4f}")
         bar.refresh()
         torch.save({"logits": state.mixture.logits.detach().cpu(), "log": state.log}, out / "gpo_state.pt")
 
-    evaluator = Evaluator(problem, cfg.seeds, cfg.budget, on_eval, preloaded)
     # The user prompt on the search seeds: the baseline every method must beat (not charged to the budget).
     before_search, _ = problem.losses([user], cfg.seeds)
     if space.is_trivial:
@@ -235,7 +238,9 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
             note += f" ({full_space.meta['warning']})"
         print(f"dpo-diff: {note}")
     else:
-        result_search = run_search(problem, evaluator, cfg, on_iter)
+        result_search = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed,
+                               gpo=cfg.gpo, epo=cfg.epo, on_evaluation=on_eval, on_iteration=on_iter,
+                               preloaded=preloaded)
         note = ""
         best_ev = result_search.best
         user_obj = float(problem.task.objective(before_search.mean()))
@@ -269,10 +274,10 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         "best": {**best_pair.to_dict(), "candidate": list(best_cand), "changes": space.describe(best_cand)},
         "before": summary(losses[0]),
         "after": summary(losses[1]),
-        "cost": evaluator.cost,
+        "cost": result_search.cost if result_search else 0.0,
         "budget": cfg.budget,
-        "evaluated": len(evaluator.evaluations),
-        "rejected_by_constraint": len(evaluator.rejected),
+        "evaluated": len(result_search.evaluations) if result_search else 0,
+        "rejected_by_constraint": len(result_search.rejected) if result_search else 0,
         "search_seconds": search_wall,
         "total_seconds": time.perf_counter() - t0,
         "note": note,

@@ -112,6 +112,49 @@ class Problem:
         out = torch.cat(losses).view(len(pairs), len(seeds)) if rows else torch.empty(len(pairs), len(seeds))
         return out, (torch.cat(images) if keep_images and images else None)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The generator's dtype (fp16 needs loss scaling for the text gradient)."""
+        return self.backend.dtype
+
+    def relaxation(self) -> Callable[..., Tensor]:
+        """The shortcut-gradient loss of the relaxed space: ``f(weights[S, O], seeds, start_step, grad_steps)``
+        -> spherical losses ``Tensor[len(seeds)]``, differentiable in ``weights``.
+
+        The Gumbel-softmax mixtures go through the text encoder for whichever sides have slots; a side without slots
+        is encoded once, exactly.
+        """
+        from dpo_diff.backends.diffusers_sd import Conditioning
+        from dpo_diff.relax import encode_mixed, negative_template, positive_template
+        from dpo_diff.shortcut import shortcut_images
+
+        backend, space, sc = self.backend, self.space, self.sampling
+        pos = positive_template(space, backend.tokenizer, backend.max_length)
+        neg = negative_template(space, backend.tokenizer, backend.max_length)
+        use_cfg = sc.guidance_scale > 1
+        if neg.slots and not use_cfg:
+            raise ValueError("the space has negative-prompt slots but guidance_scale <= 1 disables the negative "
+                             "prompt; use guidance > 1")
+        with torch.no_grad():
+            fixed_cond = None if pos.slots else backend.encode_text([space.prompt])
+            fixed_uncond = None if neg.slots or not use_cfg else backend.encode_text([space.negative_prompt])
+
+        def loss(weights: Tensor, seeds: Sequence[int], *, start_step: int, grad_steps: int) -> Tensor:
+            cond = fixed_cond if fixed_cond is not None else encode_mixed(backend, pos, weights)
+            uncond = None
+            if use_cfg:
+                uncond = fixed_uncond if fixed_uncond is not None else encode_mixed(backend, neg, weights)
+            images = shortcut_images(backend, Conditioning(cond, uncond), seeds, steps=sc.steps,
+                                     guidance_scale=sc.guidance_scale, start_step=start_step, grad_steps=grad_steps,
+                                     height=sc.height, width=sc.width)
+            return self.judge.loss(images, self.user_prompt)
+
+        return loss
+
+    def candidate_losses(self, candidates: Sequence[Candidate], seeds: Sequence[int]) -> Tensor:
+        """Exact losses ``Tensor[N, S]`` of candidates (rendered text, full sampler) - what searches query."""
+        return self.losses([self.render(c) for c in candidates], seeds)[0]
+
     def _batches(self, rows: list[tuple[PromptPair, int]]):
         """Yield ``(rows, images)`` batches; on CUDA out-of-memory halve the batch size and retry."""
         sc = self.sampling

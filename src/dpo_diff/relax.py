@@ -112,7 +112,7 @@ def negative_template(space: SearchSpace, tokenizer, max_length: int = 77) -> Pr
     if space.negative_prompt.strip():
         pieces.append(_ids(tokenizer, space.negative_prompt.strip()))
     slot_tokens = []
-    for n, i in enumerate(neg_slots):
+    for i in neg_slots:
         if pieces:
             pieces.append(comma)
         pieces.append(i)

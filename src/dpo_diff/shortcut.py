@@ -29,7 +29,8 @@ def shortcut_images(backend, text: Conditioning, seeds: Sequence[int], *, steps:
     if grad_steps < 1:
         raise ValueError(f"grad_steps must be >= 1, got {grad_steps}")
     if not 0 <= start_step <= steps - grad_steps:
-        raise ValueError(f"start_step must be in [0, steps - grad_steps] = [0, {steps - grad_steps}], got {start_step}")
+        raise ValueError(
+            f"start_step must be in [0, steps - grad_steps] = [0, {steps - grad_steps}], got {start_step}")
     n = len(seeds)
     text = Conditioning(text.cond.expand(n, -1, -1),
                         None if text.uncond is None else text.uncond.expand(n, -1, -1))

@@ -26,8 +26,7 @@ def save_tiny_sd(path: str | Path, *, prediction_type: Literal["epsilon", "v_pre
                  seed: int = 0, sample_size: int = 8, scheduler: str = "ddim") -> Path:
     """Save a tiny random Stable Diffusion pipeline folder (image size ``sample_size * 2`` px)."""
     import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
@@ -98,3 +97,78 @@ def sd15_unet_config() -> dict:
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=768, attention_head_dim=8,
     )
+
+
+class SyntheticProblem:
+    """A problem whose loss is a *known* function of the candidate, for testing searches without a diffusion model.
+
+    ``loss(candidate, seed) = base + sum_s costs[s][candidate[s]] + noise * n(seed)``. The relaxed loss used by GPO is
+    the same expression with soft weights in place of one-hot choices, so its gradient is exact. The optimum is the
+    per-slot argmin (improve) or argmax (attack) of ``costs``.
+    """
+
+    def __init__(self, space, task: str = "improve", costs=None, *, seed: int = 0, base: float = 0.8,
+                 noise: float = 0.01, steps: int = 50, constraint=None) -> None:
+        import torch
+
+        from dpo_diff.problem import SamplingConfig, Task
+        from dpo_diff.seeding import torch_generator
+
+        self.space, self.task, self.constraint = space, Task(task), constraint
+        self.sampling = SamplingConfig(steps=steps)
+        width = max(space.sizes)
+        if costs is None:
+            costs = torch.rand(len(space.slots), width, generator=torch_generator(seed, "costs")) * 0.1
+        self.costs = torch.as_tensor(costs, dtype=torch.float32)
+        for i, n in enumerate(space.sizes):
+            self.costs[i, n:] = 0.0
+        self.base, self.noise = base, noise
+        self.calls = 0  # exact evaluations requested (candidate x seed rows)
+        self.compute_dtype = torch.float32
+
+    @property
+    def user_prompt(self) -> str:
+        return self.space.prompt
+
+    def render(self, candidate):
+        return self.space.render(candidate)
+
+    def _seed_noise(self, seeds):
+        import torch
+
+        return torch.tensor([self.noise * (((s * 7919) % 13) / 13 - 0.5) for s in seeds])
+
+    def optimum(self):
+        pick = (lambda row: row.argmin()) if self.task.name == "improve" else (lambda row: row.argmax())
+        return tuple(int(pick(self.costs[i, :n])) for i, n in enumerate(self.space.sizes))
+
+    def candidate_losses(self, candidates, seeds):
+        import torch
+
+        self.calls += len(candidates) * len(seeds)
+        rows = [self.base + sum(float(self.costs[i, c]) for i, c in enumerate(cand)) for cand in candidates]
+        return torch.tensor(rows)[:, None] + self._seed_noise(seeds)[None, :]
+
+    def losses(self, pairs, seeds, keep_images=False):
+        raise NotImplementedError("SyntheticProblem scores candidates, not prompt texts")
+
+    def relaxation(self):
+        def loss(weights, seeds, *, start_step, grad_steps):
+            value = self.base + (weights * self.costs).sum()
+            return value + self._seed_noise(seeds)
+
+        return loss
+
+
+def synthetic_space(num_slots: int, num_options: int, target: str = "positive"):
+    """A space over the prompt ``"w0 w1 ... w{n-1}"`` with ``num_options`` options per slot."""
+    from dpo_diff.space import SearchSpace, Slot
+
+    words = [f"w{i}" for i in range(num_slots)]
+    if target == "positive":
+        slots = [Slot("positive", w, (w, *(f"{w}x{o}" for o in range(1, num_options))), i)
+                 for i, w in enumerate(words)]
+    else:
+        slots = [Slot("negative", w, ("", *(f"{w}x{o}" for o in range(1, num_options))), i)
+                 for i, w in enumerate(words)]
+    return SearchSpace(" ".join(words), tuple(slots))

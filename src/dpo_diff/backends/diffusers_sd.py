@@ -58,7 +58,8 @@ class StableDiffusionBackend:
         if scheduler_name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler_name!r}; choose one of {SCHEDULERS}")
         if not hasattr(scheduler, "alphas_cumprod"):
-            raise ValueError(f"scheduler {type(scheduler).__name__} has no alphas_cumprod; the one-step x0 jump needs it")
+            raise ValueError(
+                f"scheduler {type(scheduler).__name__} has no alphas_cumprod; the one-step x0 jump needs it")
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.unet = unet

@@ -35,6 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpo-iterations", type=int, default=20)
     p.add_argument("--k-schedule", default="step-15-2", help="step-A-B | fixed-A | random-A-B")
     p.add_argument("--grad-steps", type=int, default=1, help="K grad-enabled steps of the shortcut gradient")
+    p.add_argument("--similarity-threshold", type=float, default=0.9,
+                   help="meaning constraint for rewritten prompts (positive slots): minimum sentence-embedding "
+                        "similarity to the user prompt; 0 disables (default 0.9, as the paper)")
+    p.add_argument("--similarity-model", default=None,
+                   help="sentence-transformers model for the constraint (default: offline all-MiniLM-L6-v2; "
+                        "sentence-transformers/sentence-t5-base for paper parity)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="reuse evaluations already in DIR/progress.jsonl")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -53,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         judge=args.judge, method=args.method, budget=args.budget, seeds=parse_seeds(args.seeds),
         report_seeds=parse_seeds(args.report_seeds) if args.report_seeds else (), seed=args.seed,
         steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, dtype=args.dtype, device=device,
-        batch_size=args.batch_size, out=args.out,
+        batch_size=args.batch_size, out=args.out, similarity_threshold=args.similarity_threshold or None,
+        similarity_model=args.similarity_model,
         gpo=GradientSearchConfig(iterations=args.gpo_iterations, k_schedule=args.k_schedule,
                                  grad_steps=args.grad_steps),
     )

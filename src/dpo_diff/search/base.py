@@ -135,8 +135,7 @@ class Evaluator:
         reuse = [c for c in run if c in self.preloaded]
         fresh = [c for c in run if c not in self.preloaded]
         if fresh:
-            pairs = [self.problem.render(c) for c in fresh]
-            losses, _ = self.problem.losses(pairs, self.seeds)
+            losses = self.problem.candidate_losses(fresh, self.seeds)
             results = {c: [float(x) for x in row] for c, row in zip(fresh, losses)}
         else:
             results = {}

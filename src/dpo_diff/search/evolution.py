@@ -18,6 +18,8 @@ from dpo_diff.search.base import BudgetExhausted, Evaluator, SearchResult, finis
 from dpo_diff.seeding import rng as make_rng
 from dpo_diff.space import Candidate
 
+MAX_BARREN_GENERATIONS = 20  # stop when the meaning constraint rejects everything this many times in a row
+
 
 @dataclass(frozen=True)
 class EvolutionSearchConfig:
@@ -83,11 +85,20 @@ def evolve(problem: Problem, evaluator: Evaluator, config: EvolutionSearchConfig
     """Run EPO generations from ``initial`` until the budget is spent or no unseen offspring can be found."""
     sizes = problem.space.sizes
     seen = _Seen(evaluator)
+    barren = 0  # consecutive generations whose proposals were all rejected by the constraint
     try:
         evaluator.evaluate(list(dict.fromkeys(initial)), source="init")
-        while True:
+        while barren < MAX_BARREN_GENERATIONS:
             ranked = sorted(evaluator.evaluations.values(), key=lambda e: e.objective)[: config.archive_size]
             parents = [e.candidate for e in ranked[: config.num_parents]]
+            if not parents:  # the whole population was rejected: draw a fresh one
+                before = len(evaluator.rejected)
+                fresh = distinct_random(sizes, config.population_size, rng, exclude=set(evaluator.rejected))
+                if not fresh:
+                    break
+                evaluator.evaluate(fresh, source="init")
+                barren += len(evaluator.rejected) > before and not evaluator.evaluations
+                continue
             children: list[Candidate] = []
 
             def propose(make) -> None:
@@ -104,7 +115,9 @@ def evolve(problem: Problem, evaluator: Evaluator, config: EvolutionSearchConfig
                     propose(lambda: crossover(*rng.sample(parents, 2), rng))
             if not children:
                 break  # the neighbourhood of the archive is exhausted (small spaces)
+            n = len(evaluator.evaluations)
             evaluator.evaluate(children, source="offspring")
+            barren = barren + 1 if len(evaluator.evaluations) == n else 0
     except BudgetExhausted:
         pass
 

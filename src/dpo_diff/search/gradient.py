@@ -18,12 +18,10 @@ from typing import Any
 
 import torch
 
-from dpo_diff.backends.diffusers_sd import Conditioning
 from dpo_diff.problem import Problem
-from dpo_diff.relax import WordMixture, encode_mixed, negative_template, positive_template
+from dpo_diff.relax import WordMixture
 from dpo_diff.search.base import BudgetExhausted, Evaluator, SearchResult, finish
 from dpo_diff.seeding import derive_seed, torch_generator
-from dpo_diff.shortcut import shortcut_images
 
 _SCHEDULE_RE = re.compile(r"^(step|fixed|random)-(\d+)(?:-(\d+))?$")
 
@@ -98,10 +96,11 @@ class GradientSearchConfig:
         """Check up front that every iteration's k fits ``steps`` (raises the same error k_at would)."""
         kind, a, b = parse_k_schedule(self.k_schedule)
         worst = {"step": lambda: a + (self.iterations - 1) // b, "fixed": lambda: a, "random": lambda: b}[kind]()
-        if round(worst * steps / 50) + self.grad_steps > steps:
+        k_max = round(worst * steps / 50)
+        if k_max + self.grad_steps > steps:
             raise ValueError(
-                f"k schedule {self.k_schedule!r} over {self.iterations} iterations reaches k={round(worst * steps / 50)}"
-                f", but k + grad_steps must be <= steps ({steps}); use fewer iterations or a smaller schedule"
+                f"k schedule {self.k_schedule!r} over {self.iterations} iterations reaches k={k_max}, but "
+                f"k + grad_steps must be <= steps ({steps}); use fewer iterations or a smaller schedule"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,22 +120,15 @@ class GradientState:
 def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearchConfig, seed: int,
                   on_iteration: Callable[[GradientState], None] | None = None) -> GradientState:
     """Learn the slot logits with the shortcut text gradient until ``config.iterations`` or the budget runs out."""
-    space, backend, sc = problem.space, problem.backend, problem.sampling
+    space, sc = problem.space, problem.sampling
     config.validate_for(sc.steps)
-    mixture = WordMixture(space.sizes).to(backend.device)
+    mixture = WordMixture(space.sizes)
     opt = torch.optim.RMSprop(mixture.parameters(), lr=config.lr, momentum=config.momentum, alpha=config.alpha)
     gumbel = torch_generator(seed, "gumbel")
     k_rng = random.Random(derive_seed(seed, "k-schedule"))
-    pos = positive_template(space, backend.tokenizer, backend.max_length)
-    neg = negative_template(space, backend.tokenizer, backend.max_length)
-    use_cfg = sc.guidance_scale > 1
-    if space.slots_of("negative") and not use_cfg:
-        raise ValueError("the space has negative-prompt slots but guidance_scale <= 1 disables the negative prompt; "
-                         "use guidance > 1")
-    with torch.no_grad():  # sides without slots are constant: encode once
-        fixed_cond = None if pos.slots else backend.encode_text([space.prompt])
-        fixed_uncond = None if neg.slots or not use_cfg else backend.encode_text([space.negative_prompt])
-    scale = config.loss_scale or (1024.0 if backend.dtype == torch.float16 else 1.0)
+    relaxed = problem.relaxation()  # templates and constant sides, built once
+    dtype = problem.compute_dtype
+    scale = config.loss_scale or (1024.0 if dtype == torch.float16 else 1.0)
     state = GradientState(mixture)
     seeds = evaluator.seeds
     for it in range(config.iterations):
@@ -145,18 +137,13 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
         if not evaluator.can_afford(cost + evaluator.evaluation_cost):
             break  # keep budget for at least one full evaluation of what was learned
         weights = mixture.sample_weights(config.tau, gumbel)
-        cond = fixed_cond if fixed_cond is not None else encode_mixed(backend, pos, weights)
-        uncond = fixed_uncond if not neg.slots else encode_mixed(backend, neg, weights)
-        images = shortcut_images(backend, Conditioning(cond, uncond if use_cfg else None), seeds, steps=sc.steps,
-                                 guidance_scale=sc.guidance_scale, start_step=k, grad_steps=config.grad_steps,
-                                 height=sc.height, width=sc.width)
-        losses = problem.judge.loss(images, problem.user_prompt)
+        losses = relaxed(weights, seeds, start_step=k, grad_steps=config.grad_steps)
         loss = losses.mean()
         if not torch.isfinite(loss):
             if on_iteration:
                 on_iteration(state)
-            raise NaNLossError(f"GPO loss is {loss.item()} at iteration {it} (k={k}); the last good logits were saved. "
-                               f"Try fp32/bf16 or fewer grad steps.")
+            raise NaNLossError(f"GPO loss is {loss.item()} at iteration {it} (k={k}); the last good logits were "
+                               f"saved. Try fp32/bf16 or fewer grad steps.")
         opt.zero_grad(set_to_none=True)
         (problem.task.objective(loss) * scale).backward()
         grad = mixture.logits.grad
@@ -166,7 +153,7 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
         grad.div_(scale)
         if not grad.abs().sum() > 0:
             raise GradientError(
-                f"the text gradient is exactly zero at iteration {it} (dtype {backend.dtype}); in fp16 it can "
+                f"the text gradient is exactly zero at iteration {it} (dtype {dtype}); in fp16 it can "
                 f"underflow: use --dtype bf16/fp32 or raise loss_scale (now {scale})"
             )
         evaluator.charge(cost)
@@ -177,7 +164,8 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
         value = float(problem.task.objective(loss.detach()))
         if value < state.best_loss:  # best-iterate tracking (the objective is stochastic: Gumbel noise, seeds)
             state.best_loss, state.best_logits = value, mixture.logits.detach().clone()
-        state.log.append({"iteration": it, "k": k, "loss": float(loss.detach()), "objective": value, "cost": evaluator.cost})
+        state.log.append({"iteration": it, "k": k, "loss": float(loss.detach()), "objective": value,
+                          "cost": evaluator.cost})
         if on_iteration:
             on_iteration(state)
     return state
