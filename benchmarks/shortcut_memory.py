@@ -1,0 +1,146 @@
+"""Memory and time of one GPO iteration: the shortcut text gradient against backprop through every step.
+
+Prints, for 25, 50 and 100 sampling steps, the bytes autograd saves for the backward pass (measured with
+``torch.autograd.graph.saved_tensors_hooks``), the wall time of one iteration (forward + backward), and on CUDA the
+peak memory; then the ratios 100-step / 25-step (target for the shortcut: <= 1.05; the full gradient grows ~linearly).
+
+    python benchmarks/shortcut_memory.py                       # tiny random SD on the CPU (seconds)
+    python benchmarks/shortcut_memory.py --arch sd15 --device cuda --dtype fp16   # SD v1.x shapes, 512 px
+
+Random weights are fine: costs do not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+
+def build_backend(arch: str, device: str, dtype: str):
+    from dpo_diff.backends.diffusers_sd import DTYPES, StableDiffusionBackend
+    from dpo_diff.testing import save_tiny_sd
+
+    if arch == "tiny":
+        return StableDiffusionBackend.from_pretrained(save_tiny_sd(tempfile.mkdtemp()), device=device, dtype=dtype)
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from dpo_diff.resources import clip_tokenizer_path
+    from dpo_diff.testing import sd15_unet_config
+
+    with torch.device(device if device != "cpu" else "cpu"):
+        unet = UNet2DConditionModel(**sd15_unet_config()).to(DTYPES[dtype])
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, sample_size=512,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            layers_per_block=2).to(DTYPES[dtype])
+        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                            num_hidden_layers=12, vocab_size=49408, max_position_embeddings=77,
+                                            hidden_act="quick_gelu", eos_token_id=49407, bos_token_id=49406,
+                                            pad_token_id=49407)).to(DTYPES[dtype])
+    tok = CLIPTokenizer.from_pretrained(clip_tokenizer_path())
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionBackend(tok, text, unet, vae, sched, device=device, dtype=DTYPES[dtype])
+
+
+class SavedBytes:
+    """Counts the bytes of tensors autograd keeps for backward (storage deduplicated)."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.bytes = 0
+
+    def pack(self, t: torch.Tensor):
+        try:
+            key = t.untyped_storage().data_ptr()
+            if key not in self.seen:
+                self.seen.add(key)
+                self.bytes += t.untyped_storage().nbytes()
+        except RuntimeError:
+            pass
+        return t
+
+    @staticmethod
+    def unpack(t):
+        return t
+
+
+def one_iteration(problem, steps: int, mode: str) -> tuple[int, float, int]:
+    from dpo_diff.relax import WordMixture
+
+    problem.sampling = type(problem.sampling)(steps=steps, guidance_scale=7.5)
+    relaxed = problem.relaxation()
+    mixture = WordMixture(problem.space.sizes)
+    weights = mixture.sample_weights(1.0, torch.Generator().manual_seed(0))
+    k = round(15 * steps / 50)
+    dev = problem.backend.device
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    counter = SavedBytes()
+    t0 = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        if mode == "shortcut":
+            loss = relaxed(weights, (0,), start_step=k, grad_steps=1).mean()
+        else:  # the full gradient: every step grad-enabled, decode the final latents
+            loss = relaxed(weights, (0,), start_step=0, grad_steps=steps).mean()
+    loss.backward()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0
+    return counter.bytes, seconds, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="tiny", choices=("tiny", "sd15"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--steps", default="25,50,100")
+    parser.add_argument("--full-steps", default="25,50,100",
+                        help="step counts for the full-gradient baseline ('' to skip; it needs ~1.45 GB/step at sd15)")
+    args = parser.parse_args()
+
+    from dpo_diff.judges.clip import ClipJudge
+    from dpo_diff.problem import Problem, SamplingConfig, Task
+    from dpo_diff.space import space_from_substitutes
+    from dpo_diff.testing import save_tiny_clip
+
+    backend = build_backend(args.arch, args.device, args.dtype)
+    judge = ClipJudge.from_pretrained(str(save_tiny_clip(tempfile.mkdtemp(), image_size=224 if args.arch == "sd15"
+                                                            else 32)), device=args.device)
+    space = space_from_substitutes("a red car on a snowy road", {"car": ["truck", "van"]},
+                                   {"red": ["blue", "green"], "snowy": ["sunny", "dry"]})
+    problem = Problem(space, Task("improve"), backend, judge, SamplingConfig())
+    one_iteration(problem, 4, "shortcut")  # warm-up
+    print(f"arch={args.arch} device={args.device} dtype={args.dtype}")
+    print(f"{'mode':10s} {'steps':>5s} {'saved MB':>10s} {'seconds':>8s} {'peak MB':>9s}")
+    results: dict[tuple[str, int], tuple[int, float, int]] = {}
+    full_steps = [int(s) for s in args.full_steps.split(",") if s]
+    for mode, step_list in (("shortcut", [int(s) for s in args.steps.split(",")]), ("full", full_steps)):
+        for steps in step_list:
+            try:
+                r = one_iteration(problem, steps, mode)
+            except torch.OutOfMemoryError:
+                print(f"{mode:10s} {steps:5d}   out of memory")
+                torch.cuda.empty_cache()
+                continue
+            results[mode, steps] = r
+            print(f"{mode:10s} {steps:5d} {r[0] / 2**20:10.1f} {r[1]:8.3f} {r[2] / 2**20:9.1f}")
+    for mode in ("shortcut", "full"):
+        steps = sorted(s for m, s in results if m == mode)
+        if len(steps) >= 2:
+            lo, hi = results[mode, steps[0]], results[mode, steps[-1]]
+            print(f"{mode}: saved-bytes ratio {steps[-1]}/{steps[0]} steps = {hi[0] / lo[0]:.3f}, "
+                  f"time ratio = {hi[1] / lo[1]:.2f}")
+    if ("shortcut", 50) in results and ("full", 50) in results:
+        s, f = results["shortcut", 50], results["full", 50]
+        print(f"at 50 steps the shortcut saves {f[0] / s[0]:.1f}x less for backward and runs {f[1] / s[1]:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()
