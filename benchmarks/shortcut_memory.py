@@ -19,33 +19,6 @@ import time
 import torch
 
 
-def build_backend(arch: str, device: str, dtype: str):
-    from dpo_diff.backends.diffusers_sd import DTYPES, StableDiffusionBackend
-    from dpo_diff.testing import save_tiny_sd
-
-    if arch == "tiny":
-        return StableDiffusionBackend.from_pretrained(save_tiny_sd(tempfile.mkdtemp()), device=device, dtype=dtype)
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from dpo_diff.resources import clip_tokenizer_path
-    from dpo_diff.testing import sd15_unet_config
-
-    with torch.device(device if device != "cpu" else "cpu"):
-        unet = UNet2DConditionModel(**sd15_unet_config()).to(DTYPES[dtype])
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, sample_size=512,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            layers_per_block=2).to(DTYPES[dtype])
-        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-                                            num_hidden_layers=12, vocab_size=49408, max_position_embeddings=77,
-                                            hidden_act="quick_gelu", eos_token_id=49407, bos_token_id=49406,
-                                            pad_token_id=49407)).to(DTYPES[dtype])
-    tok = CLIPTokenizer.from_pretrained(clip_tokenizer_path())
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionBackend(tok, text, unet, vae, sched, device=device, dtype=DTYPES[dtype])
-
-
 class SavedBytes:
     """Counts the bytes of tensors autograd keeps for backward (storage deduplicated)."""
 
@@ -108,9 +81,9 @@ def main() -> None:
     from dpo_diff.judges.clip import ClipJudge
     from dpo_diff.problem import Problem, SamplingConfig, Task
     from dpo_diff.space import space_from_substitutes
-    from dpo_diff.testing import save_tiny_clip
+    from dpo_diff.testing import random_backend, save_tiny_clip
 
-    backend = build_backend(args.arch, args.device, args.dtype)
+    backend = random_backend(args.arch, args.device, args.dtype)
     judge = ClipJudge.from_pretrained(str(save_tiny_clip(tempfile.mkdtemp(), image_size=224 if args.arch == "sd15"
                                                             else 32)), device=args.device)
     space = space_from_substitutes("a red car on a snowy road", {"car": ["truck", "van"]},

@@ -88,6 +88,38 @@ def save_tiny_clip(path: str | Path, *, seed: int = 1, image_size: int = 32) -> 
     return path
 
 
+def random_backend(arch: str = "tiny", device: str = "cpu", dtype: str = "fp32"):
+    """A backend with random weights: ``tiny`` (16 px, loaded from a saved folder) or ``sd15`` (Stable Diffusion
+    v1.x shapes: 860 M UNet, 512 px, CLIP ViT-L text encoder), for benchmarks where costs, not values, matter."""
+    import tempfile
+
+    import torch
+
+    from dpo_diff.backends.diffusers_sd import DTYPES, StableDiffusionBackend
+    from dpo_diff.testing import save_tiny_sd
+
+    if arch == "tiny":
+        return StableDiffusionBackend.from_pretrained(save_tiny_sd(tempfile.mkdtemp()), device=device, dtype=dtype)
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from dpo_diff.resources import clip_tokenizer_path
+
+    with torch.device(device):
+        unet = UNet2DConditionModel(**sd15_unet_config()).to(DTYPES[dtype])
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, sample_size=512,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            layers_per_block=2).to(DTYPES[dtype])
+        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                            num_hidden_layers=12, vocab_size=49408, max_position_embeddings=77,
+                                            hidden_act="quick_gelu", eos_token_id=49407, bos_token_id=49406,
+                                            pad_token_id=49407)).to(DTYPES[dtype])
+    tok = CLIPTokenizer.from_pretrained(clip_tokenizer_path())
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionBackend(tok, text, unet, vae, sched, device=device, dtype=DTYPES[dtype])
+
+
 def sd15_unet_config() -> dict:
     """The UNet configuration of Stable Diffusion v1.x (for memory/throughput benchmarks with random weights)."""
     return dict(
