@@ -19,6 +19,7 @@ import json
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -133,11 +134,14 @@ def environment() -> dict[str, Any]:
 
 
 def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=None, judge=None,
-             constraint=None, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+             constraint=None, progress: bool = True, resume: bool = False,
+             extra_metrics: Callable[[Any, Any, list[int]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run DPO-Diff for one prompt and write the output folder. Returns the ``result.json`` content.
 
     ``backend``/``judge`` may be passed to reuse loaded models across prompts; otherwise they are loaded from
     ``cfg.model``/``cfg.judge``. ``resume`` reuses the evaluations in ``progress.jsonl`` of the same folder.
+    ``extra_metrics(user_images, best_images, seeds)`` adds measurements of the final images (e.g. the shapes
+    world's ground-truth faithfulness) to the result under ``"metrics"``.
     """
     import torch
     from tqdm.auto import tqdm
@@ -285,6 +289,9 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         "space_size": space.num_candidates,
         "full_space_slots": len(full_space.slots),
     }
+    if extra_metrics is not None:
+        n_all = len(seeds_all)
+        result["metrics"] = extra_metrics(images[:n_all], images[n_all:], seeds_all)
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
