@@ -59,8 +59,15 @@ def run(args: argparse.Namespace) -> int:
     from dpo_diff.optimize import OptimizeConfig, optimize
     from dpo_diff.search.gradient import GradientSearchConfig
     from dpo_diff.seeding import parse_seeds
-    from dpo_diff.world import (RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS, generator_path, heldout_prompts,
-                                judge_path, load_checker, verify_model_folder)
+    from dpo_diff.world import (
+        RECOMMENDED_GUIDANCE,
+        RECOMMENDED_STEPS,
+        generator_path,
+        heldout_prompts,
+        judge_path,
+        load_checker,
+        verify_model_folder,
+    )
 
     for kind in ("generator", "judge", "checker"):
         verify_model_folder(kind)  # a clear error naming the file and the script that rebuilds it
@@ -92,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
             "task": task, "prompt": prompt, "best_prompt": result["best"]["prompt"],
             "best_negative_prompt": result["best"]["negative_prompt"],
             "loss_before": result["before"]["report_mean"], "loss_after": result["after"]["report_mean"],
-            "faithful_before": m["user"]["report"]["all_correct"], "faithful_after": m["best"]["report"]["all_correct"],
+            "faithful_before": m["user"]["report"]["all_correct"],
+            "faithful_after": m["best"]["report"]["all_correct"],
             "seconds": result["total_seconds"], "note": result["note"],
         }
         summary.append(row)
