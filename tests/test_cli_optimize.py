@@ -117,3 +117,12 @@ def test_import_is_cheap():
            "'openai','sentence_transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_prompt_over_77_tokens_is_refused(tmp_path, tiny_sd, tiny_clip, capsys):
+    prompt = " ".join(["red"] * 80) + " dog"
+    path = tmp_path / "s.json"
+    save_spaces([space_from_substitutes(prompt, antonyms={"dog": ["cat"]})], path)
+    rc = main(["optimize", "--prompt", prompt, "--space", str(path), "--model", tiny_sd, "--judge", tiny_clip,
+               "--steps", "4", "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu"])
+    assert rc == 2 and "tokens" in capsys.readouterr().err

@@ -102,3 +102,16 @@ def test_grad_steps_k_more_than_one(backend, judge):
     ev = Evaluator(problem, (0,), budget=10)
     state = train_mixture(problem, ev, GradientSearchConfig(iterations=1, grad_steps=3), seed=0)
     assert ev.cost == pytest.approx((3 + 3) / 10) and state.log
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_text_gradient_is_finite_and_nonzero(tiny_sd, judge, dtype):
+    from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+
+    half = StableDiffusionBackend.from_pretrained(tiny_sd, dtype=dtype)
+    problem = Problem(SPACE, Task("improve"), half, judge, SamplingConfig(steps=6))
+    grads = []
+    train_mixture(problem, Evaluator(problem, (0,), 10), GradientSearchConfig(iterations=1), seed=0,
+                  on_iteration=lambda s: grads.append(s.mixture.logits.grad.clone()))
+    assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
+    assert half.generate(["a dog"], [""], [0], steps=3).dtype == torch.float32  # judged in fp32
