@@ -24,16 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def world_space(prompt: str, task: str):
-    """The search space the world's own lexicon gives for ``prompt`` (antonyms for improve, synonyms for attack)."""
-    from dpo_diff.space import space_from_substitutes
-    from dpo_diff.world import world_substitutes
-
-    synonyms, antonyms = world_substitutes(prompt)
-    return space_from_substitutes(prompt, synonyms if task == "attack" else None,
-                                  antonyms if task == "improve" else None, source="shapes-world")
-
-
 def faithfulness_metric(checker, prompt: str, n_search: int):
     """Ground-truth faithfulness of the user's and the optimized images to the *user's* prompt."""
     from dpo_diff.world import summarize
@@ -68,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         load_checker,
         verify_model_folder,
     )
+    from dpo_diff.world.spaces import world_space
 
     for kind in ("generator", "judge", "checker"):
         verify_model_folder(kind)  # a clear error naming the file and the script that rebuilds it
