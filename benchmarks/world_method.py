@@ -31,8 +31,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     from dpo_diff.problem import Problem, SamplingConfig, Task
     from dpo_diff.search.api import search
     from dpo_diff.seeding import parse_seeds
-    from dpo_diff.world import (RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS, generator_path, heldout_prompts,
-                                judge_path, load_checker, summarize)
+    from dpo_diff.world import (
+        RECOMMENDED_GUIDANCE,
+        RECOMMENDED_STEPS,
+        generator_path,
+        heldout_prompts,
+        judge_path,
+        load_checker,
+        summarize,
+    )
     from dpo_diff.world.spaces import world_space
 
     out = Path(args.out)
