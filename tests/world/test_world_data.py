@@ -132,3 +132,12 @@ def test_vocabulary_covers_captions():
     for _ in range(200):
         s = sample_scene(rng)
         assert set(caption(s, rng, "uniform").split()) <= VOCABULARY
+
+
+def test_prompt_kind_labels_the_heldout_sets():
+    from dpo_diff.world import prompt_kind
+
+    assert {prompt_kind(p) for p in heldout_prompts("easy", 20)} == {"easy"}
+    kinds = [prompt_kind(p) for p in heldout_prompts("hard", 9)]
+    assert kinds == ["rare_word", "unseen_combo", "two_objects"] * 3
+    assert prompt_kind("a red dog") == "other"

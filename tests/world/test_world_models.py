@@ -129,3 +129,17 @@ def test_loaders_refuse_a_broken_folder(tmp_path):
         load_checker(tmp_path / "nowhere")
     cfg = json.loads((judge_path() / "preprocessor_config.json").read_text())
     assert cfg["image_mean"] and cfg["image_std"] and cfg["crop_size"]["height"] == 32
+
+
+def test_checker_accepts_pil_uint8_and_float_images(checker):
+    from PIL import Image
+
+    from dpo_diff.world.scene import Scene, make_object
+
+    img = render_batch([Scene((make_object("green", "triangle", "small", "top", False),))])
+    prompt = ["a small green triangle at the top"]
+    as_float_nchw = torch.from_numpy(img).permute(0, 3, 1, 2).float() / 255
+    big_pil = Image.fromarray(img[0]).resize((64, 64), Image.Resampling.NEAREST)
+    for form in (img, img[0], as_float_nchw, [Image.fromarray(img[0])], big_pil):
+        (f,) = checker.score(form, prompt)
+        assert f.all_correct, (type(form), f.checks)

@@ -14,7 +14,7 @@ from typing import Any
 
 from dpo_diff.world.captions import PromptSpec, parse_caption
 from dpo_diff.world.paths import checker_path, generator_path, judge_path
-from dpo_diff.world.prompts import HELDOUT_COMBOS, heldout_prompts, is_heldout_caption
+from dpo_diff.world.prompts import HELDOUT_COMBOS, heldout_prompts, is_heldout_caption, prompt_kind, scene_for_prompt
 from dpo_diff.world.substitutes import world_substitutes
 
 # Sampling settings measured with benchmarks/world_quality.py (see the model card in data/shapes_world).
@@ -45,6 +45,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "HELDOUT_COMBOS", "IMAGE_SIZE", "RECOMMENDED_GUIDANCE", "RECOMMENDED_STEPS", "PromptSpec", "checker_path",
-    "generator_path", "heldout_prompts", "is_heldout_caption", "judge_path", "parse_caption", "world_substitutes",
+    "generator_path", "heldout_prompts", "is_heldout_caption", "judge_path", "parse_caption", "prompt_kind",
+    "scene_for_prompt", "world_substitutes",
     *_LAZY,
 ]

@@ -153,3 +153,20 @@ def scene_for_prompt(prompt: str, rng: np.random.Generator) -> Scene:
         objs = [make_object(b.colour, b.shape, b.size, "left", True, rng),
                 make_object(a.colour, a.shape, a.size, "right", True, rng)]
     return Scene(tuple(objs), background)
+
+
+def prompt_kind(prompt: str) -> str:
+    """Which held-out category a prompt belongs to: ``"two_objects"``, ``"unseen_combo"``, ``"rare_word"``,
+    ``"easy"`` (one object, common words) or ``"other"`` (e.g. words outside the world)."""
+    from dpo_diff.world.captions import parse_caption, word_tier
+
+    spec = parse_caption(prompt)
+    if spec.unknown_words or not spec.objects:
+        return "other"
+    if spec.count == 2:
+        return "two_objects"
+    if (spec.objects[0].colour, spec.objects[0].shape) in HELDOUT_COMBOS:
+        return "unseen_combo"
+    if any(word_tier(w) >= RARE_TIER for w in prompt.lower().split()):
+        return "rare_word"
+    return "easy" if all(word_tier(w) <= 0 for w in prompt.lower().split()) else "other"
