@@ -79,9 +79,12 @@ def _rare_word_prompt(rng: np.random.Generator) -> str:
 def _combo_prompt(rng: np.random.Generator) -> str:
     # A colour/shape combination the generator never saw, with common words.
     c, s = sorted(HELDOUT_COMBOS)[int(rng.integers(len(HELDOUT_COMBOS)))]
-    size = str(rng.choice(SIZES)) if rng.random() < 0.5 else None
-    words = ([size] if size else []) + [c, s]
-    return f"{article(words[0])} {' '.join(words)}"
+    pos = str(rng.choice(POSITIONS))
+    scene = Scene((make_object(c, s, str(rng.choice(SIZES)), pos, False),))
+    while True:
+        text = caption(scene, rng, "common")
+        if "background" not in text:
+            return text
 
 
 def _pair_prompt(rng: np.random.Generator) -> str:
