@@ -126,3 +126,12 @@ def test_prompt_over_77_tokens_is_refused(tmp_path, tiny_sd, tiny_clip, capsys):
     rc = main(["optimize", "--prompt", prompt, "--space", str(path), "--model", tiny_sd, "--judge", tiny_clip,
                "--steps", "4", "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu"])
     assert rc == 2 and "tokens" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_never_silently_replaced(space_file, tiny_sd, tiny_clip, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_optimize(space_file, tiny_sd, tiny_clip, out, "--method", "random") == 0
+    assert run_optimize(space_file, tiny_sd, tiny_clip, out, "--method", "random") == 2
+    assert "--resume" in capsys.readouterr().err
+    assert run_optimize(space_file, tiny_sd, tiny_clip, out, "--method", "random", "--resume") == 0
+    assert run_optimize(space_file, tiny_sd, tiny_clip, out, "--method", "random", "--overwrite") == 0

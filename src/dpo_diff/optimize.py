@@ -134,7 +134,7 @@ def environment() -> dict[str, Any]:
 
 
 def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=None, judge=None,
-             constraint=None, progress: bool = True, resume: bool = False,
+             constraint=None, progress: bool = True, resume: bool = False, overwrite: bool = False,
              extra_metrics: Callable[[Any, Any, list[int]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run DPO-Diff for one prompt and write the output folder. Returns the ``result.json`` content.
 
@@ -163,6 +163,9 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     space = select_target(space, cfg.task, cfg.target)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
+    if not resume and not overwrite and ((out / "progress.jsonl").exists() or (out / "result.json").exists()):
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                         f"or choose another --out")
     record = {"config": cfg.to_dict(), "space": space.to_dict(), "environment": environment()}
     if resume and config_path.is_file():
         old = json.loads(config_path.read_text())

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             similarity_threshold=None,
         )
         print(f"\n[{task}] {prompt!r}: {len(space.slots)} slots, {space.num_candidates} candidates")
-        result = optimize(cfg, space=space, backend=backend, judge=judge, progress=not args.quiet,
+        result = optimize(cfg, space=space, backend=backend, judge=judge, progress=not args.quiet, overwrite=True,
                           extra_metrics=faithfulness_metric(checker, prompt, len(seeds)))
         m = result["metrics"]
         row = {

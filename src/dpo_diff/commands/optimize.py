@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "sentence-transformers/sentence-t5-base for paper parity)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="reuse evaluations already in DIR/progress.jsonl")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         gpo=GradientSearchConfig(iterations=args.gpo_iterations, k_schedule=args.k_schedule,
                                  grad_steps=args.grad_steps),
     )
-    result = optimize(cfg, progress=not args.quiet, resume=args.resume)
+    result = optimize(cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({k: result[k] for k in ("user_prompt", "best", "before", "after", "cost")}, indent=2))
     if result["note"]:
         print(result["note"])
