@@ -1,0 +1,199 @@
+"""What defines a benchmark run, and the fingerprint that keeps results of different settings apart.
+
+Two runs may share a results file only if every setting that changes a number is equal: the fingerprint
+(:meth:`BenchConfig.key`) hashes them, plus the *content* of local model folders (a retrained model must not be
+mixed with results of the old one). Settings that do not change numbers are left out, so a benchmark can be continued
+with more methods or prompts, on another device, or on a Ray cluster: ``methods``, ``device``, ``batch_size``.
+Settings of one method (GPO's, EPO's, Promptist's model) enter only the fingerprint of that method's records
+(:meth:`BenchConfig.method_key`), so tuning GPO does not invalidate the other methods' results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dpo_diff.search.evolution import EvolutionSearchConfig
+from dpo_diff.search.gradient import GradientSearchConfig
+
+SEARCH_METHODS = ("random", "epo", "gpo", "hybrid")
+BASELINES = ("user", "promptist")
+METHODS = ("user", "promptist", *SEARCH_METHODS)
+SPACE_KINDS = ("antonym", "synonym", "nplib", "hybrid")
+DEFAULT_JUDGE = "openai/clip-vit-base-patch32"
+PROMPTIST = "microsoft/Promptist"
+_NOT_IN_KEY = ("methods", "device", "batch_size")
+_METHOD_ONLY = ("promptist_model", "promptist_tokenizer", "gpo", "epo")
+
+
+class BenchError(ValueError):
+    """A benchmark cannot start or continue (the message says why and what to do)."""
+
+
+@dataclass
+class BenchConfig:
+    """Everything that defines a benchmark (saved in ``DIR/bench.json``; see the module docstring)."""
+
+    task: str = "improve"
+    methods: tuple[str, ...] = METHODS
+    budget: float = 40.0  # full-generation equivalents per (prompt, method), the paper's 40
+    seeds: tuple[int, ...] = (0,)  # image seeds the searches see
+    report_seeds: tuple[int, ...] = (100, 101, 102)  # held-out seeds of the reported numbers
+    seed: int = 0  # root of every search's random streams (the same for every method and prompt)
+    world: bool = False  # the bundled shapes-world models, substitutes and ground-truth checker
+    model: str = ""  # Stable Diffusion hub id or folder (ignored with world)
+    judge: str = DEFAULT_JUDGE  # CLIP hub id or folder (ignored with world)
+    space_kind: str | None = None  # built with the offline WordNet lexicon; None: antonym (improve) / synonym (attack)
+    spaces: str | None = None  # a spaces JSON file instead of building them
+    steps: int = 50
+    guidance: float = 7.5
+    scheduler: str = "ddim"
+    dtype: str = "fp32"
+    height: int | None = None
+    width: int | None = None
+    similarity_threshold: float | None = 0.9  # attack meaning constraint (paper 0.9); None: off
+    similarity_model: str | None = None
+    promptist_model: str = PROMPTIST
+    promptist_tokenizer: str | None = None  # None: the model folder's own, else GPT-2's ("gpt2")
+    gpo: GradientSearchConfig = field(default_factory=GradientSearchConfig)
+    epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
+    device: str = "auto"  # auto: cuda when available (decided where each job runs)
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        from dpo_diff.problem import TASKS, SamplingConfig
+
+        if isinstance(self.gpo, dict):
+            self.gpo = GradientSearchConfig(**self.gpo)
+        if isinstance(self.epo, dict):
+            self.epo = EvolutionSearchConfig(**self.epo)
+        self.methods, self.seeds, self.report_seeds = tuple(self.methods), tuple(self.seeds), tuple(self.report_seeds)
+        if self.task not in TASKS:
+            raise BenchError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise BenchError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        if not self.methods:
+            raise BenchError(f"give at least one method, e.g. {','.join(METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise BenchError(f"methods {list(self.methods)} list a method twice")
+        if "promptist" in self.methods and self.task != "improve":
+            raise BenchError("promptist rewrites prompts to look better: it is a baseline for --task improve only")
+        if not self.budget > 0 or not math.isfinite(self.budget):
+            raise BenchError(f"budget must be a positive number of full generations, got {self.budget}")
+        if not self.seeds or not self.report_seeds:
+            raise BenchError("give at least one search seed and one report seed")
+        overlap = sorted(set(self.seeds) & set(self.report_seeds))
+        if overlap:
+            raise BenchError(f"report seeds must be held out from the search seeds; both contain {overlap}")
+        if set(self.methods) & set(SEARCH_METHODS) and self.budget < len(self.seeds):
+            raise BenchError(f"budget {self.budget} is smaller than one evaluation on {len(self.seeds)} seeds")
+        if self.space_kind is not None and self.space_kind not in SPACE_KINDS:
+            raise BenchError(f"unknown space kind {self.space_kind!r}; choose one of {SPACE_KINDS}")
+        if self.world and (self.spaces or self.space_kind):
+            raise BenchError("--world uses the shapes world's own substitutes; drop --spaces/--space-kind")
+        if self.spaces and self.space_kind:
+            raise BenchError("give either --spaces FILE or --space-kind, not both")
+        if not self.world and not self.model:
+            raise BenchError("give --model (a Stable Diffusion hub id or folder) or --world")
+        SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
+        if set(self.methods) & {"gpo", "hybrid"}:
+            self.gpo.validate_for(self.steps)
+
+    @property
+    def resolved_space_kind(self) -> str:
+        return self.space_kind or ("antonym" if self.task == "improve" else "synonym")
+
+    def model_paths(self) -> tuple[str, str]:
+        """The generator and judge to load (the bundled ones with ``world``)."""
+        if self.world:
+            from dpo_diff.world import generator_path, judge_path
+
+            return str(generator_path()), str(judge_path())
+        return self.model, self.judge
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["methods"], d["seeds"], d["report_seeds"] = list(self.methods), list(self.seeds), list(self.report_seeds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise BenchError(f"unknown bench config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def keyed_settings(self) -> dict[str, Any]:
+        """The settings that change every method's numbers, with local model folders replaced by fingerprints of
+        their content. Settings of one method only are in :meth:`method_settings`."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY and k not in _METHOD_ONLY}
+        model, judge = self.model_paths()
+        d["model"], d["judge"] = model_fingerprint(model), model_fingerprint(judge)
+        if self.spaces:
+            d["spaces"] = model_fingerprint(self.spaces)
+        return d
+
+    def method_settings(self, method: str) -> dict[str, Any]:
+        """Settings that change only ``method``'s numbers (so changing GPO's does not invalidate EPO's results)."""
+        d: dict[str, Any] = {}
+        if method == "promptist":
+            d = {"promptist_model": model_fingerprint(self.promptist_model),
+                 "promptist_tokenizer": self.promptist_tokenizer}
+        if method in ("gpo", "hybrid"):
+            d["gpo"] = asdict(self.gpo)
+        if method in ("epo", "hybrid"):
+            d["epo"] = asdict(self.epo)
+        return d
+
+    def key(self) -> str:
+        """Fingerprint of :meth:`keyed_settings`: a results folder holds results of one key only."""
+        return _hash(self.keyed_settings())
+
+    def method_key(self, method: str) -> str:
+        """Fingerprint of a record of ``method``: :meth:`key` plus :meth:`method_settings`."""
+        return _hash({"key": self.key(), "method": method, **self.method_settings(method)})
+
+
+def _hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(source: str) -> str:
+    """A hub id as is; a local file or folder as a hash of its files' names, sizes and first/last MiB.
+
+    Hashing whole multi-GB checkpoints would take tens of seconds; the head and tail of each file (headers, last
+    layers) and its size change whenever the weights are retrained or replaced.
+    """
+    p = Path(source)
+    if not source or not p.exists():
+        return source
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    chunk = 1 << 20
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(p) if p.is_dir() else f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(chunk))
+            if size > 2 * chunk:
+                fh.seek(size - chunk)
+                h.update(fh.read(chunk))
+    return f"sha256:{h.hexdigest()[:16]}"
+
+
+def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two settings dicts (nested ones as ``gpo.iterations: 20 -> 10``)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff_settings(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}")
+    return out

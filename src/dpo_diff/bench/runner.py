@@ -1,0 +1,191 @@
+"""The benchmark driver: prompts x methods at one budget, skipping finished work, locally or on Ray.
+
+Example::
+
+    from dpo_diff.bench.config import BenchConfig
+    from dpo_diff.bench.runner import run_bench
+    cfg = BenchConfig(task="improve", model="CompVis/stable-diffusion-v1-4", seeds=(0, 1, 2))
+    run_bench(cfg, "hard_prompts.json", "runs/bench")   # then: dpo-diff report runs/bench
+
+Order of work, chosen so that a refusal or a failed connection leaves no trace in the folder: read the prompts,
+check the folder's settings against ours, connect to Ray, then write ``bench.json`` and ``spaces.json`` and run the
+jobs that have no record yet, appending each record as it arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpo_diff.bench.config import BenchConfig, BenchError, diff_settings
+from dpo_diff.bench.jobs import Job, run_job
+from dpo_diff.bench.results import MANIFEST, RESULTS, SPACES, append_record, load_records, read_manifest
+from dpo_diff.prompt_sets import PromptSet, read_prompt_set
+from dpo_diff.space import SearchSpace, atomic_write_text
+
+JobFn = Callable[[BenchConfig, Job, str], dict[str, Any]]
+
+
+@dataclass
+class BenchSummary:
+    out: str
+    prompts: int
+    methods: tuple[str, ...]
+    already_done: int
+    ran: int
+
+    @property
+    def total(self) -> int:
+        return self.prompts * len(self.methods)
+
+
+@dataclass
+class RayOptions:
+    """``address`` None starts a local Ray instance with ``workers`` CPUs; otherwise connects to the cluster."""
+
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_job: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_job: float = 1.0
+    retries: int = 2
+
+
+def run_bench(cfg: BenchConfig, prompts: str | os.PathLike[str] | PromptSet, out: str | os.PathLike[str], *,
+              column: str | None = None, ray: RayOptions | None = None, argv: list[str] | None = None,
+              log: Callable[[str], None] = print, job_fn: JobFn | None = None) -> BenchSummary:
+    """Run every method of ``cfg`` on every prompt not yet done in ``out``; see the module docstring.
+
+    Raises:
+        BenchError: ``out`` holds results of other settings, a prompt has no space, Ray is unreachable, or a job
+            failed (finished records are kept; rerunning the same command resumes).
+    """
+    import json
+
+    from dpo_diff.optimize import environment
+
+    out = Path(out)
+    job_fn = job_fn or run_job
+    pset = prompts if isinstance(prompts, PromptSet) else read_prompt_set(prompts, column=column)
+    key = cfg.key()
+    check_folder(out, cfg)
+    executor = None
+    if ray is not None:
+        from dpo_diff.bench.ray_executor import RayExecutor
+
+        executor = RayExecutor(ray, log=log)
+        executor.start()  # raises before anything is written when the cluster cannot be reached
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = read_manifest(out) or {"config": cfg.to_dict(), "config_key": key,
+                                          "settings": cfg.keyed_settings(), "method_settings": {}, "invocations": []}
+        manifest["config"]["methods"] = list(dict.fromkeys([*manifest["config"]["methods"], *cfg.methods]))
+        for m in cfg.methods:
+            manifest["method_settings"][m] = {"key": cfg.method_key(m), **cfg.method_settings(m)}
+        manifest["invocations"].append({
+            "argv": argv if argv is not None else sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "methods": list(cfg.methods), "device": cfg.device, "batch_size": cfg.batch_size,
+            "ray": None if ray is None else vars(ray), "prompt_set": pset.to_dict(), "environment": environment(),
+        })
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+        spaces = prepare_spaces(cfg, pset.prompts, out)
+        done = {(r["prompt"], r["method"]) for r in load_records(out, repair=True)}
+        method_keys = {m: cfg.method_key(m) for m in cfg.methods}
+        jobs = [Job(p, m, spaces[p].to_dict(), method_keys[m]) for p in pset.prompts for m in cfg.methods
+                if (p, m) not in done]
+        n_total = len(pset.prompts) * len(cfg.methods)
+        already = n_total - len(jobs)
+        log(f"{pset.summary()}\n{n_total} jobs ({len(pset.prompts)} prompts x {len(cfg.methods)} methods): "
+            f"{already} already done, {len(jobs)} to run -> {out / RESULTS}")
+        counter = [already]
+
+        def on_record(record: dict[str, Any]) -> None:
+            append_record(out, record)
+            counter[0] += 1
+            log(progress_line(record, counter[0], n_total))
+
+        if executor is not None:
+            executor.run(cfg, jobs, out, on_record, job_fn)
+        else:
+            for job in jobs:
+                try:
+                    record = job_fn(cfg, job, str(out / job.folder))
+                except (KeyboardInterrupt, BenchError):
+                    raise
+                except Exception as e:
+                    raise BenchError(f"job ({job.prompt!r}, {job.method}) failed: {type(e).__name__}: {e}. "
+                                     f"{counter[0]} finished jobs are saved; rerun the same command to resume") from e
+                on_record(record)
+    finally:
+        if executor is not None:
+            executor.stop()
+    return BenchSummary(str(out), len(pset.prompts), cfg.methods, already, len(jobs))
+
+
+def check_folder(out: Path, cfg: BenchConfig) -> None:
+    """Refuse a folder whose results come from other settings (nothing is written here)."""
+    manifest = read_manifest(out)
+    hint = (f"to continue those results rerun with their settings (in {out / MANIFEST}); to start over use a new "
+            f"--out folder (or delete {out})")
+    if manifest is None:
+        if (out / RESULTS).exists():
+            raise BenchError(f"{out / RESULTS} exists but {out / MANIFEST} does not, so its settings are unknown. "
+                             f"{hint}")
+        return
+    if manifest.get("config_key") != cfg.key():
+        changes = diff_settings(manifest.get("settings", {}), cfg.keyed_settings())
+        raise BenchError(f"{out} holds benchmark results of different settings ({'; '.join(changes[:6])}); "
+                         f"refusing to mix them. {hint}")
+    for r in load_records(out):
+        m = r.get("method")
+        if m in cfg.methods and r.get("config_key") != cfg.method_key(m):
+            old = {k: v for k, v in manifest.get("method_settings", {}).get(m, {}).items() if k != "key"}
+            changes = diff_settings(old, cfg.method_settings(m))
+            raise BenchError(f"{out / RESULTS} holds {m} results of different {m} settings "
+                             f"({'; '.join(changes[:6]) or 'see ' + MANIFEST}); refusing to mix them. {hint}")
+
+
+def prepare_spaces(cfg: BenchConfig, prompts: list[str], out: Path) -> dict[str, SearchSpace]:
+    """The search space of every prompt, saved to ``DIR/spaces.json`` (kept across resumes)."""
+    from dpo_diff.space import load_spaces, save_spaces
+
+    path = out / SPACES
+    if cfg.world:
+        from dpo_diff.world.spaces import world_space
+
+        spaces = {p: world_space(p, cfg.task) for p in prompts}
+    elif cfg.spaces:
+        given = load_spaces(cfg.spaces)
+        lower = {k.strip().lower(): v for k, v in given.items()}
+        missing = [p for p in prompts if p.strip().lower() not in lower]
+        if missing:
+            raise BenchError(f"{len(missing)} prompts have no space in {cfg.spaces}, e.g. {missing[:3]}; build them "
+                             f"with 'dpo-diff space build' or pass --space-kind to build them here")
+        spaces = {p: lower[p.strip().lower()] for p in prompts}
+    else:
+        from dpo_diff.space_builder import build_spaces
+
+        report = build_spaces(prompts, cfg.resolved_space_kind, out=path, on_error="skip")
+        if report.failed:
+            first = next(iter(report.failed.items()))
+            raise BenchError(f"building {cfg.resolved_space_kind} spaces failed for {len(report.failed)} prompts, "
+                             f"e.g. {first[0]!r}: {first[1]}")
+        spaces = {p: report.spaces[p] for p in prompts}
+    if cfg.world or cfg.spaces:
+        old = load_spaces(path) if path.is_file() else {}
+        save_spaces({**old, **spaces}.values(), path)
+    return spaces
+
+
+def progress_line(record: dict[str, Any], i: int, n: int) -> str:
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
+    before, after = mean(record["user_report_losses"]), mean(record["report_losses"])
+    neg = f" | neg: {record['best']['negative_prompt']}" if record["best"]["negative_prompt"] else ""
+    return (f"[{i}/{n}] {record['method']:9s} {record['prompt'][:48]!r}: report loss {before:.4f} -> {after:.4f} "
+            f"(cost {record['cost']:.1f}, {record['seconds']:.1f} s){neg[:60]}")

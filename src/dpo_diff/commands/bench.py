@@ -1,0 +1,111 @@
+"""Benchmark methods on a prompt set at equal budget, as in the paper's tables (resumable; locally or on Ray).
+
+Every method runs on every prompt with the same budget, search seeds and held-out report seeds; one record per
+(prompt, method) is appended to DIR/results.jsonl as soon as it finishes. Rerunning the same command skips finished
+work. Methods: user (the prompt as given), promptist (GPT-2 rewriter baseline), random, epo, gpo, hybrid.
+Then: dpo-diff report DIR.
+
+Examples:
+  dpo-diff bench --world --prompts world:hard:50 --task improve --seeds 0 --report-seeds 100-102 --out runs/wb
+  dpo-diff bench --prompts hard.json --task improve --model CompVis/stable-diffusion-v1-4 --seeds 0,1,2 \\
+      --methods user,random,epo,gpo,hybrid,promptist --out runs/sd14 --ray
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_METHODS = "user,random,epo,gpo,hybrid"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--prompts", required=True,
+                   help="prompt file (.txt, .json, .jsonl, .csv, .tsv, .parquet, COCO captions, DiffusionDB "
+                        "metadata) or world:<easy|hard>:<n>[:<seed>]")
+    p.add_argument("--column", default=None, help="column of CSV/Parquet/JSONL files (default prompt/caption/text)")
+    p.add_argument("--task", default="improve", choices=("improve", "attack"))
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help=f"comma-separated, from user,promptist,random,epo,gpo,hybrid (default {DEFAULT_METHODS})")
+    p.add_argument("--budget", type=float, default=40.0, help="full-generation equivalents per job (default 40)")
+    p.add_argument("--seeds", default="0", help="image seeds seen by the searches, e.g. 0,1,2")
+    p.add_argument("--report-seeds", default="100,101,102", help="held-out seeds of the reported numbers")
+    p.add_argument("--seed", type=int, default=0, help="root seed of every search's random streams")
+    p.add_argument("--out", required=True, help="results folder (rerun with the same options to resume)")
+    g = p.add_argument_group("models and spaces")
+    g.add_argument("--world", action="store_true",
+                   help="the bundled shapes-world generator and judge, the world's substitutes as spaces and its "
+                        "ground-truth checker for faithfulness")
+    g.add_argument("--model", default="", help="Stable Diffusion hub id or local diffusers folder")
+    g.add_argument("--judge", default="openai/clip-vit-base-patch32", help="CLIP hub id or local folder")
+    g.add_argument("--space-kind", default=None, choices=("antonym", "synonym", "nplib", "hybrid"),
+                   help="build spaces with the offline WordNet lexicon (default antonym for improve, synonym for "
+                        "attack)")
+    g.add_argument("--spaces", default=None, help="a spaces JSON file ('dpo-diff space build') instead")
+    g.add_argument("--promptist-model", default="microsoft/Promptist", help="hub id or folder of the rewriter")
+    g.add_argument("--promptist-tokenizer", default=None, help="its tokenizer (default: the model's, else gpt2)")
+    s = p.add_argument_group("sampling and search")
+    s.add_argument("--steps", type=int, default=None, help="sampling steps (default 50)")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance (default 7.5; the world's recommended value with --world)")
+    s.add_argument("--scheduler", default="ddim")
+    s.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    s.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda where available)")
+    s.add_argument("--batch-size", type=int, default=8, help="candidate x seed rows per UNet batch")
+    s.add_argument("--gpo-iterations", type=int, default=20)
+    s.add_argument("--k-schedule", default="step-15-2")
+    s.add_argument("--grad-steps", type=int, default=1)
+    s.add_argument("--similarity-threshold", type=float, default=0.9,
+                   help="attack meaning constraint (sentence similarity); 0 disables (default 0.9)")
+    s.add_argument("--similarity-model", default=None)
+    r = p.add_argument_group("Ray")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run jobs as Ray tasks: without ADDRESS on a local Ray instance, else on that cluster "
+                        "(host:port, ray://host:port or auto)")
+    r.add_argument("--ray-workers", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    r.add_argument("--ray-gpus-per-job", type=float, default=None,
+                   help="GPUs per task (default 1 if the cluster has GPUs, else 0)")
+    r.add_argument("--ray-cpus-per-job", type=float, default=1.0)
+    r.add_argument("--retries", type=int, default=2, help="retries of a failed Ray task (default 2)")
+
+
+def config_from_args(args: argparse.Namespace):
+    from dpo_diff.bench.config import BenchConfig
+    from dpo_diff.search.gradient import GradientSearchConfig
+    from dpo_diff.seeding import parse_seeds
+
+    steps, guidance = args.steps, args.guidance
+    if args.world:
+        from dpo_diff.world import RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS
+
+        steps = steps or RECOMMENDED_STEPS
+        guidance = RECOMMENDED_GUIDANCE if guidance is None else guidance
+    return BenchConfig(
+        task=args.task, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), budget=args.budget,
+        seeds=parse_seeds(args.seeds), report_seeds=parse_seeds(args.report_seeds), seed=args.seed,
+        world=args.world, model="" if args.world else args.model, judge="" if args.world else args.judge,
+        space_kind=args.space_kind, spaces=args.spaces, steps=steps or 50,
+        guidance=7.5 if guidance is None else guidance, scheduler=args.scheduler, dtype=args.dtype,
+        similarity_threshold=args.similarity_threshold or None, similarity_model=args.similarity_model,
+        promptist_model=args.promptist_model, promptist_tokenizer=args.promptist_tokenizer,
+        gpo=GradientSearchConfig(iterations=args.gpo_iterations, k_schedule=args.k_schedule,
+                                 grad_steps=args.grad_steps),
+        device=args.device, batch_size=args.batch_size,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from dpo_diff.bench.runner import RayOptions, run_bench
+
+    cfg = config_from_args(args)
+    ray = None
+    if args.ray is not None:
+        ray = RayOptions(address=args.ray or None, workers=args.ray_workers, gpus_per_job=args.ray_gpus_per_job,
+                         cpus_per_job=args.ray_cpus_per_job, retries=args.retries)
+    summary = run_bench(cfg, args.prompts, args.out, column=args.column, ray=ray, argv=list(sys.argv),
+                        log=lambda line: print(line, flush=True))
+    print(f"done: {summary.already_done + summary.ran} of {summary.total} jobs in {args.out}; "
+          f"make the report with: dpo-diff report {args.out}")
+    return 0

@@ -1,0 +1,27 @@
+"""Report a benchmark folder (from 'dpo-diff bench'): Markdown tables, loss-vs-budget curves and an HTML page.
+
+Writes DIR/report.md, DIR/curves.png and DIR/report.html (self-contained: open it offline or mail it) and prints the
+Markdown. Needs no torch; the curves need matplotlib (pip install 'dpo-diff[report]').
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="benchmark folder")
+    p.add_argument("--methods", default=None, help="comma-separated subset to compare (default: all in the folder)")
+    p.add_argument("--grid-prompts", type=int, default=12, help="prompts shown with images in the HTML (default 12)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dpo_diff.bench.report import write_report
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if args.grid_prompts < 0:
+        raise ValueError(f"--grid-prompts must be >= 0, got {args.grid_prompts}")
+    paths = write_report(args.dir, methods=methods, grid_prompts=args.grid_prompts)
+    print(paths["markdown"].read_text())
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0

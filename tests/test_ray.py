@@ -1,0 +1,72 @@
+"""Ray scale-out on a local Ray instance with 2 workers (skipped when Ray is not installed)."""
+
+import socket
+import time
+
+import pytest
+
+pytest.importorskip("ray")
+
+from dpo_diff.bench.config import BenchConfig, BenchError  # noqa: E402
+from dpo_diff.bench.results import load_records  # noqa: E402
+from dpo_diff.bench.runner import RayOptions, run_bench  # noqa: E402
+
+PROMPTS = ["a red dog on the grass", "a big happy cat", "a small black car near a tall tree"]
+
+
+def config(tiny_sd, tiny_clip):
+    return BenchConfig(task="improve", methods=("user", "epo", "gpo"), budget=4, seeds=(0,), report_seeds=(5, 6),
+                       model=tiny_sd, judge=tiny_clip, steps=4, device="cpu",
+                       gpo={"iterations": 2})
+
+
+def test_ray_results_equal_a_local_run_and_failed_tasks_are_retried(tiny_sd, tiny_clip, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    cfg = config(tiny_sd, tiny_clip)
+    local = tmp_path / "local"
+    run_bench(cfg, str(prompts), local, log=lambda s: None)
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+
+    def flaky_job(cfg, job, workdir):
+        # Runs in a Ray worker process: the first attempt of one job crashes, as a lost GPU or OOM would.
+        from dpo_diff.bench.jobs import run_job
+
+        mark = attempts / f"{job.method}-{PROMPTS.index(job.prompt)}"
+        n = len(list(attempts.glob(mark.name + "*")))
+        (attempts / f"{mark.name}.{n}").touch()
+        if job.method == "epo" and job.prompt == PROMPTS[1] and n == 0:
+            raise RuntimeError("injected failure")
+        return run_job(cfg, job, workdir)
+
+    remote = tmp_path / "ray"
+    lines = []
+    summary = run_bench(cfg, str(prompts), remote, ray=RayOptions(workers=2, retries=1), job_fn=flaky_job,
+                        log=lines.append)
+    assert summary.ran == 9
+    assert any("ray: 2 CPUs" in s for s in lines)
+    assert len(list(attempts.iterdir())) == 10  # 9 jobs, one of them twice
+    # The same records (wall times aside), in completion order instead of prompt order.
+    got = {(r["prompt"], r["method"]): r for r in load_records(remote)}
+    want = {(r["prompt"], r["method"]): r for r in load_records(local)}
+    assert got.keys() == want.keys()
+    for key, r in want.items():
+        assert {k: v for k, v in got[key].items() if k != "seconds"} == {k: v for k, v in r.items() if k != "seconds"}
+        for rel in r["images"]["best"]:  # images travel back from the workers into the results folder
+            assert (remote / rel).read_bytes() == (local / rel).read_bytes()
+
+
+def test_unreachable_ray_address_fails_fast_and_leaves_nothing(tiny_sd, tiny_clip, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    with pytest.raises(BenchError, match=f"cannot reach the Ray cluster at '127.0.0.1:{port}'"):
+        run_bench(config(tiny_sd, tiny_clip), str(prompts), out, ray=RayOptions(address=f"127.0.0.1:{port}"),
+                  log=lambda s: None)
+    assert time.monotonic() - t0 < 10
+    assert not out.exists()

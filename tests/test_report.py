@@ -1,0 +1,140 @@
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dpo_diff.bench.report import analyse, write_report
+from dpo_diff.bench.stats import best_so_far_curve, summarize, t975, win_rate
+from dpo_diff.cli import main
+
+
+def test_stats():
+    assert t975(1) == 12.706 and t975(10) == 2.228 and t975(35) == 2.042 and t975(10**6) == 1.96
+    s = summarize([1.0, 2.0, 3.0])
+    assert (s.n, s.mean, s.std) == (3, 2.0, 1.0) and s.ci95 == pytest.approx(4.303 / 3**0.5)
+    assert win_rate([0.1, 0.5, 0.3], [0.2, 0.5, 0.1], sign=1) == pytest.approx(0.5)  # win, tie, loss
+    assert win_rate([0.1, 0.5, 0.3], [0.2, 0.5, 0.1], sign=-1) == pytest.approx(0.5)
+    curve = best_so_far_curve([[1, 0.9], [2, 0.95], [3, 0.7]], 0.8, [0, 1, 2, 3, 4], sign=1)
+    assert curve == [0.8, 0.8, 0.8, 0.7, 0.7]
+
+
+def write_folder(out, per_method, faith=None, task="improve"):
+    """A benchmark folder written by hand: ``per_method[m][i]`` is prompt i's mean report loss."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {"task": task, "budget": 4, "seeds": [0], "report_seeds": [5], "steps": 4, "guidance": 7.5,
+           "model": "m", "judge": "j", "world": faith is not None, "methods": list(per_method)}
+    (out / "bench.json").write_text(json.dumps({"config": cfg, "config_key": "k", "invocations": []}))
+    user = per_method["user"]
+    lines = []
+    for m, losses in per_method.items():
+        for i, loss in enumerate(losses):
+            rec = {"prompt": f"prompt {i}", "method": m, "report_losses": [loss], "search_losses": [loss],
+                   "user_report_losses": [user[i]], "user_search_losses": [user[i]], "cost": 0 if m == "user" else 4,
+                   "seconds": 1.0, "history": [] if m == "user" else [[4, loss]], "images": {"user": [], "best": []},
+                   "best": {"prompt": f"prompt {i}", "negative_prompt": ""}, "faithfulness": None}
+            if faith is not None:
+                rec["faithfulness"] = {"user": {"all_correct": faith["user"][i]}, "best": {"all_correct": faith[m][i]}}
+            lines.append(json.dumps(rec))
+    (out / "results.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def test_tables_from_known_numbers(tmp_path):
+    out = write_folder(tmp_path / "b", {"user": [1.0, 0.8, 0.9], "epo": [0.9, 0.8, 0.7], "hybrid": [0.8, 0.7, 0.7]},
+                       faith={"user": [0.0, 1.0, 0.0], "epo": [1.0, 1.0, 0.0], "hybrid": [1.0, 1.0, 1.0]})
+    data = analyse(out)
+    rows = {r.method: r for r in data.rows}
+    assert data.methods == ["user", "epo", "hybrid"]
+    assert rows["epo"].delta.mean == pytest.approx(-0.1) and rows["epo"].improved == pytest.approx(2 / 3)
+    assert rows["hybrid"].loss.mean == pytest.approx(0.7333333) and rows["user"].delta.mean == 0
+    assert data.wins["epo"]["user"] == pytest.approx(2.5 / 3) and data.wins["hybrid"]["epo"] == pytest.approx(2.5 / 3)
+    assert rows["hybrid"].faithful.mean == 1.0 and rows["epo"].faithful_delta.mean == pytest.approx(1 / 3)
+    assert rows["epo"].cost == 4 and rows["user"].cost == 0
+    paths = write_report(out)
+    md = paths["markdown"].read_text()
+    assert "| hybrid | 0.7333 ± 0.0577 |" in md and "faithful" in md and "+33.3 pt" in md
+    assert "| epo | 83% | · | 17% |" in md  # the win-rate row of epo
+    # Attack: higher loss wins.
+    att = analyse(write_folder(tmp_path / "a", {"user": [0.5, 0.5], "epo": [0.6, 0.4]}, task="attack"))
+    assert {r.method: r.improved for r in att.rows}["epo"] == 0.5
+
+
+def test_report_compares_only_prompts_every_method_finished(tmp_path, capsys):
+    out = write_folder(tmp_path / "b", {"user": [1.0, 0.8, 0.9], "epo": [0.9, 0.8, 0.7]})
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # epo has not finished prompt 2 yet
+    data = analyse(out)
+    assert data.prompts == ["prompt 0", "prompt 1"] and data.incomplete == 1
+    assert main(["report", str(out), "--methods", "user,gpo"]) == 2
+    assert "no results for method(s) ['gpo']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setup, message", [("missing", "does not exist"), ("no_manifest", "holds no benchmark"),
+                                            ("empty", "no finished job yet")])
+def test_report_bad_input(tmp_path, capsys, setup, message):
+    out = tmp_path / "b"
+    if setup != "missing":
+        out.mkdir()
+    if setup == "empty":
+        (out / "bench.json").write_text(json.dumps({"config": {"task": "improve"}}))
+    assert main(["report", str(out)]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tiny_sd, tiny_clip, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    prompts = root / "prompts.txt"
+    prompts.write_text("a red dog on the grass\na small black car near a tall tree\n")
+    out = root / "out"
+    assert main(["bench", "--prompts", str(prompts), "--model", tiny_sd, "--judge", tiny_clip, "--methods",
+                 "user,random,gpo", "--steps", "4", "--budget", "4", "--gpo-iterations", "2", "--seeds", "0",
+                 "--report-seeds", "5,6", "--device", "cpu", "--out", str(out)]) == 0
+    return out
+
+
+def test_report_of_a_real_run_without_torch(bench_dir):
+    code = ("import sys; from dpo_diff.cli import main; rc = main(['report', sys.argv[1]]); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+    out = subprocess.run([sys.executable, "-c", code, str(bench_dir)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("NO-TORCH 0")
+    assert "| user | " in out.stdout and "| gpo | " in out.stdout
+    page = (bench_dir / "report.html").read_text()
+    assert page.count("<img src='data:image/png;base64,") == 2 * 3 * 2  # prompts x (user + 2 methods) x seeds
+    assert "id='curves'" in page and 'id="results"' in page
+    assert not re.search(r"(src|href)=['\"](https?:|file:|/)", page)  # self-contained
+    assert (bench_dir / "curves.png").stat().st_size > 10_000
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)")
+def test_report_page_renders_in_headless_chromium(bench_dir, tmp_path):
+    from PIL import Image
+
+    page = bench_dir / "report.html"
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *FLAGS, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1200, 1600)
+    assert len(set(img.resize((120, 160)).getdata())) > 50  # tables, curves and images, not a blank page
+    # The same page with a probe that reports, after load, how many images decoded and what the table holds.
+    probe = tmp_path / "probe.html"
+    script = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+              "document.body.setAttribute('data-probe', JSON.stringify({n: imgs.length,"
+              "ok: imgs.filter(i => i.complete && i.naturalWidth > 0).length,"
+              "rows: document.querySelectorAll('#results tbody tr').length}));});</script>")
+    probe.write_text(page.read_text().replace("</body>", script + "</body>"))
+    dom = subprocess.run([CHROMIUM, *FLAGS, "--dump-dom", "--virtual-time-budget=5000", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    m = re.search(r'data-probe="([^"]*)"', dom)
+    assert m, "the probe did not run"
+    result = json.loads(m.group(1).replace("&quot;", '"'))
+    assert result == {"n": 13, "ok": 13, "rows": 3}  # 12 grid images + the curves; a row per method
