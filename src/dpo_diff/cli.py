@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "optimize": ("dpo_diff.commands.optimize", "optimize a prompt (improve) or attack a model with DPO-Diff"),
     "space": ("dpo_diff.commands.space", "build or inspect search spaces (synonym, antonym, NPLib, hybrid)"),
     "demo": ("dpo_diff.commands.demo", "run DPO-Diff end to end on the bundled shapes-world models"),
+    "select": ("dpo_diff.commands.select", "score user prompts and keep the hard ones (the paper's prompt selection)"),
+    "bench": ("dpo_diff.commands.bench", "benchmark methods on a prompt set at equal budget (resumable, Ray)"),
+    "report": ("dpo_diff.commands.report", "tables, curves and an HTML page of a benchmark folder"),
 }
 
 
@@ -23,13 +26,18 @@ class UserError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, the other subcommands' modules are not imported (their ``add_arguments`` may
+    import torch, which e.g. ``dpo-diff report`` does not need)."""
     parser = argparse.ArgumentParser(prog="dpo-diff", description=__doc__.splitlines()[0])
     from dpo_diff import __version__
 
     parser.add_argument("--version", action="version", version=f"dpo-diff {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text)  # listed in the usage, never parsed in this call
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -43,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
