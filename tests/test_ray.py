@@ -30,24 +30,37 @@ def test_ray_results_equal_a_local_run_and_failed_tasks_are_retried(tiny_sd, tin
     attempts.mkdir()
 
     def flaky_job(cfg, job, workdir):
-        # Runs in a Ray worker process: the first attempt of one job crashes, as a lost GPU or OOM would.
+        # Runs in a Ray worker process. One job crashes once (as a lost GPU or OOM would) and is retried; another
+        # crashes every time, which must stop the benchmark with the finished records kept.
         from dpo_diff.bench.jobs import run_job
 
-        mark = attempts / f"{job.method}-{PROMPTS.index(job.prompt)}"
-        n = len(list(attempts.glob(mark.name + "*")))
-        (attempts / f"{mark.name}.{n}").touch()
-        if job.method == "epo" and job.prompt == PROMPTS[1] and n == 0:
-            raise RuntimeError("injected failure")
+        name = f"{job.method}-{PROMPTS.index(job.prompt)}"
+        n = len(list(attempts.glob(name + ".*")))
+        (attempts / f"{name}.{n}").touch()
+        if name == "epo-1" and n == 0:
+            raise RuntimeError(f"injected failure of {name}")
+        if name == "gpo-2":
+            deadline = time.monotonic() + 60  # fail once every other job is in: the outcome is then deterministic
+            while time.monotonic() < deadline and len(load_records(remote)) < 8:
+                time.sleep(0.1)
+            raise RuntimeError(f"injected failure of {name}")
         return run_job(cfg, job, workdir)
 
     remote = tmp_path / "ray"
     lines = []
-    summary = run_bench(cfg, str(prompts), remote, ray=RayOptions(workers=2, retries=1), job_fn=flaky_job,
-                        log=lines.append)
-    assert summary.ran == 9
+    with pytest.raises(BenchError, match=r"\('a small black car near a tall tree', gpo\) failed after 1 retries: "
+                                         r".*injected failure of gpo-2.*rerun the same command to resume"):
+        run_bench(cfg, str(prompts), remote, ray=RayOptions(workers=2, retries=1), job_fn=flaky_job,
+                  log=lines.append)
     assert any("ray: 2 CPUs" in s for s in lines)
-    assert len(list(attempts.iterdir())) == 10  # 9 jobs, one of them twice
-    # The same records (wall times aside), in completion order instead of prompt order.
+    assert len(list(attempts.glob("epo-1.*"))) == 2 and len(list(attempts.glob("gpo-2.*"))) == 2
+    finished = load_records(remote)
+    assert ("a big happy cat", "epo") in {(r["prompt"], r["method"]) for r in finished}  # the retried job
+    assert len(finished) == 8
+    # The same command without Ray finishes the rest into the same results file.
+    summary = run_bench(cfg, str(prompts), remote, log=lambda s: None)
+    assert summary.already_done == len(finished) and summary.ran == 9 - len(finished)
+    # The same records (wall times aside) as a local run, in completion order instead of prompt order.
     got = {(r["prompt"], r["method"]): r for r in load_records(remote)}
     want = {(r["prompt"], r["method"]): r for r in load_records(local)}
     assert got.keys() == want.keys()
