@@ -200,3 +200,30 @@ def test_world_bench_measures_ground_truth_faithfulness(tmp_path):
     settings = json.loads((out / "bench.json").read_text())["settings"]
     assert settings["model"].startswith("sha256:")  # retrained world models must not mix with old results
     assert Path(out / "spaces.json").is_file()
+
+
+def test_attack_with_a_spaces_file_and_the_meaning_constraint(tiny_sd, tiny_clip, tmp_path):
+    from dpo_diff.space import save_spaces, space_from_substitutes
+
+    spaces = tmp_path / "spaces.json"
+    save_spaces([space_from_substitutes(PROMPTS[0], {"dog": ["hound", "puppy", "car"], "grass": ["lawn"]}, None)],
+                spaces)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PROMPTS[0] + "\n")
+    out = tmp_path / "attack"
+    args = bench_args(tiny_sd, tiny_clip, str(prompts), out, "--task", "attack", "--spaces", str(spaces),
+                      "--similarity-threshold", "0.8", methods="user,random")
+    assert main(args) == 0
+    by = {r["method"]: r for r in load_records(out)}
+    assert by["random"]["best"]["negative_prompt"] == ""  # attacks rewrite the prompt itself
+    if by["random"]["best"]["prompt"] != PROMPTS[0]:  # a rewrite is kept only if it raised the loss
+        assert sum(by["random"]["search_losses"]) > sum(by["random"]["user_search_losses"])
+    assert by["random"]["space_size"] == 4 * 2
+    # MiniLM puts "a red car on the grass/lawn" below 0.8: both are rejected (free of budget), never evaluated.
+    assert by["random"]["rejected_by_constraint"] == 2
+    search = json.loads((out / "jobs" / by["random"]["prompt_id"] / "random" / "search.json").read_text())
+    assert not [e for e in search["evaluations"] if "car" in e["prompt"]]
+    missing = tmp_path / "other.txt"
+    missing.write_text("a blue cat\n")
+    assert main(bench_args(tiny_sd, tiny_clip, str(missing), tmp_path / "o2", "--task", "attack", "--spaces",
+                           str(spaces), methods="user")) == 2

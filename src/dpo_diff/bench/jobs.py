@@ -229,6 +229,7 @@ def make_record(cfg: BenchConfig, job: Job, result: dict[str, Any], history: lis
         "cost": result["cost"],
         "budget": cfg.budget if job.method not in ("user", "promptist") else 0.0,
         "evaluated": result["evaluated"],
+        "rejected_by_constraint": result.get("rejected_by_constraint", 0),
         "history": history,
         "note": result["note"],
         "slots": result["slots"],
