@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -63,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; finished work is saved in the output folder", file=sys.stderr)
         return 130
     except (UserError, ValueError, FileNotFoundError, OSError) as e:
+        if os.environ.get("DPO_DIFF_DEBUG"):  # full traceback on request
+            raise
         # ValueError subclasses carry our validation messages (they name what was given and what is allowed).
         print(f"dpo-diff {args.command}: error: {e}", file=sys.stderr)
         return 2
