@@ -69,7 +69,9 @@ class RayExecutor:
         except Exception as e:  # ConnectionError, RuntimeError, ...: all mean "no cluster to run on"
             ray.shutdown()
             where = f"at {opts.address!r}" if opts.address else "locally"
-            raise BenchError(f"could not start or connect to Ray {where}: {type(e).__name__}: {e}") from e
+            hint = ("; recent Ray clusters require token authentication: make the cluster's token available to this "
+                    "process (RAY_AUTH_TOKEN or ~/.ray/auth_token; see Ray's token-auth docs)") if opts.address else ""
+            raise BenchError(f"could not start or connect to Ray {where}: {type(e).__name__}: {e}{hint}") from e
         self._started = True
         res = ray.cluster_resources()
         self.log(f"ray: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
