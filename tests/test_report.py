@@ -15,6 +15,7 @@ def test_stats():
     assert t975(1) == 12.706 and t975(10) == 2.228 and t975(35) == 2.042 and t975(10**6) == 1.96
     s = summarize([1.0, 2.0, 3.0])
     assert (s.n, s.mean, s.std) == (3, 2.0, 1.0) and s.ci95 == pytest.approx(4.303 / 3**0.5)
+    assert s.fmt() == "2.0000 ± 1.0000" and summarize([0.5]).fmt() == "0.5000" and summarize([0.5]).fmt_ci() == "-"
     assert win_rate([0.1, 0.5, 0.3], [0.2, 0.5, 0.1], sign=1) == pytest.approx(0.5)  # win, tie, loss
     assert win_rate([0.1, 0.5, 0.3], [0.2, 0.5, 0.1], sign=-1) == pytest.approx(0.5)
     curve = best_so_far_curve([[1, 0.9], [2, 0.95], [3, 0.7]], 0.8, [0, 1, 2, 3, 4], sign=1)

@@ -40,6 +40,8 @@ class Summary:
     def fmt(self, digits: int = 4) -> str:
         if self.n == 0:
             return "-"
+        if self.n == 1:
+            return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
     def fmt_ci(self, digits: int = 4) -> str:
