@@ -5,9 +5,13 @@ checkpoint; the data of step ``k`` is drawn from ``numpy.random.default_rng([see
 sees the same batches as an uninterrupted one. Finished stages are exported into the package data folder
 (``src/dpo_diff/data/shapes_world``) in safetensors (fp16 storage, fp32 configs: they load as float32).
 
-    python scripts/train_world.py                       # all stages, CPU, ~2 h on 2 cores
-    python scripts/train_world.py --device cuda         # same on a GPU, minutes
-    python scripts/train_world.py --stages generator --generator-minutes 30   # resume/extend one stage
+    python scripts/train_world.py                       # all stages, CPU: ~100 min on 2 free cores
+    python scripts/train_world.py --device cuda --bf16  # same on a GPU, minutes
+    python scripts/train_world.py --stages generator --gen-steps 4000 --gen-anneal-steps 700  # extend a stage
+    python scripts/train_world.py --export-only         # re-export all models from their checkpoints
+
+Each stage stops at its step count or its ``--*-minutes`` wall-clock cap, whichever comes first. On a CPU shared
+with other jobs use ``--threads 1``: two OpenMP threads on one free core ran ~5x slower per step.
 """
 
 from __future__ import annotations
@@ -430,6 +434,15 @@ def scheduler_config() -> dict:
                 clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
+def gen_lr_at(step: int, args) -> float:
+    """Warm-up, constant, then a cosine cool-down over the last ``--gen-anneal-steps`` steps of ``--gen-steps``."""
+    lr = lr_at(step, args.gen_lr, 200)
+    start = args.gen_steps - args.gen_anneal_steps
+    if args.gen_anneal_steps > 0 and step >= start:
+        lr *= 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / args.gen_anneal_steps)))
+    return lr
+
+
 def train_generator(args) -> None:
     from diffusers import DDPMScheduler
 
@@ -477,7 +490,7 @@ def train_generator(args) -> None:
         target = a * noise - b * z  # v-prediction
         ids, _ = tok(texts)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.gen_lr, 200)
+            g["lr"] = gen_lr_at(step, args)
         with autocast(device, args.bf16):
             h = text(input_ids=ids.to(device)).last_hidden_state
             pred = unet(noisy, t, encoder_hidden_states=h).sample
@@ -543,16 +556,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (helps on GPUs; slower on the CPU we measured)")
     p.add_argument("--vae-batch", type=int, default=16, help="flat scenes need few samples per step; full-res "
                    "convolutions make big VAE batches slow on CPU")
-    p.add_argument("--vae-steps", type=int, default=700)
-    p.add_argument("--vae-minutes", type=float, default=7)
+    p.add_argument("--vae-steps", type=int, default=580)
+    p.add_argument("--vae-minutes", type=float, default=15)
     p.add_argument("--checker-steps", type=int, default=600)
-    p.add_argument("--checker-minutes", type=float, default=5)
+    p.add_argument("--checker-minutes", type=float, default=15)
     p.add_argument("--judge-steps", type=int, default=800)
     p.add_argument("--judge-batch", type=int, default=128)
-    p.add_argument("--judge-minutes", type=float, default=12)
-    p.add_argument("--gen-steps", type=int, default=20000)
+    p.add_argument("--judge-minutes", type=float, default=20)
+    p.add_argument("--gen-steps", type=int, default=3300)
     p.add_argument("--gen-lr", type=float, default=1e-3)
-    p.add_argument("--generator-minutes", type=float, default=55)
+    p.add_argument("--gen-anneal-steps", type=int, default=600)
+    p.add_argument("--generator-minutes", type=float, default=150)
     p.add_argument("--export-every", type=int, default=300)
     p.add_argument("--export-only", action="store_true", help="only re-export models from their checkpoints")
     args = p.parse_args(argv)

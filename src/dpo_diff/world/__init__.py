@@ -19,7 +19,7 @@ from dpo_diff.world.substitutes import world_substitutes
 
 # Sampling settings measured with benchmarks/world_quality.py (see the model card in data/shapes_world).
 RECOMMENDED_STEPS = 50
-RECOMMENDED_GUIDANCE = 3.0
+RECOMMENDED_GUIDANCE = 7.5
 IMAGE_SIZE = 32
 
 _LAZY = {
