@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     judge = ClipJudge.from_pretrained(str(judge_path()), device=args.device)
     checker = load_checker()
     seeds, report = parse_seeds(args.seeds), parse_seeds(args.report_seeds)
-    sampling = SamplingConfig(RECOMMENDED_STEPS, RECOMMENDED_GUIDANCE, batch_size=args.batch_size)
+    sampling = SamplingConfig(args.steps or RECOMMENDED_STEPS, args.guidance or RECOMMENDED_GUIDANCE,
+                              batch_size=args.batch_size)
     methods = args.methods.split(",")
     for task in args.tasks.split(","):
         prompts = heldout_prompts("hard" if task == "improve" else "easy", args.n, seed=args.prompt_seed)
@@ -141,6 +142,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-seed", type=int, default=1, help="which held-out prompts (not the demo's seed 0)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=0, help="sampling steps (default: the world's recommended 50)")
+    p.add_argument("--guidance", type=float, default=0.0, help="CFG scale (default: the world's recommended one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/world_method")
     args = p.parse_args()
