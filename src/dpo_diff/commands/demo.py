@@ -105,6 +105,16 @@ def run(args: argparse.Namespace) -> int:
               f"{r['faithful_before']:.0%} -> {r['faithful_after']:.0%}   ({r['seconds']:.0f} s)")
         if r["note"]:
             print(f"    note: {r['note']}")
+        sign = 1 if r["task"] == "improve" else -1
+        judge_better = sign * (r["loss_after"] - r["loss_before"]) < 0
+        truth_better = sign * (r["faithful_after"] - r["faithful_before"]) > 0
+        truth_worse = sign * (r["faithful_after"] - r["faithful_before"]) < 0
+        if judge_better and truth_worse:
+            # The reason the shapes world has a ground truth: optimizing a CLIP score can game the judge.
+            print("    the judge improved but the ground truth did not: the search exploited the CLIP judge "
+                  "(see docs/world_method.md)")
+        elif judge_better and truth_better:
+            print("    judge and ground truth agree: a real improvement")
     (Path(args.out) / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nimages side by side: {args.out}/improve/comparison.png, {args.out}/attack/comparison.png")
     return 0
