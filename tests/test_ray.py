@@ -3,7 +3,11 @@
 import socket
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from dpo_diff.testing import assert_close_records
 
 pytest.importorskip("ray")
 
@@ -65,9 +69,12 @@ def test_ray_results_equal_a_local_run_and_failed_tasks_are_retried(tiny_sd, tin
     want = {(r["prompt"], r["method"]): r for r in load_records(local)}
     assert got.keys() == want.keys()
     for key, r in want.items():
-        assert {k: v for k, v in got[key].items() if k != "seconds"} == {k: v for k, v in r.items() if k != "seconds"}
+        assert_close_records({k: v for k, v in got[key].items() if k != "seconds"},
+                             {k: v for k, v in r.items() if k != "seconds"})
         for rel in r["images"]["best"]:  # images travel back from the workers into the results folder
-            assert (remote / rel).read_bytes() == (local / rel).read_bytes()
+            a = np.asarray(Image.open(remote / rel), dtype=np.int16)
+            b = np.asarray(Image.open(local / rel), dtype=np.int16)
+            assert a.shape == b.shape and np.abs(a - b).max() <= 1  # float rounding may flip a pixel level
 
 
 def test_unreachable_ray_address_fails_fast_and_leaves_nothing(tiny_sd, tiny_clip, tmp_path):

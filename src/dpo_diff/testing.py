@@ -204,3 +204,21 @@ def synthetic_space(num_slots: int, num_options: int, target: str = "positive"):
         slots = [Slot("negative", w, ("", *(f"{w}x{o}" for o in range(1, num_options))), i)
                  for i, w in enumerate(words)]
     return SearchSpace(" ".join(words), tuple(slots))
+
+
+def assert_close_records(got, want, rel: float = 1e-5, path: str = "") -> None:
+    """Assert two JSON-like records are equal, floats within ``rel`` (batch composition changes the last bits of
+    float results, e.g. when a resumed run evaluates a candidate in a smaller batch)."""
+    if isinstance(want, float) or isinstance(got, float):
+        assert isinstance(got, (int, float)) and isinstance(want, (int, float)), f"{path}: {got!r} != {want!r}"
+        assert abs(got - want) <= rel * max(1.0, abs(want)), f"{path}: {got} != {want}"
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), f"{path}: keys {got!r} != {want!r}"
+        for k in want:
+            assert_close_records(got[k], want[k], rel, f"{path}.{k}")
+    elif isinstance(want, (list, tuple)):
+        assert isinstance(got, (list, tuple)) and len(got) == len(want), f"{path}: {got!r} != {want!r}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close_records(g, w, rel, f"{path}[{i}]")
+    else:
+        assert got == want, f"{path}: {got!r} != {want!r}"
