@@ -47,7 +47,6 @@ def test_eos_pooling_uses_the_true_end(backend):
     s = space_from_substitutes("a red dog", {"dog": ["golden retriever"]})
     tpl = positive_template(s, backend.tokenizer)
     w = WordMixture(s.sizes).one_hot((1,))
-    out = backend.text_encoder(tpl.input_ids[None], output_hidden_states=False)
     eos_pos = tpl.input_ids.tolist().index(49407)
     from dpo_diff.relax import mixture_hook
 
