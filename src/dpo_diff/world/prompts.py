@@ -56,6 +56,11 @@ def _easy_prompt(rng: np.random.Generator) -> str:
         c, s = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
         if (c, s) not in HELDOUT_COMBOS:
             break
+    return _single_object_caption(c, s, rng)
+
+
+def _single_object_caption(c: str, s: str, rng: np.random.Generator) -> str:
+    # A random position and size for the object, captioned with common words, on the default black background.
     pos = str(rng.choice(POSITIONS))
     scene = Scene((make_object(c, s, str(rng.choice(SIZES)), pos, False),))
     while True:
@@ -79,12 +84,7 @@ def _rare_word_prompt(rng: np.random.Generator) -> str:
 def _combo_prompt(rng: np.random.Generator) -> str:
     # A colour/shape combination the generator never saw, with common words.
     c, s = sorted(HELDOUT_COMBOS)[int(rng.integers(len(HELDOUT_COMBOS)))]
-    pos = str(rng.choice(POSITIONS))
-    scene = Scene((make_object(c, s, str(rng.choice(SIZES)), pos, False),))
-    while True:
-        text = caption(scene, rng, "common")
-        if "background" not in text:
-            return text
+    return _single_object_caption(c, s, rng)
 
 
 def _pair_prompt(rng: np.random.Generator) -> str:
