@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         if judge_better and truth_worse:
             # The reason the shapes world has a ground truth: optimizing a CLIP score can game the judge.
             print("    the judge improved but the ground truth did not: the search exploited the CLIP judge "
-                  "(see docs/world_method.md)")
+                  "(see docs/world_bench.md)")
         elif judge_better and truth_better:
             print("    judge and ground truth agree: a real improvement")
     (Path(args.out) / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
