@@ -141,3 +141,11 @@ def test_prompt_kind_labels_the_heldout_sets():
     kinds = [prompt_kind(p) for p in heldout_prompts("hard", 9)]
     assert kinds == ["rare_word", "unseen_combo", "two_objects"] * 3
     assert prompt_kind("a red dog") == "other"
+
+
+def test_demo_improve_prompt_is_a_heldout_hard_prompt_the_world_can_judge():
+    from dpo_diff.commands.demo import DEMO_IMPROVE_PROMPT
+
+    assert is_heldout_caption(DEMO_IMPROVE_PROMPT)  # no model trained on it
+    assert DEMO_IMPROVE_PROMPT in heldout_prompts("hard", 300)
+    assert not parse_caption(DEMO_IMPROVE_PROMPT).unknown_words

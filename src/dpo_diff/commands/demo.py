@@ -10,6 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 
+# A held-out hard prompt (rare synonym "orb") that the shipped generator usually gets wrong: it was kept by the
+# bench's hard-prompt selection (`dpo-diff select`, docs/world_bench.md). Most held-out hard prompts are rendered
+# correctly by now, and a prompt the model already gets right leaves nothing to improve.
+DEMO_IMPROVE_PROMPT = "a green orb"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
@@ -17,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=40.0)
     p.add_argument("--seeds", default="0", help="search seeds")
     p.add_argument("--report-seeds", default="100-115", help="held-out seeds for the before/after numbers")
-    p.add_argument("--improve-prompt", default=None, help="prompt to improve (default: a held-out hard prompt)")
+    p.add_argument("--improve-prompt", default=None,
+                   help=f"prompt to improve (default: {DEMO_IMPROVE_PROMPT!r}, a held-out hard prompt)")
     p.add_argument("--attack-prompt", default=None, help="prompt to attack (default: a held-out easy prompt)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run with tiny settings (for tests)")
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     steps, budget, gpo = RECOMMENDED_STEPS, args.budget, GradientSearchConfig()
     if args.smoke:
         steps, budget, gpo, report = 10, min(budget, 6.0), GradientSearchConfig(iterations=3), report[:2]
-    runs = [("improve", args.improve_prompt or heldout_prompts("hard", 1, seed=0)[0]),
+    runs = [("improve", args.improve_prompt or DEMO_IMPROVE_PROMPT),
             ("attack", args.attack_prompt or heldout_prompts("easy", 1, seed=0)[0])]
     summary = []
     for task, prompt in runs:
