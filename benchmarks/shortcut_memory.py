@@ -112,7 +112,8 @@ def main() -> None:
                   f"time ratio = {hi[1] / lo[1]:.2f}")
     if ("shortcut", 50) in results and ("full", 50) in results:
         s, f = results["shortcut", 50], results["full", 50]
-        print(f"at 50 steps the shortcut saves {f[0] / s[0]:.1f}x less for backward and runs {f[1] / s[1]:.1f}x faster")
+        print(f"at 50 steps the shortcut saves {f[0] / s[0]:.1f}x less for backward and runs "
+              f"{f[1] / s[1]:.1f}x faster")
 
 
 if __name__ == "__main__":

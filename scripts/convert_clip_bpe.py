@@ -24,7 +24,8 @@ N_MERGES = 49152 - 256 - 2  # CLIP's vocabulary size minus byte tokens and the t
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable-unicode table (CLIP reuses it)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
     cs = bs[:]
     n = 0
     for b in range(256):
