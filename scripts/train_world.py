@@ -434,8 +434,17 @@ def scheduler_config() -> dict:
                 clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
+def gen_total_steps(args) -> int:
+    return args.gen_steps + args.gen_restart_steps
+
+
 def gen_lr_at(step: int, args) -> float:
-    """Warm-up, constant, then a cosine cool-down over the last ``--gen-anneal-steps`` steps of ``--gen-steps``."""
+    """Warm-up, constant, then a cosine cool-down over the last ``--gen-anneal-steps`` steps of ``--gen-steps``;
+    then, for ``--gen-restart-steps`` more steps, one more cosine cycle from ``--gen-restart-lr`` (a warm restart:
+    the shipped generator's shapes were fixed by it, see the model card)."""
+    if step >= args.gen_steps:
+        t = (step - args.gen_steps) / max(1, args.gen_restart_steps)
+        return args.gen_restart_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
     lr = lr_at(step, args.gen_lr, 200)
     start = args.gen_steps - args.gen_anneal_steps
     if args.gen_anneal_steps > 0 and step >= start:
@@ -473,7 +482,7 @@ def train_generator(args) -> None:
                 "ema_unet": ema_u, "step": step, "scaling_factor": sf}
 
     start = time.time()
-    while step < args.gen_steps and (time.time() - start) < args.generator_minutes * 60:
+    while step < gen_total_steps(args) and (time.time() - start) < args.generator_minutes * 60:
         rng = step_rng(args.seed, "generator", step)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         pairs = [sample_training_example(rng, "generator") for _ in range(args.batch)]
@@ -566,10 +575,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gen-steps", type=int, default=3300)
     p.add_argument("--gen-lr", type=float, default=1e-3)
     p.add_argument("--gen-anneal-steps", type=int, default=600)
+    p.add_argument("--gen-restart-steps", type=int, default=800, help="steps of a second cosine cycle after "
+                   "--gen-steps (0: none)")
+    p.add_argument("--gen-restart-lr", type=float, default=5e-4)
     p.add_argument("--generator-minutes", type=float, default=150)
     p.add_argument("--export-every", type=int, default=300)
     p.add_argument("--export-only", action="store_true", help="only re-export models from their checkpoints")
     args = p.parse_args(argv)
+    if args.gen_restart_steps < 0 or not 0 <= args.gen_anneal_steps <= args.gen_steps:
+        p.error(f"need --gen-restart-steps >= 0 (got {args.gen_restart_steps}) and 0 <= --gen-anneal-steps <= "
+                f"--gen-steps (got {args.gen_anneal_steps} and {args.gen_steps})")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormal floats slow CPU kernels several-fold
     world_data_dir().mkdir(parents=True, exist_ok=True)

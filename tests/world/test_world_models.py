@@ -143,3 +143,42 @@ def test_checker_accepts_pil_uint8_and_float_images(checker):
     for form in (img, img[0], as_float_nchw, [Image.fromarray(img[0])], big_pil):
         (f,) = checker.score(form, prompt)
         assert f.all_correct, (type(form), f.checks)
+
+
+def test_training_script_defaults_are_the_shipped_generator_schedule():
+    """The default generator schedule is the shipped one: 3300 steps with a 600-step cool-down, then a warm restart
+    (cosine from 5e-4 over 800 steps), 4100 steps in all, as recorded in the shipped training_state.json."""
+    import importlib.util
+    import json
+    import math
+    from pathlib import Path
+
+    from dpo_diff.world import generator_path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_world.py"
+    spec = importlib.util.spec_from_file_location("train_world", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    captured = {}
+
+    def fake_stage(args):
+        captured["args"] = args
+
+    mod.train_vae = mod.train_checker = mod.train_judge = mod.train_generator = fake_stage
+    mod.world_data_dir = lambda: Path(path.parent)  # exists; nothing is written
+    threads = torch.get_num_threads()  # main() sets the process's thread count: restore it for later tests
+    try:
+        assert mod.main(["--stages", "generator", "--threads", str(threads)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
+    args = captured["args"]
+    shipped = json.loads((generator_path() / "training_state.json").read_text())["steps"]
+    assert mod.gen_total_steps(args) == shipped == 4100
+    assert mod.gen_lr_at(1000, args) == args.gen_lr
+    assert mod.gen_lr_at(3299, args) < 1e-7 * args.gen_lr + 1e-8  # end of the first cool-down
+    assert math.isclose(mod.gen_lr_at(3300, args), 5e-4)  # the warm restart
+    assert math.isclose(mod.gen_lr_at(3700, args), 2.5e-4)
+    assert mod.gen_lr_at(4099, args) < 1e-8
+    with pytest.raises(SystemExit):
+        mod.main(["--gen-restart-steps", "-1"])
