@@ -20,10 +20,11 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpo_diff.config_dict import from_known_keys
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
 from dpo_diff.space import SearchSpace, atomic_write_text
@@ -98,11 +99,7 @@ class OptimizeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OptimizeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return from_known_keys(cls, d)
 
 
 def select_target(space: SearchSpace, task: str, target: str) -> SearchSpace:

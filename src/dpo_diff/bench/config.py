@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpo_diff.config_dict import from_known_keys
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
 
@@ -123,11 +124,7 @@ class BenchConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BenchConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise BenchError(f"unknown bench config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return from_known_keys(cls, d, what="bench config", error=BenchError)
 
     def keyed_settings(self) -> dict[str, Any]:
         """The settings that change every method's numbers, with local model folders replaced by fingerprints of
