@@ -19,11 +19,12 @@ pre-generated for the reference code keep working.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ Candidate = tuple[int, ...]
 # spacing between words are kept verbatim when a candidate is rendered.
 _WORD_RE = re.compile(r"[^\W_]+(?:['\u2019-][^\W_]+)*")
 SPACE_FORMAT = "dpo-diff/space-v1"
+_log = logging.getLogger(__name__)
 
 
 class SpaceError(ValueError):
@@ -128,16 +130,9 @@ class Slot:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Slot:
-        unknown = set(d) - {"target", "word", "options", "position", "source"}
-        if unknown:
-            raise SpaceError(f"unknown slot keys {sorted(unknown)}; allowed: target, word, options, position, source")
-        return cls(
-            target=d["target"],
-            word=d.get("word", ""),
-            options=tuple(d["options"]),
-            position=d.get("position"),
-            source=d.get("source", ""),
-        )
+        from dpo_diff.schemas import SlotSchema, validate
+
+        return _slot(validate(SlotSchema, d, error=SpaceError, where="slot"))
 
 
 @dataclass(frozen=True)
@@ -261,14 +256,28 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
-        if "slots" not in d:
-            raise SpaceError(f"a search space needs 'prompt' and 'slots'; got keys {sorted(d)}")
-        return cls(
-            prompt=d["prompt"],
-            slots=tuple(Slot.from_dict(s) for s in d["slots"]),
-            negative_prompt=d.get("negative_prompt", ""),
-            meta=d.get("meta", {}),
-        )
+        from dpo_diff.schemas import SpaceSchema, validate
+
+        return _space(validate(SpaceSchema, d, error=SpaceError, where="search space"), "search space")
+
+
+def _slot(s: Any) -> Slot:
+    return Slot(s.target, s.word, tuple(s.options), s.position, s.source)
+
+
+def _space(s: Any, where: str, loc: str = "") -> SearchSpace:
+    """A validated :class:`~dpo_diff.schemas.SpaceSchema` as a space; errors name the file (``where``) and the
+    place in it (``loc``)."""
+    slots = []
+    for i, slot in enumerate(s.slots):
+        try:
+            slots.append(_slot(slot))
+        except SpaceError as e:
+            raise SpaceError(f"{where}: {loc + '.' if loc else ''}slots[{i}]: {e}") from None
+    try:
+        return SearchSpace(s.prompt, tuple(slots), s.negative_prompt, dict(s.meta))
+    except SpaceError as e:
+        raise SpaceError(f"{where}: {loc + ': ' if loc else ''}{e}") from None
 
 
 def _match_case(original: str, option: str) -> str:
@@ -294,8 +303,11 @@ def space_from_substitutes(
     """Build a space from ``{word: [substitutes]}`` maps, matching words of ``prompt`` case-insensitively.
 
     Synonyms become positive slots at *every* whole-word occurrence of the word; antonyms become one negative slot
-    per word (in prompt order). Options equal to the word itself, blank or repeated options are dropped.
-    ``keywords`` (the reference layout's optional list) restricts which words get slots.
+    per word (in prompt order). An antonym key of several words ("coming out") that occurs in the prompt as a phrase
+    becomes one negative slot too; a synonym key of several words cannot (a positive slot substitutes one word) and
+    is skipped. Options equal to the word itself, blank or repeated options are dropped. ``keywords`` (the reference
+    layout's optional list) are kept in ``meta["keywords"]``: the reference uses them for human evaluation only,
+    so they never restrict the slots.
 
     Raises:
         SpaceError: a word of the maps does not occur in the prompt (the space was built for another prompt).
@@ -304,7 +316,9 @@ def space_from_substitutes(
     by_lower: dict[str, list[WordSpan]] = {}
     for w in words:
         by_lower.setdefault(w.text.lower(), []).append(w)
-    allowed = {k.lower() for k in keywords} if keywords is not None else None
+    meta = dict(meta or {})
+    if keywords is not None:
+        meta["keywords"] = [str(k) for k in keywords]
 
     def check(word: str) -> list[WordSpan]:
         spans = by_lower.get(word.lower())
@@ -318,8 +332,6 @@ def space_from_substitutes(
     slots: list[Slot] = []
     pos_slots: dict[int, Slot] = {}
     for word, opts in (synonyms or {}).items():
-        if allowed is not None and word.lower() not in allowed:
-            continue
         if len(word.split()) > 1:
             continue  # a phrase ("coming out" in the reference's spaces) cannot be one word slot
         for span in check(word):
@@ -330,16 +342,29 @@ def space_from_substitutes(
     slots.extend(pos_slots[i] for i in sorted(pos_slots))
     neg: list[tuple[int, Slot]] = []
     for word, opts in (antonyms or {}).items():
-        if allowed is not None and word.lower() not in allowed:
-            continue
         if len(word.split()) > 1:
-            continue
-        span = check(word)[0]
+            start = find_phrase(words, word)
+            if start is None:
+                raise SpaceError(f"phrase {word!r} of the search space does not occur in the prompt {prompt!r}")
+            text = " ".join(w.text for w in words[start:start + len(prompt_words(word))])
+            span = WordSpan(start, words[start].start, words[start].end, text)
+        else:
+            span = check(word)[0]
         options = _clean_options(span.text, opts)
         if options:
             neg.append((span.index, Slot("negative", span.text, ("", *options), span.index, source or "antonym")))
     slots.extend(s for _, s in sorted(neg, key=lambda t: t[0]))
-    return SearchSpace(prompt, tuple(slots), negative_prompt, dict(meta or {}))
+    return SearchSpace(prompt, tuple(slots), negative_prompt, meta)
+
+
+def find_phrase(words: Sequence[WordSpan], phrase: str) -> int | None:
+    """Index of the first prompt word where the words of ``phrase`` occur in a row (case-insensitively)."""
+    want = [w.text.lower() for w in prompt_words(phrase)]
+    have = [w.text.lower() for w in words]
+    for i in range(len(have) - len(want) + 1):
+        if want and have[i:i + len(want)] == want:
+            return i
+    return None
 
 
 def _clean_options(word: str, options: Iterable[str]) -> tuple[str, ...]:
@@ -353,43 +378,95 @@ def _clean_options(word: str, options: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_reference_entry(prompt: str, entry: Mapping[str, Any]) -> SearchSpace:
-    """Read the reference implementation's per-prompt JSON entry.
+def word_bases(word: str) -> set[str]:
+    """The word and the base forms its regular English inflection could come from (``flies`` -> ``fly``,
+    ``running`` -> ``run``, ``baked`` -> ``bake``); used to match a reference entry's key to a prompt word."""
+    w = word.lower()
+    out = {w}
+    for suffix, repl in (("ies", "y"), ("ied", "y"), ("es", ""), ("s", ""), ("ed", ""), ("ed", "e"), ("ing", ""),
+                         ("ing", "e"), ("ying", "ie"), ("er", ""), ("est", "")):
+        long_enough = len(w) > len(suffix) + (suffix != "ying")  # lying -> lie
+        if w.endswith(suffix) and long_enough and not (suffix == "s" and w.endswith("ss")):
+            stem = w[: -len(suffix)]
+            out.add(stem + repl)
+            if not repl and len(stem) > 2 and stem[-1] == stem[-2] and stem[-1] not in "aeiousl":
+                out.add(stem[:-1])  # stopped -> stop, running -> run, bigger -> big
+    return {b for b in out if len(b) >= 2}
+
+
+def same_lemma(a: str, b: str) -> bool:
+    """True when one word is a regular inflection of the other (or they are equal, ignoring case)."""
+    return a.lower() in word_bases(b) or b.lower() in word_bases(a)
+
+
+def resolve_reference_keys(prompt: str, mapping: Mapping[str, Sequence[str]], relation: str
+                           ) -> tuple[dict[str, list[str]], list[str]]:
+    """Match the keys of one reference entry's map to the prompt: ``(usable map, problems)``.
+
+    A key matches a prompt word exactly (ignoring case), else by lemma (``fly`` for "flies"); an antonym key of
+    several words matches a phrase of the prompt. Every other key is left out and described in ``problems``.
+    """
+    words = prompt_words(prompt)
+    lower = {w.text.lower(): w.text for w in words}
+    out: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for key, opts in mapping.items():
+        key_words = prompt_words(key)
+        if len(key_words) > 1:
+            if relation == "antonym" and find_phrase(words, key) is not None:
+                out.setdefault(" ".join(w.text for w in key_words), []).extend(opts)
+            elif relation == "antonym":
+                problems.append(f"{relation} key {key!r} (not a phrase of the prompt)")
+            else:
+                problems.append(f"{relation} key {key!r} (several words; a synonym slot substitutes one word)")
+            continue
+        if not key_words:
+            problems.append(f"{relation} key {key!r} (no word in it)")
+            continue
+        k = key_words[0].text.lower()
+        matches = [lower[k]] if k in lower else [t for low, t in lower.items() if same_lemma(k, low)]
+        if not matches:
+            problems.append(f"{relation} key {key!r} (not a word of the prompt nor an inflection of one)")
+        for m in matches:
+            out.setdefault(m, []).extend(opts)
+    return out, problems
+
+
+def parse_reference_entry(prompt: str, entry: Mapping[str, Any], *, where: str = "reference layout"
+                          ) -> tuple[SearchSpace, list[str]]:
+    """Read the reference implementation's per-prompt JSON entry: ``(space, problems)``.
 
     Accepted keys: ``synonym`` or ``sub`` (positive space), ``antonym`` or ``opp`` (negative space), optional
-    ``keywords``. Each value is either the raw LLM answer (lines ``word -> a, b, c``) or a ``{word: [options]}`` map.
+    ``keywords`` (kept in ``meta``, never a filter). Each value is either the raw LLM answer (lines
+    ``word -> a, b, c``) or a ``{word: [options]}`` map. Keys that match no word of the prompt are left out and
+    described in ``problems`` (the rest of the entry is used); a malformed entry raises :class:`SpaceError` naming
+    the place (``where``: the file).
     """
-    # prompt_id/prompt are bookkeeping the reference builder writes into every entry
-    known = {"synonym", "sub", "antonym", "opp", "keywords", "prompt_id", "prompt"}
-    unknown = set(entry) - known
-    if unknown:
-        raise SpaceError(f"unknown keys {sorted(unknown)} in the entry for {prompt!r}; allowed: {sorted(known)}")
-    syn = entry.get("synonym", entry.get("sub"))
-    ant = entry.get("antonym", entry.get("opp"))
-    return space_from_substitutes(
-        prompt,
-        _as_map(syn) if syn is not None else None,
-        _as_map(ant) if ant is not None else None,
-        keywords=entry.get("keywords"),
-        meta={"format": "reference"},
-    )
+    from dpo_diff.schemas import ReferenceEntrySchema, format_loc, validate
 
-
-def _as_map(value: Any) -> dict[str, list[str]]:
-    if isinstance(value, Mapping):
-        return {str(k): [str(x) for x in (v if isinstance(v, (list, tuple)) else str(v).split(","))]
-                for k, v in value.items()}
-    if isinstance(value, str):
-        out: dict[str, list[str]] = {}
-        for line in value.splitlines():
-            if "->" not in line:
-                continue
-            word, _, rest = line.partition("->")
-            word = word.strip().strip("-*•0123456789.) \"'")
-            if word:
-                out[word] = [x.strip().strip("\"'.") for x in rest.split(",") if x.strip()]
-        return out
-    raise SpaceError(f"expected 'word -> a, b' text or a {{word: [options]}} map, got {type(value).__name__}")
+    e = validate(ReferenceEntrySchema, dict(entry) if isinstance(entry, Mapping) else entry, error=SpaceError,
+                 where=where, loc=(prompt,))
+    problems: list[str] = []
+    maps: dict[str, dict[str, list[str]]] = {}
+    for relation, parts in (("synonym", (e.synonym, e.sub)), ("antonym", (e.antonym, e.opp))):
+        merged: dict[str, list[str]] = {}
+        for part in parts:
+            for k, v in (part or {}).items():
+                merged.setdefault(k, []).extend(v)
+        maps[relation], missing = resolve_reference_keys(prompt, merged, relation)
+        problems.extend(missing)
+    meta: dict[str, Any] = {"format": "reference"}
+    if problems:
+        meta["skipped"] = problems
+    try:
+        space = space_from_substitutes(prompt, maps["synonym"], maps["antonym"], keywords=e.keywords, meta=meta)
+    except SpaceError as err:
+        raise SpaceError(f"{where}: {format_loc([prompt])}: {err}") from None
+    if not space.slots:
+        why = f"; skipped {', '.join(problems)}" if problems else ""
+        space = replace(space, meta={**space.meta, "warning": f"the reference entry for {prompt!r} gives no usable "
+                                                              f"substitutes{why}"})
+    return space, problems
 
 
 # ==================================================================== files
@@ -397,30 +474,43 @@ def load_spaces(path: str | os.PathLike[str]) -> dict[str, SearchSpace]:
     """Load every space in a JSON file, keyed by prompt.
 
     Accepts our format (``{"format": "dpo-diff/space-v1", "spaces": [...]}``, a single space object, or a list of
-    them) and the reference layout (``{prompt: {"synonym": ..., "antonym": ...}}``).
+    them) and the reference layout (``{prompt: {"synonym": ..., "antonym": ...}}``). The file is validated against
+    a schema: a malformed file raises :class:`SpaceError` naming the place (``spaces[0].slots[2].options[1]: expected
+    a string, got 5``). In the reference layout, keys that match no word of their prompt are skipped with a
+    warning (logger ``dpo_diff.space``) naming the prompt; the rest of the file is used.
     """
+    from dpo_diff.schemas import SpaceFileSchema, SpaceSchema, validate
+
     p = Path(path)
+    where = f"search-space file {str(p)!r}"
     if not p.is_file():
         raise FileNotFoundError(f"search-space file {str(p)!r} does not exist; build one with 'dpo-diff space build'")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise SpaceError(f"search-space file {str(p)!r} is not valid JSON: {e}") from e
+        raise SpaceError(f"{where} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise SpaceError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     spaces: list[SearchSpace]
-    if isinstance(data, Mapping) and "spaces" in data:
-        spaces = [SearchSpace.from_dict(d) for d in data["spaces"]]
-    elif isinstance(data, Mapping) and "slots" in data:
-        spaces = [SearchSpace.from_dict(data)]
+    if isinstance(data, dict) and "spaces" in data:
+        envelope = validate(SpaceFileSchema, data, error=SpaceError, where=where)
+        spaces = [_space(s, where, f"spaces[{i}]") for i, s in enumerate(envelope.spaces)]
+    elif isinstance(data, dict) and "slots" in data:
+        spaces = [_space(validate(SpaceSchema, data, error=SpaceError, where=where), where, "")]
     elif isinstance(data, list):
-        spaces = [SearchSpace.from_dict(d) for d in data]
-    elif isinstance(data, Mapping):
+        items = validate(list[SpaceSchema], data, error=SpaceError, where=where)
+        spaces = [_space(s, where, f"[{i}]") for i, s in enumerate(items)]
+    elif isinstance(data, dict):
         spaces = []
         for prompt, entry in data.items():
-            if not isinstance(entry, Mapping):
-                raise SpaceError(f"entry for {prompt!r} in {str(p)!r} is not an object; see the README for formats")
-            spaces.append(parse_reference_entry(prompt, entry))
+            space, problems = parse_reference_entry(prompt, entry, where=where)
+            if problems:
+                _log.warning("warning: %s, entry for %r: skipped %s", where, prompt, ", ".join(problems))
+            spaces.append(space)
     else:
-        raise SpaceError(f"{str(p)!r} holds no search spaces (top level is {type(data).__name__})")
+        from dpo_diff.schemas import show_value
+
+        raise SpaceError(f"{where}: expected an object or a list of search spaces, got {show_value(data)}")
     return {s.prompt: s for s in spaces}
 
 
