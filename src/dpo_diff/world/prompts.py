@@ -6,16 +6,36 @@ Two mechanisms keep evaluation prompts out of training:
   the generator or the judge, so held-out prompts are unseen *strings*;
 * :data:`HELDOUT_COMBOS`: colour/shape combinations the generator never sees in any scene (the judge does), so
   prompts naming them test composition, a classic failure of text-to-image models.
+
+Two pools of held-out prompts (``heldout_prompts(..., pool=...)``):
+
+* ``"v1"`` (the default; every result before the evaluation protocol): small (117 distinct easy prompts), so prompt
+  seeds share most easy prompts. Development work uses it (``DEV_PROMPT_SEEDS``).
+* ``"eval"``: every unseen caption of a wider grammar (background phrases, "one", positions for rare words) that
+  the ``"v1"`` pool can never return, so no earlier tuning step can have seen one. Only the pre-registered
+  :data:`EVAL_PROMPT_SEEDS` draw from it, and each owns a disjoint slice: two evaluation seeds share no prompt.
+  See ``docs/evaluation_protocol.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+from functools import cache
 from typing import Literal
 
 import numpy as np
 
-from dpo_diff.world.captions import COLOUR_WORDS, RARE_TIER, SHAPE_WORDS, SIZE_WORDS, Frequency, article, caption
+from dpo_diff.world.captions import (
+    _POSITION_PREP,
+    COLOUR_WORDS,
+    RARE_TIER,
+    SHAPE_WORDS,
+    SIZE_WORDS,
+    Frequency,
+    article,
+    caption,
+)
 from dpo_diff.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, Scene, make_object, sample_scene
 
 HELDOUT_COMBOS: frozenset[tuple[str, str]] = frozenset(
@@ -25,6 +45,18 @@ _BUCKETS = 8
 
 Role = Literal["generator", "judge"]
 Difficulty = Literal["easy", "hard"]
+Pool = Literal["v1", "eval"]
+
+# The evaluation protocol (docs/evaluation_protocol.md), pre-registered before any result on them was looked at.
+# No training, tuning, prompt selection or model-selection step may use these prompt seeds or image seeds.
+EVAL_PROMPT_SEEDS: tuple[int, ...] = (1000, 1001, 1002, 1003, 1004)
+EVAL_IMAGE_SEEDS: tuple[int, ...] = tuple(range(9000, 9016))
+EVAL_SELECT_SEEDS = EVAL_IMAGE_SEEDS[0:2]  # `dpo-diff select` on evaluation prompts
+EVAL_REPORT_SEEDS = EVAL_IMAGE_SEEDS[2:10]  # `--report-seeds` of evaluation runs
+EVAL_QUALITY_SEEDS = EVAL_IMAGE_SEEDS[10:15]  # benchmarks/world_quality.py: one per evaluation prompt seed
+# Tuning and model selection use the "v1" pool with these prompt seeds (0 and 1 were used before the protocol).
+DEV_PROMPT_SEEDS: tuple[int, ...] = tuple(range(2, 1000))
+_EVAL_SHUFFLE_SEED = 20261201  # fixes the order of the evaluation pool once; never change it
 
 
 def normalise(text: str) -> str:
@@ -99,15 +131,23 @@ def _pair_prompt(rng: np.random.Generator) -> str:
 _HARD_KINDS = (_rare_word_prompt, _combo_prompt, _pair_prompt)
 
 
-def heldout_prompts(difficulty: Difficulty, n: int, seed: int = 0) -> list[str]:
+def heldout_prompts(difficulty: Difficulty, n: int, seed: int = 0, pool: Pool = "v1") -> list[str]:
     """``n`` distinct held-out prompts (deterministic in ``seed``).
 
     ``"easy"``: one object, common words, trained colour/shape combination (the generator should get these right).
     ``"hard"``: in equal shares, rare synonyms, colour/shape combinations the generator never saw, and two
     different objects with a left/right relation (the generator often fails these: room to improve).
+
+    ``pool="v1"`` (default) gives the lists every result before the evaluation protocol used. ``pool="eval"`` takes
+    the ``seed``-th slice of the evaluation pool (:func:`eval_pool`); ``seed`` must be one of
+    :data:`EVAL_PROMPT_SEEDS` and a shorter list is a prefix of a longer one.
     """
     if difficulty not in ("easy", "hard"):
         raise ValueError(f"difficulty must be 'easy' or 'hard', got {difficulty!r}")
+    if pool == "eval":
+        return _eval_prompts(difficulty, n, seed)
+    if pool != "v1":
+        raise ValueError(f"pool must be 'v1' or 'eval', got {pool!r}")
     rng = np.random.default_rng([seed, 0 if difficulty == "easy" else 1])
     out: list[str] = []
     seen: set[str] = set()
@@ -128,6 +168,137 @@ def heldout_prompts(difficulty: Difficulty, n: int, seed: int = 0) -> list[str]:
         seen.add(text)
         out.append(text)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evaluation pool: every unseen caption of a wider grammar, minus everything the "v1" pool can return.
+
+_HARD_ORDER = ("rare_word", "unseen_combo", "two_objects")  # the order of hard kinds within a list, as in "v1"
+
+
+def _position_phrases() -> tuple[str, ...]:
+    # "" (position unstated) or the common-word phrase of one of the five positions, as captions() writes it.
+    return ("", *(f" {_POSITION_PREP[p]} the {p}" for p in POSITIONS))
+
+
+def _background_phrases(colours: tuple[str, ...]) -> list[tuple[str, str]]:
+    # (phrase, background) pairs a caption of objects in ``colours`` may end with ("": black, unstated).
+    out = [("", "black")]
+    for bg in ("black", "gray", "white"):
+        if bg not in colours:
+            out.append((f" on {article(bg)} {bg} background", bg))
+    return out
+
+
+def _size_words(size_options: tuple[str, ...]) -> tuple[str, ...]:
+    return ("", *(f"{w} " for w in size_options))
+
+
+def _single_captions(colour_word: str, shape_word: str, colour: str, sizes: tuple[str, ...], extended: bool):
+    # Captions of one object: [det] [size] colour shape [position] [background]; the "v1" grammar has no "one",
+    # position or background for rare words (``extended=False``).
+    for size in _size_words(sizes):
+        words = f"{size}{colour_word} {shape_word}"
+        dets = (article(words), "one") if extended else (article(words),)
+        for det in dets:
+            for pos in _position_phrases() if extended else ("",):
+                for bg, _ in _background_phrases((colour,)) if extended else [("", "black")]:
+                    yield f"{det} {words}{pos}{bg}"
+
+
+def _common_single(combos, with_background: bool) -> set[str]:
+    out = set()
+    for c, s in combos:
+        for text in _single_captions(c, s, c, SIZES, extended=True):
+            if with_background or "background" not in text:
+                out.add(text)
+    return out
+
+
+def _rare_words(extended: bool) -> set[str]:
+    out = set()
+    for c in COLOURS:
+        for s in SHAPES:
+            rare_c = [(w, True) for w in COLOUR_WORDS[c][RARE_TIER:]] + [(c, False)]
+            rare_s = [(f[0], True) for f in SHAPE_WORDS[s][RARE_TIER:]] + [(s, False)]
+            for (cw, rc), (sw, rs) in itertools.product(rare_c, rare_s):
+                if not (rc or rs):
+                    continue
+                sizes = tuple(w for size in SIZES for w in SIZE_WORDS[size][:2])
+                out.update(_single_captions(cw, sw, c, sizes, extended))
+    return out
+
+
+def _pairs(with_background: bool) -> set[str]:
+    # Two different objects, common words: "A to the left of B", "B to the right of A", "A and B" (+ background).
+    objects = [(c, s) for c in COLOURS for s in SHAPES]
+    out = set()
+    for (c1, s1), (c2, s2) in itertools.permutations(objects, 2):
+        phrases = [[f"{article(w)} {w}" for w in (f"{c} {s}", f"small {c} {s}", f"big {c} {s}")]
+                   for c, s in ((c1, s1), (c2, s2))]
+        bgs = _background_phrases((c1, c2)) if with_background else [("", "black")]
+        for pa, pb in itertools.product(*phrases):
+            for bg, _ in bgs:
+                out.update((f"{pa} to the left of {pb}{bg}", f"{pb} to the right of {pa}{bg}", f"{pa} and {pb}{bg}"))
+    return out
+
+
+@cache
+def v1_pool(kind: str) -> frozenset[str]:
+    """Every prompt ``heldout_prompts(..., pool="v1")`` can return for ``kind`` (``"easy"`` or one of the hard
+    kinds ``"rare_word"``, ``"unseen_combo"``, ``"two_objects"``)."""
+    trained = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELDOUT_COMBOS]
+    if kind == "easy":
+        texts = _common_single(trained, with_background=False)
+    elif kind == "rare_word":
+        texts = _rare_words(extended=False)
+    elif kind == "unseen_combo":
+        return frozenset(_common_single(sorted(HELDOUT_COMBOS), with_background=False))
+    elif kind == "two_objects":
+        texts = _pairs(with_background=False)
+    else:
+        raise ValueError(f"unknown prompt kind {kind!r}")
+    return frozenset(t for t in texts if is_heldout_caption(t))
+
+
+@cache
+def eval_pool(kind: str) -> tuple[str, ...]:
+    """The evaluation pool of ``kind`` (as in :func:`v1_pool`), in its fixed shuffled order.
+
+    Held-out captions (the hash bucket; unseen combinations need not be in it, as in ``"v1"``) of the same kinds
+    with background phrases, the determiner "one", and positions for rare words, minus every prompt of every
+    ``"v1"`` kind, which earlier tuning may have seen.
+    """
+    trained = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELDOUT_COMBOS]
+    if kind == "easy":
+        texts = {t for t in _common_single(trained, with_background=True) if is_heldout_caption(t)}
+    elif kind == "rare_word":
+        texts = {t for t in _rare_words(extended=True) if is_heldout_caption(t)}
+    elif kind == "unseen_combo":
+        texts = _common_single(sorted(HELDOUT_COMBOS), with_background=True)
+    elif kind == "two_objects":
+        texts = {t for t in _pairs(with_background=True) if is_heldout_caption(t)}
+    else:
+        raise ValueError(f"unknown prompt kind {kind!r}")
+    used = frozenset().union(*(v1_pool(k) for k in ("easy", *_HARD_ORDER)))
+    ordered = sorted(texts - used)
+    rng = np.random.default_rng([_EVAL_SHUFFLE_SEED, ("easy", *_HARD_ORDER).index(kind)])
+    return tuple(ordered[i] for i in rng.permutation(len(ordered)))
+
+
+def _eval_prompts(difficulty: Difficulty, n: int, seed: int) -> list[str]:
+    if seed not in EVAL_PROMPT_SEEDS:
+        raise ValueError(f"the evaluation pool is drawn only with the pre-registered prompt seeds "
+                         f"{list(EVAL_PROMPT_SEEDS)}, got {seed}; use pool='v1' (seeds {DEV_PROMPT_SEEDS[0]}-"
+                         f"{DEV_PROMPT_SEEDS[-1]}) for development")
+    k, every = EVAL_PROMPT_SEEDS.index(seed), len(EVAL_PROMPT_SEEDS)
+    kinds = ("easy",) if difficulty == "easy" else _HARD_ORDER
+    slices = {kind: eval_pool(kind)[k::every] for kind in kinds}
+    want = {kind: len(range(i, n, len(kinds))) for i, kind in enumerate(kinds)}
+    short = {kind: len(slices[kind]) for kind in kinds if want[kind] > len(slices[kind])}
+    if short:
+        raise ValueError(f"the evaluation pool has too few {difficulty} prompts per seed for n={n}: {short}")
+    return [slices[kinds[i % len(kinds)]][i // len(kinds)] for i in range(n)]
 
 
 def scene_for_prompt(prompt: str, rng: np.random.Generator) -> Scene:
