@@ -1,3 +1,5 @@
+from functools import partial
+
 import pytest
 import torch
 
@@ -6,6 +8,7 @@ from dpo_diff.search.base import Evaluator
 from dpo_diff.search.gradient import GradientError, GradientSearchConfig, NaNLossError, parse_k_schedule, train_mixture
 from dpo_diff.space import space_from_substitutes
 
+PAPER = partial(GradientSearchConfig.preset, "paper")
 SPACE = space_from_substitutes("a red dog on grass", {"dog": ["cat", "fox"], "grass": ["sand"]},
                                {"red": ["blue", "green"], "grass": ["snow"]})
 
@@ -23,7 +26,7 @@ def test_one_gpo_step_reaches_and_changes_every_slot(backend, judge, task):
     def on_iteration(state):
         grads.append(state.mixture.logits.grad.clone())
 
-    state = train_mixture(problem, ev, GradientSearchConfig(iterations=1), seed=0, on_iteration=on_iteration)
+    state = train_mixture(problem, ev, PAPER(iterations=1), seed=0, on_iteration=on_iteration)
     g = grads[0]
     for i, size in enumerate(SPACE.sizes):
         assert g[i, :size].abs().sum() > 0, f"slot {i} ({SPACE.slots[i].word}) got no gradient"
@@ -41,7 +44,7 @@ def test_one_gpo_step_reaches_and_changes_every_slot(backend, judge, task):
 def test_gpo_loss_moves_over_iterations(backend, judge):
     problem = make_problem(backend, judge)
     ev = Evaluator(problem, (0,), budget=100)
-    state = train_mixture(problem, ev, GradientSearchConfig(iterations=4, lr=0.5, grad_clip=1.0), seed=1)
+    state = train_mixture(problem, ev, PAPER(iterations=4, lr=0.5, grad_clip=1.0), seed=1)
     losses = [r["loss"] for r in state.log]
     assert len(set(round(x, 6) for x in losses)) > 1
     assert state.best_logits is not None and state.best_loss == min(r["objective"] for r in state.log)
@@ -50,7 +53,7 @@ def test_gpo_loss_moves_over_iterations(backend, judge):
 def test_gpo_stops_at_the_budget(backend, judge):
     problem = make_problem(backend, judge)
     ev = Evaluator(problem, (0,), budget=2.0)
-    state = train_mixture(problem, ev, GradientSearchConfig(iterations=20), seed=0)
+    state = train_mixture(problem, ev, PAPER(iterations=20), seed=0)
     # 0.4 + 0.4 spent; a third iteration (0.5) would leave less than one full evaluation (1.0) for the result
     assert ev.cost == pytest.approx(0.8) and len(state.log) == 2
 
@@ -68,14 +71,14 @@ class NaNJudge:
 def test_zero_gradient_fails_loudly(backend):
     problem = make_problem(backend, ConstantJudge())
     with pytest.raises(GradientError, match="exactly zero"):
-        train_mixture(problem, Evaluator(problem, (0,), 10), GradientSearchConfig(iterations=1), seed=0)
+        train_mixture(problem, Evaluator(problem, (0,), 10), PAPER(iterations=1), seed=0)
 
 
 def test_nan_loss_stops_with_last_state_saved(backend):
     problem = make_problem(backend, NaNJudge())
     saved = []
     with pytest.raises(NaNLossError, match="last good"):
-        train_mixture(problem, Evaluator(problem, (0,), 10), GradientSearchConfig(iterations=2), seed=0,
+        train_mixture(problem, Evaluator(problem, (0,), 10), PAPER(iterations=2), seed=0,
                       on_iteration=saved.append)
     assert saved, "the state was not handed to the checkpoint callback before stopping"
 
@@ -100,7 +103,7 @@ def test_k_schedules():
 def test_grad_steps_k_more_than_one(backend, judge):
     problem = make_problem(backend, judge)
     ev = Evaluator(problem, (0,), budget=10)
-    state = train_mixture(problem, ev, GradientSearchConfig(iterations=1, grad_steps=3), seed=0)
+    state = train_mixture(problem, ev, PAPER(iterations=1, grad_steps=3), seed=0)
     assert ev.cost == pytest.approx((3 + 3) / 10) and state.log
 
 
@@ -111,7 +114,21 @@ def test_half_precision_text_gradient_is_finite_and_nonzero(tiny_sd, judge, dtyp
     half = StableDiffusionBackend.from_pretrained(tiny_sd, dtype=dtype)
     problem = Problem(SPACE, Task("improve"), half, judge, SamplingConfig(steps=6))
     grads = []
-    train_mixture(problem, Evaluator(problem, (0,), 10), GradientSearchConfig(iterations=1), seed=0,
+    train_mixture(problem, Evaluator(problem, (0,), 10), PAPER(iterations=1), seed=0,
                   on_iteration=lambda s: grads.append(s.mixture.logits.grad.clone()))
     assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
     assert half.generate(["a dog"], [""], [0], steps=3).dtype == torch.float32  # judged in fp32
+
+
+def test_robust_gpo_step_averages_samples_and_seeds_on_the_real_model(backend, judge):
+    problem = make_problem(backend, judge)
+    ev = Evaluator(problem, (0, 1), budget=40)
+    cfg = GradientSearchConfig(iterations=3, samples=3, score_every=0, budget_share=None, min_iterations=1)
+    state = train_mixture(problem, ev, cfg, seed=0)
+    # cost: 3 samples x 2 seeds x (k + K) / steps per iteration, k = 3 of 10 steps
+    assert len(state.log) == 3 and ev.cost == pytest.approx(3 * 3 * 2 * 4 / 10)
+    logits = state.mixture.logits.detach()
+    assert logits.min() >= 0 and logits.max() <= 3.0
+    assert (logits != torch.tensor([[1.0, 0, 0]] * len(SPACE.sizes))).any()
+    # the logits sit on the 1e-3 grid: float noise below it cannot move them
+    assert torch.allclose(logits, torch.round(logits * 1000) / 1000, atol=1e-6)

@@ -57,9 +57,10 @@ def test_same_seed_same_result(method):
     assert [e.candidate for e in a.evaluations] != [e.candidate for e in c.evaluations]
 
 
-def test_hybrid_initial_population_follows_the_learned_logits():
+@pytest.mark.parametrize("gpo", [GradientSearchConfig(),
+                                 GradientSearchConfig.preset("paper", lr=0.3, grad_clip=1.0)], ids=["robust", "paper"])
+def test_hybrid_initial_population_follows_the_learned_logits(gpo):
     problem = SyntheticProblem(synthetic_space(8, 5), seed=4)
-    gpo = GradientSearchConfig(iterations=20, lr=0.3, grad_clip=1.0)
     result = search(problem, method="hybrid", budget=40, gpo=gpo, seed=0)
     init = [tuple(c) for c in result.extra["initial_population"]]
     logits = torch.tensor(result.extra["logits"])

@@ -135,12 +135,14 @@ class SyntheticProblem:
     """A problem whose loss is a *known* function of the candidate, for testing searches without a diffusion model.
 
     ``loss(candidate, seed) = base + sum_s costs[s][candidate[s]] + noise * n(seed)``. The relaxed loss used by GPO is
-    the same expression with soft weights in place of one-hot choices, so its gradient is exact. The optimum is the
-    per-slot argmin (improve) or argmax (attack) of ``costs``.
+    the same expression with soft weights in place of one-hot choices, so its gradient is exact, unless
+    ``relaxed_costs`` are given: then GPO follows a gradient that can point away from the optimum (a problem where
+    GPO can fail, as the shortcut's one-step x0 can mislead on a real model). The optimum is the per-slot argmin
+    (improve) or argmax (attack) of ``costs``.
     """
 
     def __init__(self, space, task: str = "improve", costs=None, *, seed: int = 0, base: float = 0.8,
-                 noise: float = 0.01, steps: int = 50, constraint=None) -> None:
+                 noise: float = 0.01, steps: int = 50, constraint=None, relaxed_costs=None) -> None:
         import torch
 
         from dpo_diff.problem import SamplingConfig, Task
@@ -154,6 +156,8 @@ class SyntheticProblem:
         self.costs = torch.as_tensor(costs, dtype=torch.float32)
         for i, n in enumerate(space.sizes):
             self.costs[i, n:] = 0.0
+        # What the relaxed loss (GPO's gradient) sees; differs from ``costs`` to model a misleading gradient.
+        self.relaxed_costs = self.costs if relaxed_costs is None else torch.as_tensor(relaxed_costs).float()
         self.base, self.noise = base, noise
         self.calls = 0  # exact evaluations requested (candidate x seed rows)
         self.compute_dtype = torch.float32
@@ -186,7 +190,8 @@ class SyntheticProblem:
 
     def relaxation(self):
         def loss(weights, seeds, *, start_step, grad_steps):
-            value = self.base + (weights * self.costs).sum()
+            # weights [S, O] (one relaxed prompt for every seed) or [B, S, O] (row b for seeds[b])
+            value = self.base + (weights * self.relaxed_costs).sum(dim=(-2, -1))
             return value + self._seed_noise(seeds)
 
         return loss

@@ -6,36 +6,48 @@ Methods (all at the same, honestly counted budget, see :mod:`dpo_diff.search.bas
 * ``gpo``: shortcut-gradient training, then samples from the learned distribution (GPO-sampling).
 * ``epo``: evolutionary search from a uniform population.
 * ``random``: uniform random search, the baseline.
+
+Whatever the method, a space whose every candidate fits the budget is enumerated (nothing is left to chance), and
+with a :class:`~dpo_diff.search.selection.SelectionConfig` the best candidates are re-ranked on validation seeds.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from dpo_diff.search.base import Evaluation, Evaluator, NothingToSearch, SearchResult
+from dpo_diff.search import METHODS
+from dpo_diff.search.base import BudgetExhausted, Evaluation, Evaluator, NothingToSearch, SearchResult, finish
 from dpo_diff.search.evolution import EvolutionSearchConfig, evolution_search
 from dpo_diff.search.gradient import GradientSearchConfig, GradientState, gradient_search
 from dpo_diff.search.hybrid import hybrid_search
 from dpo_diff.search.random_search import random_search
+from dpo_diff.search.selection import SelectionConfig, rerank
 
-METHODS = ("hybrid", "gpo", "epo", "random")
+__all__ = ["METHODS", "search"]
 
 
 def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequence[int] = (0,), seed: int = 0,
            gpo: GradientSearchConfig | None = None, epo: EvolutionSearchConfig | None = None,
+           selection: SelectionConfig | None = None,
            on_evaluation: Callable[[Evaluation], None] | None = None,
            on_iteration: Callable[[GradientState], None] | None = None,
-           preloaded: dict | None = None) -> SearchResult:
+           preloaded: dict | None = None, gpo_resume: dict[str, Any] | None = None,
+           time_budget: float | None = None) -> SearchResult:
     """Search ``problem.space`` for the candidate minimising the task objective within ``budget``.
 
     Args:
         problem: a :class:`~dpo_diff.problem.Problem` (or any object with the same interface, e.g.
             :class:`dpo_diff.testing.SyntheticProblem`).
-        budget: full-generation equivalents (one full sampler run on one seed = 1).
+        budget: full-generation equivalents (one full sampler run on one seed = 1), re-ranking included.
         seeds: image seeds the search sees; a candidate evaluation costs ``len(seeds)``.
         seed: root of the search's random streams; the same seed gives the same result.
+        selection: re-rank the best candidates on validation seeds (budget reserved up front).
         on_evaluation: called after every new evaluation (to persist progress).
         preloaded: evaluations from an interrupted run, reused without generating again.
+        gpo_resume: the GPO checkpoint of an interrupted run (continued exactly instead of re-learned).
+        time_budget: optional wall-clock limit in seconds for the search.
 
     Raises:
         NothingToSearch: the space has no slot with a second option.
@@ -48,11 +60,46 @@ def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequ
             f"the search space of {problem.space.prompt!r} has {len(problem.space.slots)} slots and none offers a "
             f"second option: nothing to search"
         )
-    evaluator = Evaluator(problem, tuple(seeds), budget, on_evaluation, dict(preloaded or {}))
-    if method == "gpo":
-        return gradient_search(problem, evaluator, gpo, seed=seed, on_iteration=on_iteration)
-    if method == "hybrid":
-        return hybrid_search(problem, evaluator, gpo, epo, seed=seed, on_iteration=on_iteration)
-    if method == "epo":
-        return evolution_search(problem, evaluator, epo, seed=seed)
-    return random_search(problem, evaluator, seed=seed)
+    selection = selection or SelectionConfig()
+    selection.check_seeds(seeds)
+    if selection.active and budget - selection.reserve() < 2 * len(seeds):
+        raise ValueError(f"budget {budget} leaves too little for the search after reserving {selection.reserve()} "
+                         f"for re-ranking {selection.rerank_top} candidates on {len(selection.validation_seeds)} "
+                         f"validation seeds; raise --budget or lower --rerank-top")
+    evaluator = Evaluator(problem, tuple(seeds), budget - selection.reserve(), on_evaluation, dict(preloaded or {}),
+                          time_budget=time_budget)
+    if problem.space.num_candidates * len(seeds) <= evaluator.budget + 1e-9:
+        result = enumerate_space(problem, evaluator, method)
+    elif method == "gpo":
+        result = gradient_search(problem, evaluator, gpo, seed=seed, on_iteration=on_iteration, resume=gpo_resume)
+    elif method == "hybrid":
+        result = hybrid_search(problem, evaluator, gpo, epo, seed=seed, on_iteration=on_iteration,
+                               resume=gpo_resume)
+    elif method == "epo":
+        result = evolution_search(problem, evaluator, epo, seed=seed)
+    else:
+        result = random_search(problem, evaluator, seed=seed)
+    if selection.active:
+        apply_selection(result, rerank(problem, evaluator, selection, budget - evaluator.cost), evaluator)
+    result.budget = budget
+    return result
+
+
+def enumerate_space(problem, evaluator: Evaluator, method: str) -> SearchResult:
+    """Every candidate of a space that fits the budget, in order: no method can do better, none is left to luck."""
+    everything = list(itertools.product(*(range(n) for n in problem.space.sizes)))
+    try:
+        evaluator.evaluate(everything, source="enumeration")
+    except BudgetExhausted:
+        pass
+    return finish(method, evaluator, {"enumerated": True})
+
+
+def apply_selection(result: SearchResult, record: dict[str, Any], evaluator: Evaluator) -> None:
+    """Make the re-ranked winner the result's best and charge the re-ranking to its cost."""
+    result.extra["selection"] = record
+    if record["candidates"]:
+        result.best = evaluator.evaluations[tuple(record["candidates"][0]["candidate"])]
+    result.cost += record["cost"]
+    result.history.append((result.cost, result.history[-1][1] if result.history else float("nan")))
+    result.timings = dict(evaluator.timings)

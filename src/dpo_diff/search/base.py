@@ -59,6 +59,11 @@ class Evaluator:
         preloaded: evaluations restored from a previous run (``--resume``). They are not generated again, but
             their cost is charged when the search asks for them, so a resumed run follows exactly the same path and
             budget as an uninterrupted one.
+        time_budget: optional wall-clock limit in seconds (``bench --time-budget``): once spent, nothing more is
+            afforded, so methods can be compared at equal time on one machine as well as at equal cost.
+
+    ``timings`` accumulates wall-clock seconds per phase (``gpo_gradient``: GPO forward and backward passes,
+    ``evaluation``: exact full-sampler scoring) beside the cost in full-generation equivalents.
     """
 
     problem: Problem
@@ -71,6 +76,8 @@ class Evaluator:
     rejected: dict[Candidate, str] = field(default_factory=dict)
     history: list[tuple[float, float]] = field(default_factory=list)  # (cost, best objective so far)
     started: float = field(default_factory=time.perf_counter)
+    time_budget: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.budget > 0 or not math.isfinite(self.budget):
@@ -89,12 +96,16 @@ class Evaluator:
     def evaluation_cost(self) -> float:
         return float(len(self.seeds))
 
+    @property
+    def out_of_time(self) -> bool:
+        return self.time_budget is not None and time.perf_counter() - self.started >= self.time_budget
+
     def can_afford(self, cost: float) -> bool:
-        return cost <= self.remaining + 1e-9
+        return cost <= self.remaining + 1e-9 and not self.out_of_time
 
     def charge(self, cost: float) -> None:
-        """Spend ``cost`` (GPO iterations) or raise :class:`BudgetExhausted`."""
-        if not self.can_afford(cost):
+        """Spend ``cost`` (GPO iterations, already computed) or raise :class:`BudgetExhausted`."""
+        if cost > self.remaining + 1e-9:
             raise BudgetExhausted
         self.cost += cost
         self._record_history()
@@ -130,15 +141,16 @@ class Evaluator:
         for c in dict.fromkeys(candidates):
             if c in ok and c not in self.evaluations and c not in new:
                 new.append(c)
-        affordable = int((self.remaining + 1e-9) // self.evaluation_cost)
+        affordable = 0 if self.out_of_time else int((self.remaining + 1e-9) // self.evaluation_cost)
         run, short = new[:affordable], len(new) > affordable
         reuse = [c for c in run if c in self.preloaded]
         fresh = [c for c in run if c not in self.preloaded]
+        results = {}
         if fresh:
+            t0 = time.perf_counter()
             losses = self.problem.candidate_losses(fresh, self.seeds)
             results = {c: [float(x) for x in row] for c, row in zip(fresh, losses)}
-        else:
-            results = {}
+            self.timings["evaluation"] = self.timings.get("evaluation", 0.0) + time.perf_counter() - t0
         for c in run:
             row = self.preloaded[c].losses if c in reuse else results[c]
             pair = self.problem.render(c)
@@ -168,6 +180,7 @@ class SearchResult:
     wall_time: float
     rejected: dict[Candidate, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +189,7 @@ class SearchResult:
             "cost": self.cost,
             "budget": self.budget,
             "wall_time": self.wall_time,
+            "timings": self.timings,
             "history": [list(h) for h in self.history],
             "evaluations": [e.to_dict() for e in self.evaluations],
             "rejected": [{"candidate": list(c), "prompt": p} for c, p in self.rejected.items()],
@@ -198,4 +212,4 @@ def finish(method: str, ev: Evaluator, extra: dict[str, Any] | None = None) -> S
             )
         raise ValueError(f"no candidate could be evaluated within the budget {ev.budget}")
     return SearchResult(method, best, list(ev.evaluations.values()), list(ev.history), ev.cost, ev.budget,
-                        time.perf_counter() - ev.started, dict(ev.rejected), extra or {})
+                        time.perf_counter() - ev.started, dict(ev.rejected), extra or {}, dict(ev.timings))

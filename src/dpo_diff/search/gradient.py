@@ -1,10 +1,27 @@
 """Gradient-based prompt optimization (the paper's GPO) with the shortcut text gradient.
 
 Each iteration draws soft Gumbel-softmax weights over every slot, encodes the mixed prompt *through the text
-encoder*, runs the shortcut (k no-grad steps, K grad steps, one-step x0, decode, CLIP judge) on several seeds, and
-updates the slot logits with RMSprop (lr 0.1, momentum 0.5, element-wise gradient clip 0.025, logits clamped to
-[0, 3]): the paper's settings. After training, distinct candidates are sampled from the learned distribution (the
-argmax first) and scored with the full sampler by the :class:`~dpo_diff.search.base.Evaluator`.
+encoder*, runs the shortcut (k no-grad steps, K grad steps, one-step x0, decode, CLIP judge) and updates the slot
+logits. Afterwards distinct candidates are sampled from the learned distribution (the argmax first) and scored with
+the full sampler by the :class:`~dpo_diff.search.base.Evaluator`.
+
+Two named presets (:data:`GPO_PRESETS`):
+
+* ``paper``: the paper's settings: one Gumbel sample per step, RMSprop (lr 0.1, momentum 0.5, element-wise gradient
+  clip 0.025, logits clamped to [0, 3]), 20 iterations whatever the budget. PyTorch's RMSprop has no bias
+  correction, so its first step moves every logit by about lr / sqrt(1 - alpha) = 1: two single-sample gradients
+  largely decide the learned distribution, and float noise of 1e-7 (e.g. another thread count) grows 3-10x per
+  iteration until the answer changes.
+* ``robust`` (default): several Gumbel samples per step (batched), the gradient averaged over every search seed (one
+  backward pass per seed, so memory stays flat in the number of seeds), steps on the gradient normalized per slot
+  (no first step of +-1 decided by one sample; small, noisy entries stay small instead of being blown up to a full
+  step as element-wise RMSprop/Adam do), gradients and
+  logits snapped to a fine grid so that float noise below the grid cannot grow, and a budget share: GPO stops at
+  ``budget_share`` of the budget so the evaluation stage always runs, and is skipped when that share is too small to
+  learn anything (the record says so).
+
+While learning, the argmax of the current distribution is scored exactly every ``score_every`` iterations (charged
+to the budget), so a run stopped early keeps an evaluated best-so-far prompt (anytime behaviour).
 """
 
 from __future__ import annotations
@@ -12,9 +29,10 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 
@@ -23,6 +41,7 @@ from dpo_diff.relax import WordMixture
 from dpo_diff.search.base import BudgetExhausted, Evaluator, SearchResult, finish
 from dpo_diff.seeding import derive_seed, torch_generator
 
+OPTIMIZERS = ("normalized", "adam", "rmsprop")
 _SCHEDULE_RE = re.compile(r"^(step|fixed|random)-(\d+)(?:-(\d+))?$")
 
 
@@ -49,32 +68,61 @@ def parse_k_schedule(spec: str) -> tuple[str, int, int | None]:
 
 @dataclass(frozen=True)
 class GradientSearchConfig:
-    """GPO settings (defaults: the paper's)."""
+    """GPO settings. The defaults are the ``robust`` preset; ``GradientSearchConfig.preset("paper")`` gives the
+    paper's."""
 
-    iterations: int = 20
-    tau: float = 1.0  # Gumbel-softmax temperature; soft samples (not straight-through), as in the paper
-    lr: float = 0.1
-    momentum: float = 0.5
+    iterations: int = 20  # at most this many iterations (fewer when the budget share runs out)
+    tau: float = 1.0  # Gumbel-softmax temperature; soft samples, as in the paper
+    samples: int = 4  # Gumbel samples per iteration, averaged (batched through the model); paper: 1
+    # normalized: SGD with momentum on the gradient divided by each slot's largest entry (every slot learns at the
+    # same speed, options keep their relative gradients, tiny noisy entries stay tiny); adam: bias-corrected
+    # element-wise steps; rmsprop: the paper's (no bias correction: the first step moves every logit by ~1)
+    optimizer: Literal["normalized", "adam", "rmsprop"] = "normalized"
+    lr: float = 0.4
+    momentum: float = 0.5  # RMSprop and normalized SGD
     alpha: float = 0.99  # RMSprop smoothing
-    grad_clip: float = 0.025  # element-wise clip of the logit gradient
+    grad_clip: float = 0.025  # element-wise clip of the raw logit gradient (rmsprop and adam)
     logit_min: float = 0.0
     logit_max: float = 3.0
+    # shift: a slot whose top logit passes logit_max is shifted down (softmax unchanged) before clamping, so options
+    # keep their order instead of tying at the ceiling; clamp: the paper's plain clamp to [logit_min, logit_max]
+    box: Literal["shift", "clamp"] = "shift"
+    quantum: float = 1e-3  # logits snap to this grid and gradients to this fraction of their largest entry; 0: off
     k_schedule: str = "step-15-2"  # written for 50 sampling steps; k scales with steps/50 for other step counts
     grad_steps: int = 1  # K grad-enabled UNet calls
-    num_samples: int = 32  # distinct candidates drawn from the learned distribution afterwards (argmax first)
+    num_samples: int = 32  # gpo method: most candidates sampled from the learned distribution afterwards
+    budget_share: float | None = 0.3  # GPO stops at this fraction of the budget; None: only `iterations` limits it
+    min_iterations: int = 3  # fewer affordable iterations than this: skip GPO (sample the prior instead)
+    score_every: int = 5  # score the learned argmax exactly every this many iterations (anytime best); 0: never
     loss_scale: float | None = None  # None: 1 for fp32/bf16, 1024 for fp16 (keeps the text gradient from underflowing)
 
     def __post_init__(self) -> None:
         parse_k_schedule(self.k_schedule)
-        for name in ("iterations", "grad_steps"):
+        for name in ("iterations", "grad_steps", "samples", "min_iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {self.num_samples}")
-        if not self.tau > 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
+        for name in ("num_samples", "score_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.tau > 0 or not self.lr > 0:
+            raise ValueError(f"tau and lr must be > 0, got tau={self.tau}, lr={self.lr}")
         if not self.logit_min < self.logit_max:
             raise ValueError(f"need logit_min < logit_max, got [{self.logit_min}, {self.logit_max}]")
+        if self.box not in ("shift", "clamp"):
+            raise ValueError(f"box must be 'shift' or 'clamp', got {self.box!r}")
+        if not 0 <= self.quantum < 0.1:
+            raise ValueError(f"quantum must be in [0, 0.1), got {self.quantum}")
+        if self.budget_share is not None and not 0 < self.budget_share <= 1:
+            raise ValueError(f"budget_share must be in (0, 1] or None, got {self.budget_share}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> GradientSearchConfig:
+        """The named settings (``robust`` or ``paper``), with ``overrides`` applied."""
+        if name not in GPO_PRESETS:
+            raise ValueError(f"unknown GPO preset {name!r}; choose one of {sorted(GPO_PRESETS)}")
+        return replace(GPO_PRESETS[name], **overrides)
 
     def k_at(self, iteration: int, steps: int, rng: random.Random) -> int:
         kind, a, b = parse_k_schedule(self.k_schedule)
@@ -107,68 +155,233 @@ class GradientSearchConfig:
         return asdict(self)
 
 
+GPO_PRESETS: dict[str, GradientSearchConfig] = {
+    "robust": GradientSearchConfig(),
+    "paper": GradientSearchConfig(samples=1, optimizer="rmsprop", lr=0.1, box="clamp", quantum=0.0,
+                                  budget_share=None, min_iterations=1, score_every=0),
+}
+
+
 @dataclass
 class GradientState:
-    """What GPO learned: the final mixture, the best iterate and a per-iteration log."""
+    """What GPO learned: the mixture, the best iterate and a per-iteration log; :meth:`checkpoint` captures
+    everything needed to continue exactly (optimizer moments and random streams included)."""
 
     mixture: WordMixture
+    optimizer: torch.optim.Optimizer | None = None
     best_logits: torch.Tensor | None = None
     best_loss: float = math.inf
+    best_k: int | None = None
     log: list[dict[str, float]] = field(default_factory=list)
+    skipped: str = ""  # why GPO did not run (e.g. a budget too small to learn anything)
+    scored: list[tuple[int, ...]] = field(default_factory=list)  # candidates scored exactly while learning
+    gpo_cost: float = 0.0  # budget charged by the gradient iterations themselves
+    streams: dict[str, Any] = field(default_factory=dict)
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"logits": self.mixture.logits.detach().cpu().clone(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                "best_logits": self.best_logits, "best_loss": self.best_loss, "best_k": self.best_k,
+                "log": list(self.log), "scored": list(self.scored), "gpo_cost": self.gpo_cost,
+                "streams": {"gumbel": self.streams["gumbel"].get_state(), "k": self.streams["k"].getstate()}}
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.mixture.logits.copy_(ckpt["logits"].to(self.mixture.logits.device))
+        if self.optimizer is not None and ckpt.get("optimizer"):
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.best_logits, self.best_loss, self.best_k = ckpt["best_logits"], ckpt["best_loss"], ckpt["best_k"]
+        self.log, self.scored, self.gpo_cost = list(ckpt["log"]), [tuple(c) for c in ckpt["scored"]], ckpt["gpo_cost"]
+        self.streams["gumbel"].set_state(ckpt["streams"]["gumbel"])
+        self.streams["k"].setstate(ckpt["streams"]["k"])
+
+
+def _make_optimizer(mixture: WordMixture, config: GradientSearchConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(mixture.parameters(), lr=config.lr, momentum=config.momentum, alpha=config.alpha)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(mixture.parameters(), lr=config.lr)
+    return torch.optim.SGD(mixture.parameters(), lr=config.lr, momentum=config.momentum)
+
+
+def _snap(x: torch.Tensor, step: float) -> torch.Tensor:
+    """Round to a grid of ``step``: float noise far below the grid (thread counts, kernels) cannot change the result
+    unless a value sits within that noise of a rounding boundary."""
+    return torch.round(x / step) * step if step > 0 else x
+
+
+def _gpo_budget(evaluator: Evaluator, config: GradientSearchConfig) -> float:
+    """The cost GPO's iterations may spend: its share of the budget, always leaving one exact evaluation."""
+    cap = evaluator.remaining - evaluator.evaluation_cost
+    if config.budget_share is not None:
+        cap = min(cap, config.budget_share * evaluator.budget - evaluator.cost)
+    return cap
+
+
+def _iteration_cost(config: GradientSearchConfig, k: int, n_seeds: int, steps: int) -> float:
+    """Full-generation equivalents of one iteration: ``samples x seeds`` trajectories of ``k + K`` of ``steps``."""
+    return config.samples * n_seeds * (k + config.grad_steps) / steps
+
+
+def affordable_iterations(evaluator: Evaluator, config: GradientSearchConfig, steps: int) -> int:
+    """How many iterations of the k schedule fit GPO's budget (``random`` schedules: counted at their largest k)."""
+    budget, spent, n = _gpo_budget(evaluator, config), 0.0, 0
+    kind, a, b = parse_k_schedule(config.k_schedule)
+    while n < config.iterations:
+        k = round((a + n // b if kind == "step" else (a if kind == "fixed" else b)) * steps / 50)
+        spent += _iteration_cost(config, k, len(evaluator.seeds), steps)
+        if spent > budget + 1e-9:
+            break
+        n += 1
+    return n
+
+
+def gumbel_weights(mixture: WordMixture, tau: float, generator: torch.Generator, n: int) -> torch.Tensor:
+    """``n`` soft Gumbel-softmax samples ``Tensor[n, S, O]`` of the slot distribution (paper: one, tau = 1).
+
+    The noise comes from a CPU generator (the same stream on every device) and is moved to the logits' device."""
+    logits = mixture.masked_logits()
+    u = torch.rand((n, *logits.shape), generator=generator).clamp(1e-10, 1 - 1e-10)
+    gumbel = -torch.log(-torch.log(u)).to(device=logits.device, dtype=logits.dtype)
+    return torch.softmax((logits + gumbel) / tau, dim=-1)
+
+
+def _seed_gradient(problem: Problem, relaxed, weights: torch.Tensor, seed: int, k: int, config, scale: float,
+                   chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Objective gradient w.r.t. ``weights[M, S, O]`` and the M losses on one image seed. The M Gumbel samples go
+    through the model in chunks of ``chunk[0]`` rows; on out-of-memory the chunk halves and the seed is redone."""
+    m = weights.shape[0]
+    while True:
+        grad, losses = torch.zeros_like(weights), []
+        try:
+            for lo in range(0, m, chunk[0]):
+                w = weights[lo : lo + chunk[0]].detach().requires_grad_(True)
+                part = relaxed(w, [seed] * w.shape[0], start_step=k, grad_steps=config.grad_steps)
+                objective = problem.task.objective(part).sum() * (scale / m)
+                grad[lo : lo + w.shape[0]] = torch.autograd.grad(objective, w)[0]
+                losses.append(part.detach().float())
+            return grad, torch.cat(losses)
+        except torch.OutOfMemoryError:
+            if chunk[0] == 1:
+                raise
+            chunk[0] = max(1, chunk[0] // 2)  # remembered for later seeds and iterations
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _check_gradient(grad: torch.Tensor | None, it: int, scale: float, dtype) -> None:
+    if grad is None or not torch.isfinite(grad).all():
+        raise GradientError(f"non-finite text gradient at iteration {it} (loss scale {scale}); with fp16 use "
+                            f"bf16 or a smaller loss_scale")
+    if not grad.abs().sum() > 0:
+        raise GradientError(
+            f"the text gradient is exactly zero at iteration {it} (dtype {dtype}); in fp16 it can "
+            f"underflow: use --dtype bf16/fp32 or raise loss_scale (now {scale})"
+        )
+
+
+def _gpo_step(problem: Problem, relaxed, state: GradientState, config: GradientSearchConfig, it: int, k: int,
+              seeds: Sequence[int], scale: float, chunk: list[int], timings: dict[str, float]) -> float:
+    """One GPO iteration: M Gumbel samples x every seed, one backward per seed; returns the mean loss."""
+    mixture = state.mixture
+    t0 = time.perf_counter()
+    weights = gumbel_weights(mixture, config.tau, state.streams["gumbel"], config.samples)  # [M, S, O]
+    grad_w, losses = torch.zeros_like(weights), []
+    for s in seeds:
+        g, part = _seed_gradient(problem, relaxed, weights, s, k, config, scale, chunk)
+        grad_w += g / len(seeds)
+        losses.append(part)
+    loss = torch.cat(losses).mean()
+    if not torch.isfinite(loss):
+        raise NaNLossError(f"GPO loss is {loss.item()} at iteration {it} (k={k}); the last good logits were "
+                           f"saved. Try fp32/bf16 or fewer grad steps.")
+    state.optimizer.zero_grad(set_to_none=True)
+    weights.backward(grad_w)  # from the Gumbel-softmax weights to the slot logits
+    grad = mixture.logits.grad
+    _check_gradient(grad, it, scale, problem.compute_dtype)
+    grad.div_(scale)
+    if config.quantum > 0:
+        grad.copy_(_snap(grad, config.quantum * float(grad.abs().max())))
+    if config.optimizer == "normalized":
+        grad.div_(grad.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny))
+    timings["gpo_gradient"] = timings.get("gpo_gradient", 0.0) + time.perf_counter() - t0
+    return float(loss)
+
+
+def _update(state: GradientState, config: GradientSearchConfig, value: float, k: int) -> None:
+    """Best-iterate tracking *before* the step (the loss belongs to the logits it was measured at), compared only
+    between iterations at the same k (a larger k sees a less noisy x0, so its losses are not comparable)."""
+    mixture = state.mixture
+    if state.best_k != k or value < state.best_loss:
+        state.best_loss, state.best_logits, state.best_k = value, mixture.logits.detach().cpu().clone(), k
+    if config.optimizer != "normalized":  # normalized gradients are already bounded by 1
+        torch.nn.utils.clip_grad_value_(mixture.parameters(), config.grad_clip)
+    state.optimizer.step()
+    with torch.no_grad():
+        logits = mixture.logits
+        if config.box == "shift":
+            top = mixture.masked_logits().amax(dim=-1, keepdim=True)
+            logits = logits - (top - config.logit_max).clamp_min(0)
+        mixture.logits.copy_(_snap(logits.clamp(config.logit_min, config.logit_max), config.quantum))
 
 
 def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearchConfig, seed: int,
-                  on_iteration: Callable[[GradientState], None] | None = None) -> GradientState:
-    """Learn the slot logits with the shortcut text gradient until ``config.iterations`` or the budget runs out."""
-    space, sc = problem.space, problem.sampling
+                  on_iteration: Callable[[GradientState], None] | None = None,
+                  resume: dict[str, Any] | None = None) -> GradientState:
+    """Learn the slot logits with the shortcut text gradient within GPO's share of the budget.
+
+    ``resume``: a :meth:`GradientState.checkpoint` of an interrupted run; learning continues from it exactly.
+    """
+    sc = problem.sampling
     config.validate_for(sc.steps)
-    mixture = WordMixture(space.sizes)
-    opt = torch.optim.RMSprop(mixture.parameters(), lr=config.lr, momentum=config.momentum, alpha=config.alpha)
-    gumbel = torch_generator(seed, "gumbel")
-    k_rng = random.Random(derive_seed(seed, "k-schedule"))
+    mixture = WordMixture(problem.space.sizes)
+    state = GradientState(mixture, _make_optimizer(mixture, config),
+                          streams={"gumbel": torch_generator(seed, "gumbel"),
+                                   "k": random.Random(derive_seed(seed, "k-schedule"))})
+    planned = affordable_iterations(evaluator, config, sc.steps)
+    if resume is not None:
+        state.restore(resume)
+        evaluator.charge(state.gpo_cost)  # what the interrupted run spent learning, in the same order of magnitude
+        _score(evaluator, state.scored)
+    elif planned < config.min_iterations:
+        state.skipped = (f"GPO skipped: the budget share allows {planned} iteration(s), fewer than "
+                         f"min_iterations={config.min_iterations}; the search starts from the prior instead")
+        return state
     relaxed = problem.relaxation()  # templates and constant sides, built once
-    dtype = problem.compute_dtype
-    scale = config.loss_scale or (1024.0 if dtype == torch.float16 else 1.0)
-    state = GradientState(mixture)
-    seeds = evaluator.seeds
-    for it in range(config.iterations):
-        k = config.k_at(it, sc.steps, k_rng)
-        cost = len(seeds) * (k + config.grad_steps) / sc.steps
-        if not evaluator.can_afford(cost + evaluator.evaluation_cost):
-            break  # keep budget for at least one full evaluation of what was learned
-        weights = mixture.sample_weights(config.tau, gumbel)
-        losses = relaxed(weights, seeds, start_step=k, grad_steps=config.grad_steps)
-        loss = losses.mean()
-        if not torch.isfinite(loss):
+    scale = config.loss_scale or (1024.0 if problem.compute_dtype == torch.float16 else 1.0)
+    chunk = [config.samples]
+    for it in range(len(state.log), config.iterations):
+        k = config.k_at(it, sc.steps, state.streams["k"])
+        cost = _iteration_cost(config, k, len(evaluator.seeds), sc.steps)
+        if cost > _gpo_budget(evaluator, config) + 1e-9 or evaluator.out_of_time:
+            break
+        try:
+            loss = _gpo_step(problem, relaxed, state, config, it, k, evaluator.seeds, scale, chunk,
+                             evaluator.timings)
+        except NaNLossError:
             if on_iteration:
                 on_iteration(state)
-            raise NaNLossError(f"GPO loss is {loss.item()} at iteration {it} (k={k}); the last good logits were "
-                               f"saved. Try fp32/bf16 or fewer grad steps.")
-        opt.zero_grad(set_to_none=True)
-        (problem.task.objective(loss) * scale).backward()
-        grad = mixture.logits.grad
-        if grad is None or not torch.isfinite(grad).all():
-            raise GradientError(f"non-finite text gradient at iteration {it} (loss scale {scale}); with fp16 use "
-                                f"bf16 or a smaller loss_scale")
-        grad.div_(scale)
-        if not grad.abs().sum() > 0:
-            raise GradientError(
-                f"the text gradient is exactly zero at iteration {it} (dtype {dtype}); in fp16 it can "
-                f"underflow: use --dtype bf16/fp32 or raise loss_scale (now {scale})"
-            )
+            raise
         evaluator.charge(cost)
-        torch.nn.utils.clip_grad_value_(mixture.parameters(), config.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            mixture.logits.clamp_(config.logit_min, config.logit_max)
-        value = float(problem.task.objective(loss.detach()))
-        if value < state.best_loss:  # best-iterate tracking (the objective is stochastic: Gumbel noise, seeds)
-            state.best_loss, state.best_logits = value, mixture.logits.detach().clone()
-        state.log.append({"iteration": it, "k": k, "loss": float(loss.detach()), "objective": value,
-                          "cost": evaluator.cost})
+        state.gpo_cost += cost
+        value = float(problem.task.objective(loss))
+        _update(state, config, value, k)
+        state.log.append({"iteration": it, "k": k, "loss": loss, "objective": value, "cost": evaluator.cost})
+        if config.score_every and (it + 1) % config.score_every == 0:
+            _score(evaluator, [mixture.argmax()], state)
         if on_iteration:
             on_iteration(state)
     return state
+
+
+def _score(evaluator: Evaluator, candidates: list[tuple[int, ...]], state: GradientState | None = None) -> None:
+    """Exact evaluation of candidates met while learning (the anytime best-so-far); never over the budget."""
+    todo = [c for c in candidates if c not in evaluator.evaluations]
+    if not todo or not evaluator.can_afford(evaluator.evaluation_cost * len(todo)):
+        return
+    evaluator.evaluate(todo, source="gpo-argmax")
+    if state is not None:
+        state.scored.extend(todo)
 
 
 def sample_learned(state: GradientState, n: int, seed: int, exclude=frozenset()) -> list[tuple[int, ...]]:
@@ -184,13 +397,25 @@ def sample_learned(state: GradientState, n: int, seed: int, exclude=frozenset())
     return out
 
 
+def gpo_extra(state: GradientState) -> dict[str, Any]:
+    """What a GPO-based search records next to its result."""
+    extra: dict[str, Any] = {"gpo_log": state.log, "logits": state.mixture.logits.detach().cpu().tolist()}
+    if state.skipped:
+        extra["gpo_skipped"] = state.skipped
+    return extra
+
+
 def gradient_search(problem: Problem, evaluator: Evaluator, config: GradientSearchConfig | None = None, *,
-                    seed: int = 0, on_iteration: Callable[[GradientState], None] | None = None) -> SearchResult:
-    """GPO: shortcut-gradient training, then full-sampler evaluation of samples from the learned distribution."""
+                    seed: int = 0, on_iteration: Callable[[GradientState], None] | None = None,
+                    resume: dict[str, Any] | None = None) -> SearchResult:
+    """GPO: shortcut-gradient training, then the rest of the budget on samples from the learned distribution."""
     config = config or GradientSearchConfig()
-    state = train_mixture(problem, evaluator, config, seed, on_iteration)
+    state = train_mixture(problem, evaluator, config, seed, on_iteration, resume)
+    n = min(config.num_samples, int((evaluator.remaining + 1e-9) // evaluator.evaluation_cost))
+    if config.budget_share is not None:  # the budget-aware GPO spends everything left on samples
+        n = int((evaluator.remaining + 1e-9) // evaluator.evaluation_cost)
     try:
-        evaluator.evaluate(sample_learned(state, config.num_samples, seed), source="gpo-sample")
+        evaluator.evaluate(sample_learned(state, n, seed, exclude=set(evaluator.evaluations)), source="gpo-sample")
     except BudgetExhausted:
         pass
-    return finish("gpo", evaluator, {"gpo_log": state.log, "logits": state.mixture.logits.detach().cpu().tolist()})
+    return finish("gpo", evaluator, gpo_extra(state))

@@ -2,6 +2,10 @@
 
 The reference implementation meant to do this but seeded evolution uniformly at random (it read the explore rate
 from the wrong place); here the first population is drawn from the learned softmax(logits), the argmax first.
+
+The hybrid adapts to the budget: GPO spends at most its ``budget_share`` (robust preset), so evolution always runs;
+when that share cannot pay for ``min_iterations`` gradient steps, GPO is skipped and evolution starts from the prior
+(uniform draws, as EPO's), and the record says so.
 """
 
 from __future__ import annotations
@@ -9,18 +13,21 @@ from __future__ import annotations
 from dpo_diff.problem import Problem
 from dpo_diff.search.base import Evaluator, SearchResult, finish
 from dpo_diff.search.evolution import EvolutionSearchConfig, distinct_random, evolve
-from dpo_diff.search.gradient import GradientSearchConfig, sample_learned, train_mixture
+from dpo_diff.search.gradient import GradientSearchConfig, gpo_extra, sample_learned, train_mixture
 from dpo_diff.seeding import rng as make_rng
 
 
 def hybrid_search(problem: Problem, evaluator: Evaluator, gpo: GradientSearchConfig | None = None,
-                  epo: EvolutionSearchConfig | None = None, *, seed: int = 0, on_iteration=None) -> SearchResult:
+                  epo: EvolutionSearchConfig | None = None, *, seed: int = 0, on_iteration=None,
+                  resume=None) -> SearchResult:
     gpo, epo = gpo or GradientSearchConfig(), epo or EvolutionSearchConfig()
-    state = train_mixture(problem, evaluator, gpo, seed, on_iteration)
-    init = sample_learned(state, epo.population_size, seed)
+    state = train_mixture(problem, evaluator, gpo, seed, on_iteration, resume)
     rng = make_rng(seed, "epo")
+    if state.skipped:
+        init = distinct_random(problem.space.sizes, epo.population_size, rng)
+    else:
+        init = sample_learned(state, epo.population_size, seed)
     if len(init) < epo.population_size:  # a peaked distribution over a tiny space: top up uniformly
         init += distinct_random(problem.space.sizes, epo.population_size - len(init), rng, exclude=set(init))
     evolve(problem, evaluator, epo, rng, init)
-    return finish("hybrid", evaluator, {"gpo_log": state.log, "initial_population": [list(c) for c in init],
-                                        "logits": state.mixture.logits.detach().cpu().tolist()})
+    return finish("hybrid", evaluator, {**gpo_extra(state), "initial_population": [list(c) for c in init]})
