@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 
 import pytest
 
 from dpo_diff.lexicons import LexiconError
-from dpo_diff.lexicons.llm import LLMLexicon, is_degenerate, parse_answer
+from dpo_diff.lexicons.llm import LLMLexicon, parse_answer
 from dpo_diff.space_builder import BuildError, build_spaces
 from llm_server import serve
 
@@ -47,11 +48,10 @@ def lexicon(server, tmp_path, **kw) -> tuple[LLMLexicon, list[float]]:
 
 def test_parse_answer_tolerates_markup():
     parsed = parse_answer(MESSY)
-    assert parsed["plane"][:2] == ['"Aircraft"', "jet"]
-    assert parsed["flies"] == ["soars", "glides", "cruises (informal)"]
-    assert "blue" in parsed and "sky" in parsed and "dragon" in parsed
-    assert "note that these keep the meaning." not in parsed
-    assert is_degenerate({}) and is_degenerate({"a": ["b"], "c": ["d"]}) and not is_degenerate(parsed)
+    assert parsed["plane"] == ["aircraft", "jet", "air liner", "airliner"]  # multi-word answers go in Lexicon
+    assert parsed["flies"] == ["soars", "glides", "cruises"]  # "(informal)" removed
+    assert parsed["blue"] == ["azure", "COBALT", "navy blue", "sapphire"]
+    assert set(parsed) == {"plane", "flies", "blue", "sky", "dragon"}  # the chatter around the lines is no word
 
 
 def test_messy_answer_is_cleaned(server, tmp_path):
@@ -102,13 +102,14 @@ def test_timeout_is_retried(server, tmp_path):
     assert len(server.requests) == 2 and len(sleeps) == 1
 
 
-def test_malformed_and_degenerate_answers_are_retried(server, tmp_path):
+def test_malformed_and_unusable_answers_are_retried(server, tmp_path):
     server.script = [("raw", "<html>bad gateway</html>"), ("text", "Sorry, I cannot help with that."),
-                     ("text", "plane -> jet\nflies -> soars\nsky -> air")]  # one option per word: degenerate
+                     ("text", "dragon -> wyrm, drake\nthe -> a"),  # no word of the prompt (or only a stop word)
+                     ("text", "plane -> plane, Plane\nsky -> etc., a, b")]  # nothing usable left after cleaning
     server.default = ("text", GOOD)
     lex, sleeps = lexicon(server, tmp_path)
     assert lex.substitutes(PROMPT, "synonym")["sky"] == ["heavens", "air"]
-    assert len(server.requests) == 4 and len(sleeps) == 3
+    assert len(server.requests) == 5 and len(sleeps) == 4
 
 
 def test_garbage_after_all_attempts_names_the_endpoint(server, tmp_path):
@@ -118,6 +119,7 @@ def test_garbage_after_all_attempts_names_the_endpoint(server, tmp_path):
         lex.substitutes(PROMPT, "synonym")
     msg = str(e.value)
     assert server.url in msg and "after 3 attempts" in msg and "--llm-model" in msg and "teapot" in msg
+    assert "no 'word -> substitutes' line or JSON object" in msg  # the reason, not just "unusable"
     assert len(server.requests) == 3
     assert not list((tmp_path / "cache").glob("*.json"))  # bad answers are never cached
 
@@ -159,3 +161,70 @@ def test_build_keeps_partial_results_when_the_llm_fails(server, tmp_path):
     report = build_spaces(prompts, "antonym", lex, out=out)
     assert report.reused == prompts[:2] and report.built == prompts[2:]
     assert len(server.requests) == n + 1
+
+
+JSON_ANSWER = '{"red": ["crimson", "scarlet"], "car": ["automobile", "vehicle"], "road": ["street", "highway"]}'
+CAR = "a red car on the road"
+CAR_SUBS = {"red": ["crimson", "scarlet"], "car": ["automobile", "vehicle"], "road": ["street", "highway"]}
+
+
+@pytest.mark.parametrize("answer", [
+    JSON_ANSWER,
+    f"Here you go:\n```json\n{JSON_ANSWER}\n```\nHope this helps!",
+    "```\n" + json.dumps(CAR_SUBS, indent=2) + "\n```",
+    json.dumps({"synonyms": CAR_SUBS}),
+    json.dumps([{"word": k, "synonyms": v} for k, v in CAR_SUBS.items()]),
+    json.dumps({k: ", ".join(v) for k, v in CAR_SUBS.items()}),
+    "red: crimson, scarlet, car: automobile, vehicle; road: street, highway",
+])
+def test_json_and_one_line_answers_keep_each_word_its_own_substitutes(server, tmp_path, answer):
+    server.default = ("text", answer)
+    lex, _ = lexicon(server, tmp_path)
+    assert lex.substitutes(CAR, "synonym") == CAR_SUBS
+    assert len(server.requests) == 1
+
+
+def test_fillers_quotes_and_markup_never_become_substitutes(server, tmp_path):
+    server.default = ("text", 'car -> automobile, vehicle, etc.\nred -> "crimson", \'scarlet\', a,b\n'
+                              "road -> <script>alert(1)</script>street, <b>highway</b>, e.g., ...")
+    lex, _ = lexicon(server, tmp_path)
+    assert lex.substitutes(CAR, "synonym") == {"red": ["crimson", "scarlet"], "car": ["automobile", "vehicle"],
+                                               "road": ["street", "highway"]}
+
+
+def test_cut_off_json_keeps_the_complete_pairs(server, tmp_path, caplog):
+    server.default = ("text", JSON_ANSWER[:JSON_ANSWER.index("vehicle") + 3])  # cut inside the "car" list
+    lex, _ = lexicon(server, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="dpo_diff.lexicons.llm"):
+        assert lex.substitutes(CAR, "synonym") == {"red": ["crimson", "scarlet"]}
+    (record,) = caplog.records
+    assert "'car', 'on', 'road'" in record.getMessage()
+
+
+def test_partial_answer_is_kept_with_a_warning_naming_the_missing_words(server, tmp_path, caplog):
+    server.default = ("text", "plane -> jet\nflies -> soars")  # one substitute each, for half the words
+    lex, sleeps = lexicon(server, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="dpo_diff.lexicons.llm"):
+        assert lex.substitutes(PROMPT, "synonym") == {"plane": ["jet"], "flies": ["soars"]}
+    assert len(server.requests) == 1 and not sleeps
+    (record,) = caplog.records
+    msg = record.getMessage()
+    assert "'blue', 'sky'" in msg and PROMPT in msg and server.url in msg
+
+
+def test_corrupt_cache_file_is_discarded_with_a_warning_and_asked_again(server, tmp_path, caplog):
+    server.default = ("text", GOOD)
+    lex, _ = lexicon(server, tmp_path)
+    first = lex.substitutes(PROMPT, "synonym")
+    (cache,) = (tmp_path / "cache").glob("*.json")
+    for corrupt in (cache.read_text()[:100], "", '{"answer": 5}', '["x"]', '{"answer": "I am a teapot."}'):
+        cache.write_text(corrupt)
+        again, _ = lexicon(server, tmp_path)
+        n = len(server.requests)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dpo_diff.lexicons.llm"):
+            assert again.substitutes(PROMPT, "synonym") == first
+        assert len(server.requests) == n + 1  # asked again
+        (record,) = [r for r in caplog.records if "cache" in r.getMessage()]
+        assert str(cache) in record.getMessage() and "corrupt" in record.getMessage()
+        assert json.loads(cache.read_text())["answer"] == GOOD  # the new answer replaced the corrupt file

@@ -6,18 +6,23 @@ server, Ollama, LM Studio, ... (``base_url``), the key read from an environment 
 
 Robustness (the reference code crashes or silently loses prompts here):
 
-* Parsing accepts numbering, bullets, quotes, bold markers, casing, ``:``/``→``/``=>`` arrows; multi-word answers,
-  and words that are not in the prompt, are dropped by :class:`~dpo_diff.lexicons.base.Lexicon`.
+* Parsing (:func:`parse_answer`) accepts ``word -> a, b`` lines with numbering, bullets, quotes, bold markers,
+  casing, ``:``/``→``/``=>`` arrows, and JSON objects (raw, fenced or cut off) as ``word -> substitutes`` maps; a
+  word's substitutes are never given to another word. Fillers (``etc``), single letters and markup are dropped;
+  multi-word answers and words that are not in the prompt are dropped by :class:`~dpo_diff.lexicons.base.Lexicon`.
 * Transport errors, timeouts, 429 and 5xx are retried with exponential backoff (``Retry-After`` honoured), and so
-  are *degenerate* answers (nothing parseable, or mostly one option per word: the reference's validity rule).
-  Authentication and unknown-model errors fail at once with a message saying what to check.
-* Good answers are cached on disk keyed by endpoint, model and request, so rerunning a build costs nothing.
+  are *unusable* answers (no usable substitute for any word of the prompt; the reason is kept for the error). A
+  partial answer is kept, with a warning naming the words it left out. Authentication and unknown-model errors
+  fail at once with a message saying what to check.
+* Good answers are cached on disk keyed by endpoint, model and request, so rerunning a build costs nothing; a
+  corrupt cache file is discarded with a warning naming it, and the endpoint is asked again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -25,8 +30,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dpo_diff.lexicons.base import Lexicon, LexiconError, Relation, normalize_option
-from dpo_diff.space import WordSpan
+from dpo_diff.lexicons.base import _OPTION_OK, STOP_WORDS, Lexicon, LexiconError, Relation, normalize_option
+from dpo_diff.space import WordSpan, prompt_words
+
+_log = logging.getLogger(__name__)
 
 _INSTRUCTIONS = {
     "synonym": (
@@ -41,30 +48,144 @@ _INSTRUCTIONS = {
     ),
 }
 _ARROW = re.compile(r"\s*(?:->|→|=>|—>|–>|:)\s*")
-_LINE_PREFIX = re.compile(r"^\s*(?:[-*•·]+|\d+[.)]|\(\d+\))?\s*")
+_LINE_PREFIX = re.compile(r"^\s*(?:[-*•·>]+|\d+[.)]|\(\d+\))?\s*")
+_SEPARATORS = re.compile(r"[,;/|]")
+_LAST_ITEM = re.compile(r"^(.*)[,;/|]([^,;/|]*)$", re.S)  # "a, b, car" -> ("a, b", " car")
+_FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.S)
+_SCRIPT = re.compile(r"<(script|style)\b[^>]*>.*?(?:</\1\s*>|\Z)", re.S | re.I)
+_TAG = re.compile(r"</?[A-Za-z][^<>\n]*>")
+_JSON_PAIR = re.compile(r'"((?:[^"\\\n]|\\.)+)"\s*:\s*("(?:[^"\\\n]|\\.)*"|\[[^\[\]{}]*\])')
+# Fillers an LLM appends to a list ("automobile, vehicle, etc."), and answers that mean "nothing here".
+FILLERS = frozenset({"etc", "etcetera", "et cetera", "and so on", "so on", "and more", "and others", "e.g", "eg",
+                     "i.e", "ie", "ex", "misc"})
+_NOTHING = frozenset({"none", "n/a", "na", "nothing", "no antonym", "no antonyms", "no synonym", "no synonyms",
+                      "no opposite", "no opposites", "no substitute", "no substitutes", "not applicable", "-"})
+_WORD_KEYS = ("word", "term", "original", "token", "key", "source")
+_OPTION_KEYS = ("substitutes", "synonyms", "antonyms", "opposites", "options", "alternatives", "words", "values")
 
 
-def parse_answer(text: str) -> dict[str, list[str]]:
-    """Parse ``word -> a, b, c`` lines (tolerating list markup); later lines for the same word extend it."""
-    out: dict[str, list[str]] = {}
-    for raw in text.splitlines():
-        line = _LINE_PREFIX.sub("", raw.replace("**", "").replace("__", "")).strip()
-        parts = _ARROW.split(line, maxsplit=1)
-        if len(parts) != 2 or not parts[1].strip():
+def clean_answer_options(values: Any) -> list[str]:
+    """The usable substitutes of one word's raw answer: split ``a, b; c``, cleaned by
+    :func:`~dpo_diff.lexicons.base.normalize_option`; fillers (``etc``), single characters and anything that is not
+    a word or a few words (markup, sentences with punctuation) are dropped; repeats are dropped."""
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list):
+        return []
+    items = [part for v in values if isinstance(v, str) for part in _SEPARATORS.split(v)]
+    if len(items) == 1 and normalize_option(items[0]).lower() in _NOTHING:
+        return []
+    out: list[str] = []
+    for raw in items:
+        opt = re.sub(r"^(?:and|or)\s+", "", normalize_option(raw), flags=re.I)
+        if len(opt) < 2 or opt.lower() in FILLERS or not _OPTION_OK.match(opt) or opt in out:
             continue
-        word = normalize_option(parts[0]).lower()
-        opts = [o.strip() for o in re.split(r"[,;/|]", parts[1]) if o.strip()]
-        if word and opts:
-            out.setdefault(word, []).extend(opts)
+        out.append(opt)
     return out
 
 
-def is_degenerate(parsed: Mapping[str, Sequence[str]]) -> bool:
-    """Nothing usable, or most words got a single option (the model ignored the format or the count)."""
-    if not parsed:
-        return True
-    single = sum(1 for v in parsed.values() if len(v) <= 1)
-    return single / len(parsed) > 0.4
+def _add(out: dict[str, list[str]], key: Any, values: Any) -> None:
+    word = normalize_option(key).lower() if isinstance(key, str) else ""
+    opts = clean_answer_options(values) if word and _OPTION_OK.match(word) else []
+    if opts:
+        merged = out.setdefault(word, [])
+        merged.extend(o for o in opts if o not in merged)
+
+
+def _from_json(obj: Any, out: dict[str, list[str]], depth: int = 0) -> None:
+    """Collect ``word -> options`` from a decoded JSON answer: ``{word: [..]}``, ``{word: "a, b"}``, a wrapper
+    object (``{"synonyms": {...}}``), ``[{"word": w, "synonyms": [..]}]`` or a list of ``"word -> a, b"`` lines."""
+    if depth > 4:
+        return
+    if isinstance(obj, dict):
+        inner = next(iter(obj.values()), None)
+        if len(obj) == 1 and (isinstance(inner, list) and not all(isinstance(v, str) for v in inner)
+                              or isinstance(inner, dict) and not set(inner) <= set(_OPTION_KEYS)):
+            _from_json(inner, out, depth + 1)  # a wrapper such as {"answer": {...}} or {"words": [{...}]}
+            return
+        word_key = next((k for k in _WORD_KEYS if isinstance(obj.get(k), str)), None)
+        if word_key is not None:  # {"word": "red", "synonyms": [...]}
+            option_key = next((k for k in obj if k != word_key and isinstance(obj[k], (list, str))), None)
+            if option_key is not None:
+                _add(out, obj[word_key], obj[option_key])
+            return
+        for k, v in obj.items():
+            if isinstance(v, dict):  # {"red": {"synonyms": [...]}}
+                v = next((x for key, x in v.items() if key in _OPTION_KEYS), None)
+            _add(out, k, v)
+    elif isinstance(obj, list):
+        for item in obj:
+            if isinstance(item, str):
+                _from_lines(item, out)
+            else:
+                _from_json(item, out, depth + 1)
+
+
+def _from_lines(text: str, out: dict[str, list[str]]) -> None:
+    """``word -> a, b`` lines; a line holding several pairs (``red: a, b, car: c``) is split at each arrow, the
+    item before an arrow being the next word, so no word's substitutes are given to another."""
+    for raw in text.splitlines():
+        line = _LINE_PREFIX.sub("", raw.replace("**", "").replace("__", ""))
+        line = re.sub(r"\([^()]*\)|\[[^\[\]]*\]", " ", line).strip()  # remarks may hold arrows ("(note: ...)")
+        parts = _ARROW.split(line)
+        if len(parts) < 2:
+            continue
+        key = parts[0]
+        for i, part in enumerate(parts[1:], 1):
+            if i == len(parts) - 1:
+                _add(out, key, part)
+                break
+            m = _LAST_ITEM.match(part)
+            if m is None:  # "red: crimson: dark": no way to tell where the next word starts
+                break
+            _add(out, key, m.group(1))
+            key = m.group(2)
+
+
+def parse_answer(text: str) -> dict[str, list[str]]:
+    """Parse an LLM's answer into ``{word: [substitutes]}`` (words lowercase, substitutes cleaned).
+
+    Accepts ``word -> a, b, c`` lines (numbering, bullets, bold, quotes, ``:``/``→``/``=>`` arrows) and JSON (raw,
+    in a code fence, or cut off: every complete ``"word": [...]`` pair is kept). Fillers (``etc``), single
+    letters and markup (``<script>``) never become substitutes; a word's substitutes are never given to another.
+    """
+    text = _TAG.sub(" ", _SCRIPT.sub(" ", str(text)))
+    out: dict[str, list[str]] = {}
+    blocks = _FENCE.findall(text) if "```" in text else []
+    for block in blocks or [text]:
+        _parse_block(block, out)
+    if blocks and not out:  # fences around text that is not JSON, or answers beside an empty fence
+        _parse_block(_FENCE.sub("\n", text), out)
+    return out
+
+
+def _parse_block(text: str, out: dict[str, list[str]]) -> None:
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    if start >= 0 and _JSON_PAIR.search(text) or text.lstrip().startswith(("{", "[")):
+        try:
+            _from_json(json.loads(text[start:]), out)
+            return
+        except (json.JSONDecodeError, RecursionError):
+            pass
+        end = max(text.rfind("}"), text.rfind("]"))
+        try:
+            _from_json(json.loads(text[start:end + 1]), out)
+            return
+        except (json.JSONDecodeError, RecursionError):
+            pass
+        # cut off or otherwise broken JSON: keep each complete "word": [...] or "word": "a, b" pair
+        found = False
+        for key, value in _JSON_PAIR.findall(text):
+            try:
+                _add(out, json.loads(f'"{key}"'), json.loads(value))
+                found = True
+            except json.JSONDecodeError:
+                continue
+        if found:
+            return
+        if text.lstrip().startswith(("{", "[")):
+            return  # JSON without a complete pair: nothing to read (lines of it would mix words)
+    _from_lines(text, out)
 
 
 class LLMLexicon(Lexicon):
@@ -75,7 +196,7 @@ class LLMLexicon(Lexicon):
         base_url: endpoint (``None``: the ``openai`` client default, i.e. ``OPENAI_BASE_URL`` or OpenAI).
         api_key_env: environment variable holding the key; local servers usually accept any key.
         cache_dir: response cache folder (``None``: ``$XDG_CACHE_HOME/dpo-diff/llm``; ``False``: no cache).
-        max_attempts: requests per prompt and relation before giving up (errors and degenerate answers).
+        max_attempts: requests per prompt and relation before giving up (errors and unusable answers).
         timeout: seconds per request.
         backoff: first wait in seconds; doubles per attempt, capped at 60 s.
         n: substitutes requested per word (the paper asks for 5).
@@ -129,7 +250,7 @@ class LLMLexicon(Lexicon):
 
             # Local servers ignore the key but the client insists on one; a placeholder makes that explicit.
             key = os.environ.get(self.api_key_env) or "not-set"
-            # max_retries=0: retries are ours, so degenerate answers and errors share one budget and backoff.
+            # max_retries=0: retries are ours, so unusable answers and errors share one budget and backoff.
             self._client = openai.OpenAI(base_url=self.endpoint, api_key=key, timeout=self.timeout, max_retries=0)
         return self._client
 
@@ -147,14 +268,68 @@ class LLMLexicon(Lexicon):
                 f"(--llm-base-url), that model {self.model!r} exists there (--llm-model), and that the key is in "
                 f"${self.api_key_env} (--llm-api-key-env)")
 
-    def ask(self, prompt: str, relation: Relation) -> dict[str, list[str]]:
-        """Raw parsed answer for one prompt, from the cache or the endpoint (with retries)."""
+    def _problem(self, prompt: str, words: list[WordSpan], parsed: Mapping[str, Sequence[str]]
+                 ) -> tuple[str | None, list[str]]:
+        """``(why the answer is unusable or None, words asked for that got no usable substitute)``."""
+        matched = self._match(prompt_words(prompt), words, parsed)
+        missing = list(dict.fromkeys(w.text for w in words if w.text not in matched))
+        if matched:
+            return None, missing
+        if not parsed:
+            return "no 'word -> substitutes' line or JSON object in it", missing
+        asked = {w.text.lower() for w in words}
+        named = [k for k in parsed if k in asked]
+        if not named:
+            return f"it names no word of the prompt (it names {sorted(parsed)[:5]})", missing
+        return (f"its substitutes for {named[:5]} are all unusable (the word itself, several words, or fillers)",
+                missing)
+
+    def _warn_missing(self, prompt: str, relation: Relation, missing: list[str], origin: str) -> None:
+        if missing:
+            _log.warning("warning: the LLM %s gave no usable %s for %s in %r; kept the substitutes of the other "
+                         "words", origin, "opposites" if relation == "antonym" else "substitutes",
+                         ", ".join(repr(w) for w in missing), prompt)
+
+    def _read_cache(self, cache: Path, prompt: str, words: list[WordSpan]
+                    ) -> tuple[dict[str, list[str]] | None, list[str]]:
+        """A cached answer, or ``None`` after discarding a corrupt or unusable cache file (with a warning)."""
+        try:
+            answer = json.loads(cache.read_text(encoding="utf-8")).get("answer")
+            if not isinstance(answer, str):
+                raise ValueError("it holds no answer text")
+            parsed = parse_answer(answer)
+            why, missing = self._problem(prompt, words, parsed)
+            if why is None:
+                return parsed, missing
+            raise ValueError(f"its answer is unusable: {why}")
+        except (OSError, ValueError, AttributeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            _log.warning("warning: discarded the corrupt LLM cache file %s (%s); asking the endpoint again",
+                         cache, str(e)[:160])
+            try:
+                cache.unlink()
+            except OSError:
+                pass
+            return None, []
+
+    def ask(self, prompt: str, relation: Relation, words: list[WordSpan] | None = None) -> dict[str, list[str]]:
+        """Parsed answer for one prompt, from the cache or the endpoint (with retries).
+
+        ``words`` are the words substitutes are wanted for (default: the prompt's words other than stop words). An
+        answer is usable when it gives a usable substitute for at least one of them; the words it leaves out are
+        named in a warning (logger ``dpo_diff.lexicons.llm``). Unusable answers are retried; a corrupt cache file
+        is discarded with a warning naming it, and the endpoint is asked again.
+        """
         import openai
 
+        if words is None:
+            words = [w for w in prompt_words(prompt) if not (self.skip_stopwords and w.text.lower() in STOP_WORDS)]
         messages = self.messages(prompt, relation)
         cache = self._cache_path(messages)
         if cache is not None and cache.is_file():
-            return parse_answer(json.loads(cache.read_text(encoding="utf-8"))["answer"])
+            parsed, missing = self._read_cache(cache, prompt, words)
+            if parsed is not None:
+                self._warn_missing(prompt, relation, missing, f"answer cached in {cache}")
+                return parsed
         last = "no attempt made"
         for attempt in range(self.max_attempts):
             wait = min(self.backoff * 2**attempt, 60.0)
@@ -164,14 +339,16 @@ class LLMLexicon(Lexicon):
                     model=self.model, messages=messages, temperature=self.temperature)
                 text = (resp.choices[0].message.content or "") if resp.choices else ""
                 parsed = parse_answer(text)
-                if not is_degenerate(parsed):
+                why, missing = self._problem(prompt, words, parsed)
+                if why is None:
                     if cache is not None:
                         from dpo_diff.space import atomic_write_text
 
                         atomic_write_text(cache, json.dumps({"model": self.model, "endpoint": self.endpoint,
                                                              "messages": messages, "answer": text}))
+                    self._warn_missing(prompt, relation, missing, f"at {self.endpoint} (model {self.model!r})")
                     return parsed
-                last = f"unusable answer {text[:120]!r}"
+                last = f"unusable answer ({why}): {text[:120]!r}"
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError,
                     openai.BadRequestError) as e:
                 # Retrying cannot fix a wrong key, model or URL path.
@@ -193,4 +370,4 @@ class LLMLexicon(Lexicon):
             f"{prompt!r} after {self.max_attempts} attempts; last problem: {last}; {self._hint()}")
 
     def _propose(self, prompt: str, words: list[WordSpan], relation: Relation) -> Mapping[str, Sequence[str]]:
-        return self.ask(prompt, relation)
+        return self.ask(prompt, relation, words)
