@@ -2,6 +2,13 @@
 
     python benchmarks/world_quality.py                      # defaults: 50 easy + 51 hard prompts, 50 DDIM steps
     python benchmarks/world_quality.py --guidance 1,3,5,7.5 --json out/world_quality.json
+    # the pre-registered evaluation (docs/evaluation_protocol.md): fresh prompts, several seeds, 95% intervals
+    python benchmarks/world_quality.py --pool eval --prompt-seeds 1000,1001,1002,1003,1004 --guidance 7.5,3 \
+        --json out/world_quality_eval.json
+
+With several prompt seeds every seed's results are written to ``--json`` as soon as they exist, and a rerun of the
+same command skips what is there. Intervals (``scipy.stats``): over prompts pooled across seeds (Wilson for
+rates, a paired bootstrap over prompts for AUCs) and a t interval across the seeds' values.
 
 * Generator: images for held-out prompts at each guidance scale (one seed per prompt), read by the ground-truth
   checker; all-correct rate and per-attribute accuracy, easy (target >= 0.80) and hard (by kind).
@@ -90,40 +97,25 @@ def generate(pipe, prompts: list[str], guidance: float, steps: int, seed: int, b
     return np.concatenate(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n-easy", type=int, default=50)
-    p.add_argument("--n-hard", type=int, default=51)
-    p.add_argument("--guidance", default="1,3,5,7.5")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0, help="prompt-set and sampling seed (held-out seeds: not 0 in demos)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--save-images", type=Path, default=None, help="write a PNG grid per set and guidance here")
-    args = p.parse_args(argv)
+def parse_seeds(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
-    import torch
-    from transformers.utils import logging as tlog
 
-    tlog.set_verbosity_error()
-    torch.set_num_threads(args.threads)
-    from dpo_diff.world import heldout_prompts, load_checker, load_generator, summarize
+def measure_seed(models, prompt_seed: int, image_seed: int, args) -> dict:
+    """Quality on one prompt seed's lists; images, rendered scenes and perturbations drawn from ``image_seed``."""
+    from dpo_diff.world import heldout_prompts, summarize
     from dpo_diff.world.prompts import scene_for_prompt
     from dpo_diff.world.render import render_batch
 
-    t0 = time.time()
-    easy = heldout_prompts("easy", args.n_easy, seed=args.seed)
-    hard = heldout_prompts("hard", args.n_hard, seed=args.seed)
+    pipe, checker, judge = models
+    easy = heldout_prompts("easy", args.n_easy, seed=prompt_seed, pool=args.pool)
+    hard = heldout_prompts("hard", args.n_hard, seed=prompt_seed, pool=args.pool)
     hard_kind = ["rare_word", "unseen_combo", "two_objects"]
-    pipe = load_generator(device=args.device)
-    checker = load_checker(device=args.device)
-    judge = Judge(args.device)
-    report: dict = {"steps": args.steps, "seed": args.seed, "n_easy": len(easy), "n_hard": len(hard),
-                    "generator": {}, "judge": {}}
+    report: dict = {"steps": args.steps, "seed": prompt_seed, "image_seed": image_seed, "pool": args.pool,
+                    "n_easy": len(easy), "n_hard": len(hard), "generator": {}, "judge": {}, "per_prompt": {}}
 
     # --- judge on rendered ground truth
-    rng = np.random.default_rng([args.seed, 7])
+    rng = np.random.default_rng([image_seed, 7])
     prompts = easy + hard
     imgs = render_batch([scene_for_prompt(q, rng) for q in prompts])
     match = judge.loss(imgs, prompts)
@@ -141,15 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         "loss_antonym_swap_mean": float(swapped.mean()),
     }
     report["checker_on_rendered_heldout"] = gt_check
+    # Paired per-prompt losses (matching, mismatching) for pooled intervals across seeds.
+    report["per_prompt"]["judge_random_mismatch"] = [[float(match[i]), float(m)] for i, m in zip(keep, mism)]
+    report["per_prompt"]["judge_antonym_swap"] = [[float(match[i]), float(m)] for (i, _), m in zip(swaps, swapped)]
 
     # --- generator
     for g in [float(x) for x in args.guidance.split(",")]:
         res = {}
         for name, ps in (("easy", easy), ("hard", hard)):
-            gen = generate(pipe, ps, g, args.steps, args.seed)
+            gen = generate(pipe, ps, g, args.steps, image_seed)
             faith = checker.score(gen, ps)
             entry = summarize(faith)
             entry["judge_loss_mean"] = float(judge.loss(gen, ps).mean())
+            report["per_prompt"][f"all_correct_{name}_g{g:g}"] = [bool(f.all_correct) for f in faith]
             if name == "hard":
                 for k, kind in enumerate(hard_kind):
                     entry[f"all_correct_{kind}"] = float(np.mean([f.all_correct for f in faith[k::3]]))
@@ -164,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                 for k, im in enumerate(gen):
                     r, c = divmod(k, cols)
                     grid[r * 34: r * 34 + 32, c * 34: c * 34 + 32] = im
+                suffix = "" if len(args.prompt_seed_list) == 1 else f"_s{prompt_seed}"
                 Image.fromarray(grid).resize((cols * 68, rows * 68), Image.Resampling.NEAREST).save(
-                    args.save_images / f"{name}_g{g:g}.png")
+                    args.save_images / f"{name}_g{g:g}{suffix}.png")
             if name == "easy":
                 ok = [k for k, f in enumerate(faith) if f.all_correct]
                 if len(ok) >= 2:
@@ -175,16 +172,158 @@ def main(argv: list[str] | None = None) -> int:
                     mm = judge.loss(gen[[ok[j] for j in keep_g]], [sh[j] for j in keep_g])
                     res["judge_auc_generated_easy"] = auc(m, mm)
         report["generator"][f"guidance_{g:g}"] = res
-        print(f"guidance {g:g}: easy all-correct {res['easy']['all_correct']:.3f}, hard all-correct "
-              f"{res['hard']['all_correct']:.3f}", flush=True)
-    report["seconds"] = time.time() - t0
-    text = json.dumps(report, indent=2)
-    print(text)
+        print(f"prompt seed {prompt_seed}, guidance {g:g}: easy all-correct {res['easy']['all_correct']:.3f}, "
+              f"hard all-correct {res['hard']['all_correct']:.3f}", flush=True)
+    return report
+
+
+def t_interval(values: list[float], level: float = 0.95) -> dict:
+    """Mean across seeds with a Student t interval (``scipy.stats.t``); no interval for one value."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    out = {"mean": float(v.mean()), "values": [float(x) for x in v], "n_seeds": int(len(v))}
+    if len(v) >= 2:
+        sem = float(stats.sem(v))
+        lo, hi = stats.t.interval(level, len(v) - 1, loc=v.mean(), scale=sem) if sem > 0 else (v.mean(), v.mean())
+        out["t_interval"] = [float(lo), float(hi)]
+    return out
+
+
+def rate_interval(flags: list[bool], level: float = 0.95) -> dict:
+    """A pooled rate over prompts with a Wilson interval (``scipy.stats.binomtest``)."""
+    from scipy import stats
+
+    k, n = int(np.sum(flags)), len(flags)
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return {"rate": k / n, "k": k, "n": n, "wilson_interval": [float(ci.low), float(ci.high)]}
+
+
+def auc_interval(pairs: list[list[float]], seed: int = 0, level: float = 0.95) -> dict:
+    """AUC of pooled (matching, mismatching) loss pairs with a paired bootstrap interval over prompts."""
+    from scipy import stats
+
+    a = np.asarray(pairs, dtype=float)
+    res = stats.bootstrap((a[:, 0], a[:, 1]), auc, paired=True, vectorized=False, n_resamples=1000,
+                          confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    ci = res.confidence_interval
+    return {"auc": auc(a[:, 0], a[:, 1]), "n": int(len(a)), "bootstrap_interval": [float(ci.low), float(ci.high)]}
+
+
+def summarize_seeds(per_seed: dict[str, dict], guidance: list[float]) -> dict:
+    """Across prompt seeds: t intervals over the seeds' values, and pooled-over-prompts intervals."""
+    reps = list(per_seed.values())
+    out: dict = {"prompt_seeds": [r["seed"] for r in reps], "image_seeds": [r["image_seed"] for r in reps],
+                 "judge": {}, "generator": {}}
+    for key in ("random_mismatch", "antonym_swap"):
+        out["judge"][f"auc_{key}"] = {
+            "across_seeds": t_interval([r["judge"]["rendered"][f"auc_{key}"] for r in reps]),
+            "pooled": auc_interval([p for r in reps for p in r["per_prompt"][f"judge_{key}"]]),
+        }
+    out["judge"]["loss_match_mean"] = t_interval([r["judge"]["rendered"]["loss_match_mean"] for r in reps])
+    out["checker_on_rendered_all_correct"] = t_interval([r["checker_on_rendered_heldout"]["all_correct"]
+                                                         for r in reps])
+    for g in guidance:
+        key = f"guidance_{g:g}"
+        gs: dict = {}
+        for name in ("easy", "hard"):
+            gs[f"all_correct_{name}"] = {
+                "across_seeds": t_interval([r["generator"][key][name]["all_correct"] for r in reps]),
+                "pooled": rate_interval([f for r in reps for f in r["per_prompt"][f"all_correct_{name}_g{g:g}"]]),
+            }
+            gs[f"judge_loss_{name}"] = t_interval([r["generator"][key][name]["judge_loss_mean"] for r in reps])
+        for k, kind in enumerate(("rare_word", "unseen_combo", "two_objects")):
+            gs[f"all_correct_{kind}"] = {
+                "across_seeds": t_interval([r["generator"][key]["hard"][f"all_correct_{kind}"] for r in reps]),
+                "pooled": rate_interval([f for r in reps for f in r["per_prompt"][f"all_correct_hard_g{g:g}"][k::3]]),
+            }
+        gen_auc = [r["generator"][key]["judge_auc_generated_easy"] for r in reps
+                   if "judge_auc_generated_easy" in r["generator"][key]]
+        if gen_auc:
+            gs["judge_auc_generated_easy"] = t_interval(gen_auc)
+        out["generator"][key] = gs
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-easy", type=int, default=50)
+    p.add_argument("--n-hard", type=int, default=51)
+    p.add_argument("--guidance", default="1,3,5,7.5")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0, help="prompt-set and sampling seed (held-out seeds: not 0 in demos)")
+    p.add_argument("--pool", choices=("v1", "eval"), default="v1",
+                   help="held-out prompt pool; 'eval' only with the pre-registered evaluation prompt seeds")
+    p.add_argument("--prompt-seeds", default=None,
+                   help="comma-separated prompt seeds (default: --seed); results per seed and with 95%% intervals")
+    p.add_argument("--image-seeds", default=None,
+                   help="comma-separated image seeds, one per prompt seed (default: the prompt seed for pool v1, "
+                        "EVAL_QUALITY_SEEDS for pool eval)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="write the report here (and resume from it)")
+    p.add_argument("--save-images", type=Path, default=None, help="write a PNG grid per set and guidance here")
+    args = p.parse_args(argv)
+
+    from dpo_diff.world.prompts import EVAL_PROMPT_SEEDS, EVAL_QUALITY_SEEDS
+
+    args.prompt_seed_list = parse_seeds(args.prompt_seeds) if args.prompt_seeds else [args.seed]
+    if args.image_seeds:
+        image_seeds = parse_seeds(args.image_seeds)
+    elif args.pool == "eval":
+        bad = [s for s in args.prompt_seed_list if s not in EVAL_PROMPT_SEEDS]
+        if bad:
+            p.error(f"--pool eval takes only the pre-registered prompt seeds {list(EVAL_PROMPT_SEEDS)}, got {bad}")
+        image_seeds = [EVAL_QUALITY_SEEDS[EVAL_PROMPT_SEEDS.index(s)] for s in args.prompt_seed_list]
+    else:
+        image_seeds = list(args.prompt_seed_list)
+    if len(image_seeds) != len(args.prompt_seed_list):
+        p.error("--image-seeds needs one image seed per prompt seed")
+
+    import torch
+    from transformers.utils import logging as tlog
+
+    tlog.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    from dpo_diff.world import load_checker, load_generator
+
+    t0 = time.time()
+    models = (load_generator(device=args.device), load_checker(device=args.device), Judge(args.device))
+    guidance = [float(x) for x in args.guidance.split(",")]
+    settings = {"steps": args.steps, "pool": args.pool, "n_easy": args.n_easy, "n_hard": args.n_hard,
+                "guidance": guidance}
+
+    if len(args.prompt_seed_list) == 1:  # the original single-seed report
+        report = measure_seed(models, args.prompt_seed_list[0], image_seeds[0], args)
+        report.pop("per_prompt")
+        report["seconds"] = time.time() - t0
+    else:
+        report = {"settings": settings, "per_seed": {}}
+        if args.json is not None and args.json.exists():
+            old = json.loads(args.json.read_text())
+            if old.get("settings") == settings:
+                report["per_seed"] = {k: v for k, v in old.get("per_seed", {}).items()
+                                      if [v["seed"], v["image_seed"]] in [list(x) for x in
+                                                                          zip(args.prompt_seed_list, image_seeds)]}
+                print(f"resuming: prompt seeds {sorted(report['per_seed'])} already measured", flush=True)
+        for ps, im in zip(args.prompt_seed_list, image_seeds):
+            if str(ps) in report["per_seed"]:
+                continue
+            t1 = time.time()
+            rep = measure_seed(models, ps, im, args)
+            rep["seconds"] = time.time() - t1
+            report["per_seed"][str(ps)] = rep
+            if args.json is not None:  # checkpoint: nothing measured is lost
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(report, indent=1) + "\n")
+        report["summary"] = summarize_seeds(report["per_seed"], guidance)
+        report["seconds_this_run"] = time.time() - t0
+    text = json.dumps(report, indent=1 if "per_seed" in report else 2)
+    print(json.dumps(report.get("summary", report), indent=2))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
