@@ -46,14 +46,3 @@ def shortcut_images(backend, text: Conditioning, seeds: Sequence[int], *, steps:
     x0 = backend.predict_x0(out, x_t, backend.alpha_bar(scheduler, t))
     return backend.decode(x0).float()
 
-
-def full_gradient_images(backend, text: Conditioning, seeds: Sequence[int], *, steps: int,
-                         guidance_scale: float) -> Tensor:
-    """Backpropagation through every sampling step (the expensive baseline the shortcut replaces; benchmarks only)."""
-    n = len(seeds)
-    text = Conditioning(text.cond.expand(n, -1, -1),
-                        None if text.uncond is None else text.uncond.expand(n, -1, -1))
-    scheduler = backend.new_scheduler(steps)
-    latents = backend.initial_latents(seeds, scheduler)
-    latents = backend.denoise(scheduler, latents, text, guidance_scale, range(len(scheduler.timesteps)))
-    return backend.decode(latents).float()
