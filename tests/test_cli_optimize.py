@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -135,3 +136,58 @@ def test_an_existing_run_is_never_silently_replaced(space_file, tiny_sd, tiny_cl
     assert "--resume" in capsys.readouterr().err
     assert run_optimize(space_file, tiny_sd, tiny_clip, out, "--method", "random", "--resume") == 0
     assert run_optimize(space_file, tiny_sd, tiny_clip, out, "--method", "random", "--overwrite") == 0
+
+
+def test_an_empty_prompt_is_refused_naming_the_files_prompt(space_file, tiny_sd, tmp_path, capsys):
+    assert main(["optimize", "--prompt", "", "--space", space_file, "--model", tiny_sd, "--device", "cpu",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt is empty" in err and repr(PROMPT) in err and not (tmp_path / "o").exists()
+
+
+def test_a_space_without_slots_for_the_task_is_refused(tmp_path, tiny_sd, capsys):
+    path = tmp_path / "syn.json"
+    save_spaces([space_from_substitutes(PROMPT, {"dog": ["hound"], "grass": ["lawn"]}, None)], path)
+    assert main(["optimize", "--prompt", PROMPT, "--space", str(path), "--task", "improve", "--model", tiny_sd,
+                 "--device", "cpu", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "has only positive slots" in err and "words: dog, grass" in err
+    assert "--task improve searches negative" in err and "--target positive" in err and "Traceback" not in err
+
+
+def test_resume_of_a_different_run_points_at_overwrite(space_file, tiny_sd, tiny_clip, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_optimize(space_file, tiny_sd, tiny_clip, out, "--method", "random", "--budget", "2") == 0
+    assert run_optimize(space_file, tiny_sd, tiny_clip, out, "--method", "random", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite (instead of --resume)" in err and "without --resume" not in err
+    assert run_optimize(space_file, tiny_sd, tiny_clip, out, "--method", "random", "--overwrite") == 0
+
+
+@pytest.mark.parametrize("device, message", [("cuda", "CPU-only build"), ("cuda:0", "CPU-only build"),
+                                             ("gpu", "unknown device 'gpu'")])
+@pytest.mark.parametrize("command", ["optimize", "select", "bench"])
+def test_an_unusable_device_is_one_clear_line(space_file, tmp_path, capsys, monkeypatch, device, message, command):
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", None)  # what a CPU-only torch build reports, on any machine
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PROMPT + "\n")
+    argv = {"optimize": ["optimize", "--prompt", PROMPT, "--space", space_file],
+            "select": ["select", "--prompts", str(prompts)],
+            "bench": ["bench", "--prompts", str(prompts), "--spaces", space_file]}[command]
+    out = tmp_path / ("o.json" if command == "select" else "o")
+    assert main([*argv, "--model", "m", "--device", device, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "AssertionError" not in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_start_sets_transformers_logging_to_error(space_file, tmp_path):
+    code = ("import sys; from dpo_diff.cli import main; main(['space', 'show', sys.argv[1]]); "
+            "import transformers; print(transformers.logging.get_verbosity())")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
+    proc = subprocess.run([sys.executable, "-c", code, space_file], capture_output=True, text=True, env=env,
+                          check=True)
+    assert proc.stdout.splitlines()[-1] == "40" and proc.stderr == ""  # logging.ERROR; nothing on stderr

@@ -91,3 +91,24 @@ def test_show_reference_layout(tmp_path, capsys):
     path.write_text(json.dumps({"a cat on a mat": {"opp": "cat -> dog, bird\nmat -> floor, table"}}))
     assert main(["space", "show", str(path), "--prompt", "a cat on a mat"]) == 0
     assert "negative cat: 3/3 single-token" in capsys.readouterr().out
+
+
+def test_a_prompt_over_77_tokens_gets_a_warning(tmp_path, capsys):
+    prompt = " ".join(["red"] * 80) + " dog"
+    assert main(["space", "build", "--prompt", prompt, "--kind", "nplib", "--out", str(tmp_path / "s.json")]) == 0
+    err = capsys.readouterr().err
+    assert "has 83 tokens but the text encoder takes 77" in err and "will refuse it" in err
+
+
+def test_keep_going_when_every_prompt_fails_writes_nothing_and_fails(tmp_path, capsys):
+    other = tmp_path / "other.json"
+    assert main(["space", "build", "--prompt", "a cat", "--kind", "nplib", "--out", str(other)]) == 0
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red dog\na big house\n")
+    out = tmp_path / "s.json"
+    capsys.readouterr()
+    rc = main(["space", "build", "--prompts", str(prompts), "--lexicon", "file", "--lexicon-file", str(other),
+               "--keep-going", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1 and not out.exists()
+    assert "0 built, 0 reused, 2 failed; nothing written" in captured.out and "->" not in captured.out

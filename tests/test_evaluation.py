@@ -84,3 +84,20 @@ def test_resume_refuses_a_different_config(backend, judge, tmp_path):
     with pytest.raises(ValueError, match="different configuration"):
         optimize(OptimizeConfig(out=str(tmp_path), **cfg), space=SPACE, backend=backend, judge=judge,
                  progress=False, resume=True)
+
+
+def test_resumed_search_seconds_count_the_interrupted_part(backend, judge, tmp_path):
+    cfg = dict(task="improve", method="random", budget=3, seeds=(0,), report_seeds=(7,), steps=4)
+    full = optimize(OptimizeConfig(out=str(tmp_path / "full"), **cfg), space=SPACE, backend=backend, judge=judge,
+                    progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "full" / "progress.jsonl").read_text().splitlines()]
+    elapsed = [line["elapsed_s"] for line in lines]
+    assert elapsed == sorted(elapsed) and 0 < elapsed[-1] <= full["search_seconds"] <= full["total_seconds"]
+    run = tmp_path / "crashed"
+    run.mkdir()
+    (run / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
+    (run / "progress.jsonl").write_text(json.dumps({**lines[0], "elapsed_s": 1000.0}) + "\n")  # killed after 1000 s
+    resumed = optimize(OptimizeConfig(out=str(run), **cfg), space=SPACE, backend=backend, judge=judge,
+                       progress=False, resume=True)
+    assert 1000 < resumed["search_seconds"] < 1000 + full["total_seconds"] + 60
+    assert resumed["total_seconds"] >= resumed["search_seconds"]

@@ -44,9 +44,9 @@ def test_select_cli_scores_resumes_and_explains_an_empty_selection(tiny_sd, tiny
     from dpo_diff.prompt_sets import read_prompt_set
 
     assert read_prompt_set(out).prompts == [p for p, v in kept.items() if v < median]
-    assert run_select(tiny_sd, tiny_clip, str(prompts), out, "--threshold", "5") == 2
+    assert run_select(tiny_sd, tiny_clip, str(prompts), out, "--threshold", "4.9") == 2
     err = capsys.readouterr().err
-    assert "no prompt has a loss above 5.0" in err and "losses range from" in err
+    assert "no prompt has a loss above 4.9" in err and "losses range from" in err
 
 
 def test_select_bad_input(tiny_sd, tiny_clip, tmp_path, capsys):
@@ -54,3 +54,37 @@ def test_select_bad_input(tiny_sd, tiny_clip, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["select", "--prompts", "x.txt", "--out", "o.json"]) == 2
     assert "give --model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--threshold", "-0.2"], "--threshold must be a judge loss between 0 and 4.935"),
+    (["--threshold", "nan"], "--threshold must be"),
+    (["--steps", "0"], "steps must be >= 2, got 0"),
+    (["--out", "SAME"], "would overwrite the prompt file"),
+])
+def test_select_refuses_bad_numbers_and_overwriting_its_input(tmp_path, capsys, extra, message):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(PROMPTS))
+    extra = [str(prompts) if x == "SAME" else x for x in extra]
+    argv = ["select", "--prompts", str(prompts), "--model", "m", "--device", "cpu", "--out", str(tmp_path / "o.json")]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert json.loads(prompts.read_text()) == PROMPTS
+
+
+def test_a_bad_line_in_the_score_cache_costs_only_that_prompt(tiny_sd, tiny_clip, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "hard.json"
+    assert run_select(tiny_sd, tiny_clip, str(prompts), out, "--threshold", "0") == 0
+    cache = tmp_path / "hard.json.scores.jsonl"
+    lines = cache.read_text().splitlines()
+    lines[2] = lines[2][:10]  # the second prompt's score, cut
+    cache.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert run_select(tiny_sd, tiny_clip, str(prompts), out, "--threshold", "0") == 0
+    captured = capsys.readouterr()
+    assert "line 3 (not valid JSON)" in captured.err
+    assert "[2/3]" in captured.out and "[1/3]" not in captured.out and "[3/3]" not in captured.out
+    assert cache.read_text().startswith("\n".join(lines) + "\n")  # appended to, never rewritten

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dpo_diff.files import append_jsonl, read_jsonl
+
 
 class EmptySelection(ValueError):
     """No prompt passed the threshold (the message gives the losses)."""
@@ -39,26 +41,8 @@ def score_prompts(prompts: Sequence[str], backend: Any, judge: Any, seeds: Seque
     from dpo_diff.space import SearchSpace
 
     settings = {**(settings or {}), "seeds": list(seeds), "steps": steps, "guidance": guidance}
-    done: dict[str, list[float]] = {}
     path = Path(cache) if cache is not None else None
-    if path is not None and path.is_file():
-        lines = path.read_text().splitlines()
-        try:
-            header = json.loads(lines[0]) if lines else None
-        except json.JSONDecodeError:
-            header = None
-        if header == {"settings": settings}:
-            for line in lines[1:]:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by a kill: the prompt is scored again
-                done[row["prompt"]] = row["losses"]
-    if path is not None:
-        # Rewrite header + valid rows (drops a cut line and other settings' scores), then append as we go.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = [json.dumps({"settings": settings})] + [json.dumps({"prompt": p, "losses": v}) for p, v in done.items()]
-        path.write_text("\n".join(rows) + "\n")
+    done = _read_cache(path, settings) if path is not None else {}
     sampling = SamplingConfig(steps, guidance, batch_size=batch_size)
     out: dict[str, list[float]] = {}
     for i, prompt in enumerate(prompts):
@@ -69,11 +53,31 @@ def score_prompts(prompts: Sequence[str], backend: Any, judge: Any, seeds: Seque
         losses = [float(x) for x in problem.losses([problem.space.render(problem.space.default)], seeds)[0][0]]
         out[prompt] = losses
         if path is not None:
-            with path.open("a") as f:
-                f.write(json.dumps({"prompt": prompt, "losses": losses}) + "\n")
+            append_jsonl(path, {"prompt": prompt, "losses": losses})
         if on_score:
             on_score(i, len(prompts), prompt, losses)
     return out
+
+
+def _cache_line(d: dict[str, Any]) -> tuple[str, Any]:
+    if "settings" in d:
+        return "settings", d["settings"]
+    losses = [float(x) for x in d["losses"]]
+    if not isinstance(d["prompt"], str) or not losses:
+        raise TypeError("expected a prompt and its losses")
+    return d["prompt"], losses
+
+
+def _read_cache(path: Path, settings: dict[str, Any]) -> dict[str, list[float]]:
+    """Scores cached under the same ``settings`` (unreadable lines are skipped with a warning, never removed); a
+    missing cache or one of other settings is started afresh with a header line."""
+    from dpo_diff.space import atomic_write_text
+
+    lines = read_jsonl(path, _cache_line, what="score line").records
+    if lines and lines[0] == ("settings", settings):
+        return {p: v for p, v in lines[1:] if p != "settings"}
+    atomic_write_text(path, json.dumps({"settings": settings}) + "\n")
+    return {}
 
 
 def select(scores: dict[str, list[float]], task: str, threshold: float, max_prompts: int | None = None) -> Selection:

@@ -71,3 +71,30 @@ def resolve_model(model_id: str, kind: str, required_file: str | None = None) ->
             f"also check the id for typos."
         )
     return model_id, False
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` checked against this torch build before anything is loaded onto it (``None``/``"auto"``: cuda
+    where available, else cpu). Raises ``ValueError`` saying what was given and what this machine offers, instead
+    of torch's ``AssertionError: Torch not compiled with CUDA enabled`` deep inside a model load."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise ValueError(f"device {device!r}: this torch ({torch.__version__}) is a CPU-only build; install a "
+                             f"CUDA build of torch (see pytorch.org) or use --device cpu")
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ValueError(f"device {device!r}: torch sees no CUDA GPU (check the driver and "
+                             f"CUDA_VISIBLE_DEVICES); use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {device!r}: only {n} GPU(s) visible (cuda:0 to cuda:{n - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS (Apple GPU) is not available in this torch; use --device cpu")
+    return device

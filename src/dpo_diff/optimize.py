@@ -103,14 +103,27 @@ class OptimizeConfig:
 
 
 def select_target(space: SearchSpace, task: str, target: str) -> SearchSpace:
-    """The part of ``space`` the task searches (the antonym/negative part for improve, synonyms for attack)."""
+    """The part of ``space`` the task searches (the antonym/negative part for improve, synonyms for attack).
+
+    Raises ``ValueError`` when the space has slots but none of that kind (e.g. a synonym space for improve): searching
+    something else than the task asks would silently answer another question.
+    """
     from dpo_diff.problem import Task
 
     chosen = Task(task).default_target if target == "auto" else target
     sub = space.select(chosen)
-    if target == "auto" and not sub.slots and space.slots:
-        sub = space  # e.g. an improve run given only a synonym space: search what was given, do not drop it
-    return sub
+    if sub.slots or not space.slots:
+        return sub
+    other = "positive" if chosen == "negative" else "negative"
+    kind = {"negative": "negative-prompt terms (antonym or nplib space)",
+            "positive": "rewrites of the prompt's words (synonym space)"}
+    words = ", ".join(dict.fromkeys(s.word or "(nplib)" for s in space.slots))
+    how = "--kind antonym" if chosen == "negative" else "--kind synonym"
+    raise ValueError(
+        f"the space for {space.prompt!r} has only {other} slots ({kind[other]}; words: {words}), but "
+        f"{'--task ' + task if target == 'auto' else '--target ' + target} searches {chosen} slots "
+        f"({kind[chosen]}). Build a space with them ('dpo-diff space build {how}' or --kind hybrid), or pass "
+        f"--target {other} to search the slots it has")
 
 
 def environment() -> dict[str, Any]:
@@ -130,6 +143,21 @@ def environment() -> dict[str, Any]:
     return info
 
 
+@dataclass
+class _Searched:
+    """What the search part of a run found (``search`` is ``None`` when the space offers nothing to search)."""
+
+    search: Any
+    best_pair: Any
+    best_candidate: tuple[int, ...]
+    note: str
+    started: float  # perf_counter() when this process's part of the run began
+    earlier_seconds: float  # search time of the interrupted parts of a resumed run
+
+    def seconds(self) -> float:
+        return self.earlier_seconds + time.perf_counter() - self.started
+
+
 def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=None, judge=None,
              constraint=None, progress: bool = True, resume: bool = False, overwrite: bool = False,
              extra_metrics: Callable[[Any, Any, list[int]], dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -138,26 +166,43 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     ``backend``/``judge`` may be passed to reuse loaded models across prompts; otherwise they are loaded from
     ``cfg.model``/``cfg.judge``. ``resume`` reuses the evaluations in ``progress.jsonl`` of the same folder.
     ``extra_metrics(user_images, best_images, seeds)`` adds measurements of the final images (e.g. the shapes
-    world's ground-truth faithfulness) to the result under ``"metrics"``.
+    world's ground-truth faithfulness) to the result under ``"metrics"``. One process at a time may write a folder:
+    another one gets :class:`~dpo_diff.files.OutputLockedError` naming this one's pid.
     """
-    import torch
-    from tqdm.auto import tqdm
+    from dpo_diff.files import output_lock
 
-    from dpo_diff.problem import Problem, SamplingConfig, Task
-    from dpo_diff.search.api import search
-    from dpo_diff.search.base import Evaluation
-    from dpo_diff.space import load_space
-
+    full_space = resolve_space(cfg, space)
+    space = select_target(full_space, cfg.task, cfg.target)
     out = Path(cfg.out)
+    with output_lock(out):
+        prepare_folder(cfg, space, out, resume=resume, overwrite=overwrite)
+        problem = load_problem(cfg, space, backend, judge, constraint)
+        searched = run_search(cfg, problem, full_space, out, resume=resume, progress=progress)
+        return write_result(cfg, problem, full_space, searched, out, extra_metrics)
+
+
+def resolve_space(cfg: OptimizeConfig, space: SearchSpace | None) -> SearchSpace:
+    """The full space of the run (``cfg.space`` loaded unless ``space`` is given); sets ``cfg.prompt`` to its
+    prompt. An empty ``cfg.prompt`` is accepted only with a ``space`` object (never guessed from a file)."""
+    from dpo_diff.space import load_space, load_spaces
+
     if space is None:
         if not cfg.space:
             raise ValueError("no search space: give --space FILE (build one with 'dpo-diff space build')")
-        space = load_space(cfg.space, cfg.prompt or None)
-    if cfg.prompt and space.prompt.strip().lower() != cfg.prompt.strip().lower():
+        if not cfg.prompt.strip():
+            prompts = list(load_spaces(cfg.space))
+            shown = ", ".join(repr(p) for p in prompts[:3]) + (", ..." if len(prompts) > 3 else "")
+            raise ValueError(f"--prompt is empty; give the prompt to optimize. {cfg.space} holds spaces for "
+                             f"{len(prompts)} prompt(s): {shown}")
+        space = load_space(cfg.space, cfg.prompt)
+    if cfg.prompt.strip() and space.prompt.strip().lower() != cfg.prompt.strip().lower():
         raise ValueError(f"the space is for prompt {space.prompt!r}, not {cfg.prompt!r}")
     cfg.prompt = space.prompt
-    full_space = space
-    space = select_target(space, cfg.task, cfg.target)
+    return space
+
+
+def prepare_folder(cfg: OptimizeConfig, space: SearchSpace, out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace or mix runs, then write ``config.json`` (nothing else is written before the checks)."""
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     if not resume and not overwrite and ((out / "progress.jsonl").exists() or (out / "result.json").exists()):
@@ -169,18 +214,31 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         same = {k: v for k, v in old.get("config", {}).items() if k != "out"} == {
             k: v for k, v in record["config"].items() if k != "out"}
         if not same or old.get("space") != record["space"]:
-            raise ValueError(f"{config_path} was written by a different configuration; use a new --out folder or "
-                             f"rerun without --resume to start over")
+            raise ValueError(f"{config_path} was written by a different configuration, so --resume cannot "
+                             f"continue it; pass --overwrite (instead of --resume) to replace that run, or choose "
+                             f"another --out")
     atomic_write_text(config_path, json.dumps(record, indent=2) + "\n")
+
+
+def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=None, constraint=None):
+    """The :class:`~dpo_diff.problem.Problem` of the run, loading the models that were not passed in."""
+    from dpo_diff.problem import Problem, SamplingConfig, Task
 
     if backend is None:
         from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+        from dpo_diff.loading import resolve_device
 
+        resolve_device(cfg.device)
         backend = StableDiffusionBackend.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                                          scheduler=cfg.scheduler)
+    n_tok = backend.count_tokens(space.prompt)
+    if n_tok > backend.max_length:
+        raise ValueError(f"the prompt has {n_tok} tokens but the text encoder takes {backend.max_length}; shorten it")
     if judge is None:
         from dpo_diff.judges.clip import ClipJudge
+        from dpo_diff.loading import resolve_device
 
+        resolve_device(cfg.judge_device or cfg.device)
         judge = ClipJudge.from_pretrained(cfg.judge, device=cfg.judge_device or cfg.device)
     if constraint is None and cfg.similarity_threshold and space.slots_of("positive"):
         # Rewrites of the user's words must keep their meaning (paper: sentence similarity >= 0.9); negative-prompt
@@ -189,35 +247,41 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
 
         constraint = MeaningConstraint(cfg.similarity_model, cfg.similarity_threshold).accepts
     sampling = SamplingConfig(cfg.steps, cfg.guidance, cfg.height, cfg.width, cfg.batch_size)
-    problem = Problem(space, Task(cfg.task), backend, judge, sampling, constraint)
-    user = space.render(space.default)
-    n_tok = backend.count_tokens(space.prompt)
-    if n_tok > backend.max_length:
-        raise ValueError(f"the prompt has {n_tok} tokens but the text encoder takes {backend.max_length}; shorten it")
+    return Problem(space, Task(cfg.task), backend, judge, sampling, constraint)
 
-    t0 = time.perf_counter()
+
+def load_progress(path: Path) -> tuple[dict, float]:
+    """Evaluations saved in ``progress.jsonl`` (by candidate) and the search seconds they took; unreadable lines
+    are skipped with a warning naming them."""
+    from dpo_diff.files import read_jsonl
+    from dpo_diff.search.base import Evaluation
+
+    lines = read_jsonl(path, lambda d: (Evaluation.from_dict(d), float(d.get("elapsed_s", 0.0))), what="evaluation")
+    return {ev.candidate: ev for ev, _ in lines.records}, max((t for _, t in lines.records), default=0.0)
+
+
+def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path, *, resume: bool,
+               progress: bool) -> _Searched:
+    """Search, saving every evaluation to ``progress.jsonl`` and the best so far to ``best.json`` as they come."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from dpo_diff.files import append_jsonl
+    from dpo_diff.search.api import search
+
+    space, t0 = problem.space, time.perf_counter()
     progress_path = out / "progress.jsonl"
-    preloaded: dict = {}
-    if resume and progress_path.is_file():
-        for line in progress_path.read_text().splitlines():
-            if line.strip():
-                try:
-                    ev = Evaluation.from_dict(json.loads(line))
-                except (ValueError, KeyError):
-                    continue  # a line cut by a crash
-                preloaded[ev.candidate] = ev
-    elif progress_path.exists():
+    preloaded, earlier = load_progress(progress_path) if resume else ({}, 0.0)
+    if not resume and progress_path.exists():
         progress_path.unlink()
     bar = tqdm(total=cfg.budget, desc=f"{cfg.method} ({cfg.task})", unit="gen", disable=not progress,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} gen [{elapsed}<{remaining}]")
+    best_so_far: list = []
 
-    best_so_far: list[Evaluation] = []
-
-    def on_eval(ev: Evaluation) -> None:
+    def on_eval(ev) -> None:
         # Persist as we go: a crash or Ctrl-C leaves every finished evaluation and the best-so-far on disk.
         if ev.candidate not in preloaded:
-            with progress_path.open("a") as f:
-                f.write(json.dumps(ev.to_dict()) + "\n")
+            append_jsonl(progress_path, {**ev.to_dict(), "elapsed_s": earlier + time.perf_counter() - t0})
         if not best_so_far or ev.objective < best_so_far[0].objective:
             best_so_far[:] = [ev]
             atomic_write_text(out / "best.json", json.dumps(ev.to_dict(), indent=2) + "\n")
@@ -232,32 +296,34 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         bar.refresh()
         torch.save({"logits": state.mixture.logits.detach().cpu(), "log": state.log}, out / "gpo_state.pt")
 
+    user = space.render(space.default)
     # The user prompt on the search seeds: the baseline every method must beat (not charged to the budget).
     before_search, _ = problem.losses([user], cfg.seeds)
     if space.is_trivial:
-        result_search = None
-        best_pair, best_cand = user, space.default
         note = "the space offers no alternative to the user prompt (no slot has a second option); nothing to search"
         if full_space.meta.get("warning"):
             note += f" ({full_space.meta['warning']})"
         print(f"dpo-diff: {note}")
-    else:
-        result_search = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed,
-                               gpo=cfg.gpo, epo=cfg.epo, on_evaluation=on_eval, on_iteration=on_iter,
-                               preloaded=preloaded)
-        note = ""
-        best_ev = result_search.best
-        user_obj = float(problem.task.objective(before_search.mean()))
-        if best_ev.objective < user_obj:
-            best_pair, best_cand = space.render(best_ev.candidate), best_ev.candidate
-        else:
-            best_pair, best_cand = user, space.default
-            note = "no candidate beat the user prompt on the search seeds; the user prompt is kept"
-        atomic_write_text(out / "search.json", result_search.to_json() + "\n")
+        bar.close()
+        return _Searched(None, user, space.default, note, t0, earlier)
+    result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
+                    epo=cfg.epo, on_evaluation=on_eval, on_iteration=on_iter, preloaded=preloaded)
     bar.close()
-    search_wall = time.perf_counter() - t0
+    atomic_write_text(out / "search.json", result.to_json() + "\n")
+    if result.best.objective < float(problem.task.objective(before_search.mean())):
+        return _Searched(result, space.render(result.best.candidate), result.best.candidate, "", t0, earlier)
+    note = "no candidate beat the user prompt on the search seeds; the user prompt is kept"
+    return _Searched(result, user, space.default, note, t0, earlier)
 
-    # Final numbers: search seeds and held-out report seeds, user prompt vs best, images kept for the PNGs.
+
+def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _Searched, out: Path,
+                 extra_metrics: Callable[[Any, Any, list[int]], dict[str, Any]] | None) -> dict[str, Any]:
+    """Final numbers on the search seeds and the held-out report seeds (user prompt vs best), the PNGs and
+    ``result.json``."""
+    import torch
+
+    search_seconds = found.seconds()
+    space, user, best_pair = problem.space, problem.space.render(problem.space.default), found.best_pair
     seeds_all = list(cfg.seeds) + list(cfg.report_seeds)
     pairs = [user] if best_pair == user else [user, best_pair]
     losses, images = problem.losses(pairs, seeds_all, keep_images=True)
@@ -271,20 +337,22 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         return {"search_losses": dict(zip(map(str, cfg.seeds), search)), "search_mean": _mean(search),
                 "report_losses": dict(zip(map(str, cfg.report_seeds), report)), "report_mean": _mean(report)}
 
+    searched = found.search
     result = {
         "user_prompt": space.prompt,
         "task": cfg.task,
         "method": cfg.method,
-        "best": {**best_pair.to_dict(), "candidate": list(best_cand), "changes": space.describe(best_cand)},
+        "best": {**best_pair.to_dict(), "candidate": list(found.best_candidate),
+                 "changes": space.describe(found.best_candidate)},
         "before": summary(losses[0]),
         "after": summary(losses[1]),
-        "cost": result_search.cost if result_search else 0.0,
+        "cost": searched.cost if searched else 0.0,
         "budget": cfg.budget,
-        "evaluated": len(result_search.evaluations) if result_search else 0,
-        "rejected_by_constraint": len(result_search.rejected) if result_search else 0,
-        "search_seconds": search_wall,
-        "total_seconds": time.perf_counter() - t0,
-        "note": note,
+        "evaluated": len(searched.evaluations) if searched else 0,
+        "rejected_by_constraint": len(searched.rejected) if searched else 0,
+        "search_seconds": search_seconds,  # all parts of a resumed run (each up to its last saved evaluation)
+        "total_seconds": found.seconds(),
+        "note": found.note,
         "slots": len(space.slots),
         "space_size": space.num_candidates,
         "full_space_slots": len(full_space.slots),

@@ -105,6 +105,7 @@ def render_html(data: Any, *, markdown_tables: tuple, curves_png: Path | None, g
         + f"; budget {cfg['budget']:g} full generations; search seeds {cfg['seeds']}; report seeds "
         f"{cfg['report_seeds']}; {cfg['steps']} steps, guidance {cfg['guidance']:g}. {goal.capitalize()} judge loss "
         "is better.</p>",
+        *([f"<p class='neg'>Warning: {html.escape(data.skipped)}.</p>"] if getattr(data, "skipped", "") else []),
         "<h2>Judge loss on held-out report seeds</h2>",
         _table(main_h, main_c, "results"),
         "<p class='muted'>Mean ± std over prompts of the per-prompt mean loss; 95% t intervals; Δ is the paired "

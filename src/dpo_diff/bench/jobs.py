@@ -79,20 +79,13 @@ class Models:
 _MODELS: dict[str, Models] = {}
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def models_for(cfg: BenchConfig) -> Models:
     """Load (once per process and config) the generator, judge and, for the world, the checker."""
     key = json.dumps({**cfg.to_dict(), "methods": None}, sort_keys=True, default=str)
     if key not in _MODELS:
         from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
         from dpo_diff.judges.clip import ClipJudge
+        from dpo_diff.loading import resolve_device
 
         device = resolve_device(cfg.device)
         model, judge = cfg.model_paths()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpo_diff.bench.results import load_bench
+from dpo_diff.bench.results import RESULTS, load_bench
 from dpo_diff.bench.stats import Summary, best_so_far_curve, summarize, win_rate
 
 METHOD_ORDER = ("user", "promptist", "random", "epo", "gpo", "hybrid")
@@ -45,6 +45,7 @@ class ReportData:
     records: dict[tuple[str, str], dict[str, Any]]
     config: dict[str, Any]
     curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    skipped: str = ""  # unreadable lines of results.jsonl that were left out ("" when none)
 
     @property
     def sign(self) -> float:
@@ -58,7 +59,8 @@ def _mean(xs: list[float]) -> float:
 def analyse(out: str | os.PathLike[str], methods: list[str] | None = None) -> ReportData:
     """Read ``out`` and compute every table of the report."""
     out = Path(out)
-    manifest, records = load_bench(out)
+    manifest, results = load_bench(out)
+    records = results.records
     task = manifest["config"]["task"]
     by_key = {(r["prompt"], r["method"]): r for r in records}
     present = {m for _, m in by_key}
@@ -92,6 +94,8 @@ def analyse(out: str | os.PathLike[str], methods: list[str] | None = None) -> Re
     data = ReportData(out, task, chosen, prompts, len(all_prompts) - len(prompts), rows, wins, by_key,
                       manifest["config"])
     data.curves = curves(data)
+    if results.skipped:
+        data.skipped = f"{len(results.skipped)} unreadable line(s) of {RESULTS} skipped: {results.describe_skipped()}"
     return data
 
 
@@ -197,6 +201,8 @@ def markdown(data: ReportData) -> str:
         "",
         md(*win_table(data)),
     ]
+    if data.skipped:
+        text += ["", f"Warning: {data.skipped}."]
     return "\n".join(text) + "\n"
 
 

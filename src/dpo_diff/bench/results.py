@@ -2,8 +2,9 @@
 
 ``DIR/bench.json``: resolved config, its fingerprint, and one entry per invocation (argv, environment, device,
 methods, prompts). ``DIR/results.jsonl``: one record per finished (prompt, method) job, appended, flushed and fsynced
-as the job finishes. A kill can only cut the last line short; :func:`load_records` drops such a tail (the job runs
-again) so the next append starts on a fresh line. Each record carries the config fingerprint (``config_key``), so a
+as the job finishes; the file is only ever appended to. A kill can only cut the last line short; readers skip it and
+any other unreadable line with a warning (the job runs again) and keep every record around it, and the next append
+ends the cut line first. Each record carries the config fingerprint (``config_key``), so a
 file from other settings is refused instead of mixed. This module needs no torch (``dpo-diff report`` reads it).
 """
 
@@ -14,6 +15,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from dpo_diff.files import JsonlFile, append_jsonl, read_jsonl
 
 RESULTS = "results.jsonl"
 MANIFEST = "bench.json"
@@ -31,50 +34,55 @@ def job_dir(prompt: str, method: str) -> str:
     return f"{JOBS}/{prompt_id(prompt)}/{method}"
 
 
-def load_records(out: str | os.PathLike[str], *, repair: bool = False) -> list[dict[str, Any]]:
-    """Records of ``DIR/results.jsonl`` in file order. A line cut short by a kill is skipped; with ``repair`` it is
-    also removed from the file, so the next append does not glue onto it."""
-    path = Path(out) / RESULTS
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    records, good_end = [], 0
-    pos = 0
-    for line in data.splitlines(keepends=True):
-        pos += len(line)
-        if not line.endswith(b"\n"):
-            break  # the tail of an interrupted write
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good_end = pos
-    if repair and good_end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(good_end)
-    return records
+_NUMBER_LISTS = ("report_losses", "user_report_losses", "search_losses", "user_search_losses")
+_REQUIRED = ("prompt", "method", *_NUMBER_LISTS, "cost", "seconds", "history", "best")
+
+
+def _check_record(r: dict[str, Any]) -> dict[str, Any]:
+    """A results-file record with what the runner and the report need (else ``KeyError``/``TypeError``)."""
+    missing = [k for k in _REQUIRED if k not in r]
+    if missing:
+        raise KeyError(", ".join(missing))
+    if not isinstance(r["prompt"], str) or not isinstance(r["method"], str):
+        raise TypeError("prompt and method must be strings")
+    for key in _NUMBER_LISTS:
+        if not isinstance(r[key], list) or not r[key] or not all(isinstance(x, (int, float)) for x in r[key]):
+            raise TypeError(f"{key} must be a non-empty list of numbers")
+    return r
+
+
+def read_results(out: str | os.PathLike[str], *, warn: bool = True) -> JsonlFile:
+    """``DIR/results.jsonl``: records in file order and the unreadable lines skipped (blank, cut short by a kill,
+    garbage), each named in one warning; records after a bad line are kept."""
+    return read_jsonl(Path(out) / RESULTS, _check_record, what="benchmark record", warn=warn)
+
+
+def load_records(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Records of ``DIR/results.jsonl`` in file order (see :func:`read_results`)."""
+    return read_results(out).records
 
 
 def append_record(out: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    """Append one record durably (one ``write`` of one line, then fsync)."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(Path(out) / RESULTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Append one record durably (one ``write`` of one line, then fsync), never touching earlier lines."""
+    append_jsonl(Path(out) / RESULTS, record, fsync=True)
 
 
 def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any] | None:
     path = Path(out) / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it is written atomically, so it was edited or damaged "
+                         f"by hand: restore it or start over with another --out folder") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise ValueError(f"{path} is not a benchmark manifest (no \"config\" object)")
+    return manifest
 
 
-def load_bench(out: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``(manifest, records)`` of a benchmark folder, for reports (raises when there is nothing to report)."""
+def load_bench(out: str | os.PathLike[str]) -> tuple[dict[str, Any], JsonlFile]:
+    """``(manifest, results)`` of a benchmark folder, for reports (raises when there is nothing to report)."""
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(f"benchmark folder {str(out)!r} does not exist")
@@ -82,10 +90,11 @@ def load_bench(out: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[s
     if manifest is None:
         raise FileNotFoundError(f"{str(out)!r} holds no benchmark ({MANIFEST} is missing); run 'dpo-diff bench' "
                                 f"with --out {out}")
-    records = load_records(out)
-    if not records:
-        raise ValueError(f"{str(out)!r} has no finished job yet ({RESULTS} is empty or missing)")
-    return manifest, records
+    results = read_results(out)
+    if not results.records:
+        skipped = f"; {len(results.skipped)} unreadable lines skipped" if results.skipped else ""
+        raise ValueError(f"{str(out)!r} has no finished job yet ({RESULTS} is empty or missing{skipped})")
+    return manifest, results
 
 
 def write_files(root: str | os.PathLike[str], files: dict[str, bytes]) -> None:

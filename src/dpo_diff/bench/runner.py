@@ -25,6 +25,7 @@ from typing import Any
 from dpo_diff.bench.config import BenchConfig, BenchError, diff_settings
 from dpo_diff.bench.jobs import Job, run_job
 from dpo_diff.bench.results import MANIFEST, RESULTS, SPACES, append_record, load_records, read_manifest
+from dpo_diff.files import output_lock
 from dpo_diff.prompt_sets import PromptSet, read_prompt_set
 from dpo_diff.space import SearchSpace, atomic_write_text
 
@@ -64,13 +65,22 @@ def run_bench(cfg: BenchConfig, prompts: str | os.PathLike[str] | PromptSet, out
         BenchError: ``out`` holds results of other settings, a prompt has no space, Ray is unreachable, or a job
             failed (finished records are kept; rerunning the same command resumes).
     """
+    out = Path(out)
+    pset = prompts if isinstance(prompts, PromptSet) else read_prompt_set(prompts, column=column)
+    if ray is None:
+        from dpo_diff.loading import resolve_device
+
+        resolve_device(cfg.device)  # a Ray cluster's devices are checked on its workers
+    with output_lock(out):  # one writer per folder: a second bench on it is refused, naming this one's pid
+        return _run_locked(cfg, pset, out, ray, argv, log, job_fn or run_job)
+
+
+def _run_locked(cfg: BenchConfig, pset: PromptSet, out: Path, ray: RayOptions | None, argv: list[str] | None,
+                log: Callable[[str], None], job_fn: JobFn) -> BenchSummary:
     import json
 
     from dpo_diff.optimize import environment
 
-    out = Path(out)
-    job_fn = job_fn or run_job
-    pset = prompts if isinstance(prompts, PromptSet) else read_prompt_set(prompts, column=column)
     key = cfg.key()
     check_folder(out, cfg)
     executor = None
@@ -93,7 +103,8 @@ def run_bench(cfg: BenchConfig, prompts: str | os.PathLike[str] | PromptSet, out
         })
         atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
         spaces = prepare_spaces(cfg, pset.prompts, out)
-        done = {(r["prompt"], r["method"]) for r in load_records(out, repair=True)}
+        check_spaces_fit_task(cfg, spaces)
+        done = {(r["prompt"], r["method"]) for r in load_records(out)}
         method_keys = {m: cfg.method_key(m) for m in cfg.methods}
         jobs = [Job(p, m, spaces[p].to_dict(), method_keys[m]) for p in pset.prompts for m in cfg.methods
                 if (p, m) not in done]
@@ -179,6 +190,19 @@ def prepare_spaces(cfg: BenchConfig, prompts: list[str], out: Path) -> dict[str,
         old = load_spaces(path) if path.is_file() else {}
         save_spaces({**old, **spaces}.values(), path)
     return spaces
+
+
+def check_spaces_fit_task(cfg: BenchConfig, spaces: dict[str, SearchSpace]) -> None:
+    """Refuse spaces that have slots, but none of the kind the task searches (e.g. synonyms for improve)."""
+    from dpo_diff.optimize import select_target
+
+    if not any(m in ("random", "epo", "gpo", "hybrid") for m in cfg.methods):
+        return
+    for space in spaces.values():
+        try:
+            select_target(space, cfg.task, "auto")
+        except ValueError as e:
+            raise BenchError(str(e)) from None
 
 
 def progress_line(record: dict[str, Any], i: int, n: int) -> str:

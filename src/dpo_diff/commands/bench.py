@@ -78,13 +78,13 @@ def config_from_args(args: argparse.Namespace):
     if args.world:
         from dpo_diff.world import RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS
 
-        steps = steps or RECOMMENDED_STEPS
+        steps = RECOMMENDED_STEPS if steps is None else steps
         guidance = RECOMMENDED_GUIDANCE if guidance is None else guidance
     return BenchConfig(
         task=args.task, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), budget=args.budget,
         seeds=parse_seeds(args.seeds), report_seeds=parse_seeds(args.report_seeds), seed=args.seed,
         world=args.world, model="" if args.world else args.model, judge="" if args.world else args.judge,
-        space_kind=args.space_kind, spaces=args.spaces, steps=steps or 50,
+        space_kind=args.space_kind, spaces=args.spaces, steps=50 if steps is None else steps,
         guidance=7.5 if guidance is None else guidance, scheduler=args.scheduler, dtype=args.dtype,
         similarity_threshold=args.similarity_threshold or None, similarity_model=args.similarity_model,
         promptist_model=args.promptist_model, promptist_tokenizer=args.promptist_tokenizer,

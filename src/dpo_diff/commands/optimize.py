@@ -48,13 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from dpo_diff.loading import resolve_device
     from dpo_diff.optimize import OptimizeConfig, optimize
     from dpo_diff.search.gradient import GradientSearchConfig
     from dpo_diff.seeding import parse_seeds
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     cfg = OptimizeConfig(
         prompt=args.prompt, task=args.task, space=args.space, target=args.target, model=args.model,
         judge=args.judge, method=args.method, budget=args.budget, seeds=parse_seeds(args.seeds),

@@ -13,6 +13,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
+
+MAX_LOSS = math.pi**2 / 2  # the spherical CLIP loss 2 * arcsin(|x - y| / 2)^2 of opposite unit vectors
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,34 +39,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad numbers and an --out that would overwrite the prompt file (before anything is loaded)."""
+    from pathlib import Path
+
+    if args.max_prompts is not None and args.max_prompts < 1:
+        raise ValueError(f"--max-prompts must be >= 1, got {args.max_prompts}")
+    if not (math.isfinite(args.threshold) and 0 <= args.threshold <= MAX_LOSS):
+        raise ValueError(f"--threshold must be a judge loss between 0 and {MAX_LOSS:.3f} (the spherical CLIP loss's "
+                         f"range; the paper uses 0.85), got {args.threshold}")
+    out, prompts = Path(args.out), Path(args.prompts)
+    cache = out.with_name(out.name + ".scores.jsonl")
+    for written in (out, cache):
+        if written.resolve() == prompts.resolve() or (written.exists() and prompts.exists()
+                                                        and written.samefile(prompts)):
+            raise ValueError(f"--out {args.out} would overwrite the prompt file --prompts {args.prompts}"
+                             + (f" (with its score cache {cache})" if written == cache else "")
+                             + "; choose another --out")
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import torch
-
     from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
     from dpo_diff.hard_prompts import score_prompts, select
     from dpo_diff.judges.clip import ClipJudge
+    from dpo_diff.loading import resolve_device
+    from dpo_diff.problem import SamplingConfig
     from dpo_diff.prompt_sets import read_prompt_set
     from dpo_diff.seeding import parse_seeds
     from dpo_diff.space import atomic_write_text
 
-    if args.max_prompts is not None and args.max_prompts < 1:
-        raise ValueError(f"--max-prompts must be >= 1, got {args.max_prompts}")
+    check_arguments(args)
     seeds = parse_seeds(args.seeds)
-    steps, guidance, model, judge = args.steps or 50, args.guidance, args.model, args.judge
+    steps, guidance, model, judge = 50 if args.steps is None else args.steps, args.guidance, args.model, args.judge
     if args.world:
         from dpo_diff.world import RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS, generator_path, judge_path
 
-        steps, model, judge = args.steps or RECOMMENDED_STEPS, str(generator_path()), str(judge_path())
+        steps = RECOMMENDED_STEPS if args.steps is None else args.steps
+        model, judge = str(generator_path()), str(judge_path())
         guidance = RECOMMENDED_GUIDANCE if guidance is None else guidance
     elif not model:
         raise ValueError("give --model (a Stable Diffusion hub id or folder) or --world")
     guidance = 7.5 if guidance is None else guidance
+    SamplingConfig(steps, guidance, batch_size=args.batch_size)  # validates
     pset = read_prompt_set(args.prompts, column=args.column)  # before loading models: bad files fail fast
     print(pset.summary())
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     backend = StableDiffusionBackend.from_pretrained(model, device=device, dtype=args.dtype, scheduler=args.scheduler)
     clip = ClipJudge.from_pretrained(judge, device=device)
     out = Path(args.out)
