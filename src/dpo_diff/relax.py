@@ -5,20 +5,26 @@ Gumbel-softmax weights, mixes the options' *token embeddings* with them, and spl
 token-embedding sequence **before** the text encoder (the reference code fed mixed token embeddings straight into
 the UNet, bypassing the encoder; we do not).
 
-Options may be several tokens long ("light blue", "sea-green"). Each slot occupies as many token positions as its
-longest option; shorter options are right-padded inside the slot with the tokenizer's padding token. This is only
-the *relaxation* used for gradients: discrete candidates are always scored on their exactly tokenized text.
+Options may be several tokens long ("light blue", "sea-green") or empty (a negative slot's option 0). Every position
+from the first slot on holds the *expected* token embedding under the slots' independent choices: an option shifts
+the tokens after it by its own length, and EOS and padding move with them (:meth:`PromptTemplate.token_probs`). So
+each one-hot corner encodes exactly as its rendered text (all 77 hidden states, whatever the pad token:
+``<|endoftext|>`` in SD 1.x, ``!`` in SD 2.x), and :func:`corner_gaps` measures what is left where a tokenizer does
+not split the rendered text at the pieces' boundaries. This is only the *relaxation* used for gradients: discrete
+candidates are always scored on their exactly tokenized text.
 """
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from dpo_diff.space import Candidate, SearchSpace, prompt_words
+from dpo_diff.space import Candidate, SearchSpace, _match_case, prompt_words
 
 
 class PromptTooLongError(ValueError):
@@ -27,22 +33,129 @@ class PromptTooLongError(ValueError):
 
 @dataclass
 class SlotTokens:
+    """The token choices of one slot (``slot == -1``: the fixed negative prompt, a term that is always written).
+
+    ``option_ids`` holds each option's tokens, right-padded with the pad token to the longest option. An option of
+    length 0 writes nothing. A term whose last tokens merge with a following comma ("blurry." + "," tokenizes as
+    "blurry" ".,") holds those ``held`` tokens back until the next term decides between them and the merged ones.
+    """
+
     slot: int  # index into SearchSpace.slots
-    start: int  # first token position in the 77-token sequence
+    start: int  # first token position of the slot in the template's longest layout (``input_ids``)
     option_ids: Tensor  # LongTensor[O, L], padded with the pad token
     lengths: tuple[int, ...]  # real token count of each option
+    held: tuple[int, ...] = ()  # per option: trailing tokens held back (see above)
+    after: tuple[int, ...] = ()  # per option: the state after writing it (indexes PromptTemplate.joins/tails)
+
+    def body(self, option: int) -> list[int]:
+        """The option's tokens without the held-back tail."""
+        held = self.held[option] if self.held else 0
+        return self.option_ids[option, : self.lengths[option] - held].tolist()
+
+    def state_after(self, option: int) -> int:
+        return self.after[option] if self.after else 1
+
+
+Piece = list[int] | SlotTokens
 
 
 @dataclass
 class PromptTemplate:
-    """Token layout of one side (positive or negative prompt) with the positions each slot fills."""
+    """Token layout of one side (positive or negative prompt).
 
-    input_ids: Tensor  # LongTensor[77]; slot positions hold a non-EOS placeholder so EOS pooling stays right
-    slots: list[SlotTokens]
+    The relaxation is the *expected token sequence* under the slots' independent choices: every option shifts the
+    tokens after it by its own length, so position ``p`` holds a mixture of every token that can land there, EOS and
+    padding included (:meth:`token_probs`). At a one-hot corner this is exactly the token sequence of the rendered
+    text (:meth:`corner_ids`), so the text encoder sees the same 77 embeddings as for the discrete prompt: options of
+    different lengths, the empty negative option and the separators between negative terms cost nothing (as long as
+    the tokenizer splits the rendered text at the pieces' boundaries, which CLIP's BPE does at spaces and between
+    letters and punctuation). Positions before the first slot are left as they are.
+
+    Writing runs through states: 0 = nothing written yet, 1 = a term written, 2... = a term written whose last tokens
+    are held back. Before the next non-empty term the template writes ``joins[state]`` (``()``, ``", "``, or the
+    merged tail and comma); before EOS it writes ``tails[state]``.
+    """
+
+    input_ids: Tensor  # LongTensor[77]: the longest layout, then EOS and padding (one EOS only)
+    slots: list[SlotTokens]  # the space's slots on this side, in layout order
+    pieces: list[Piece] = field(default_factory=list)  # what follows position ``mix_start``: fixed tokens and slots
+    mix_start: int = 0  # first position whose token can depend on the choice
+    joins: list[tuple[int, ...]] = field(default_factory=lambda: [(), ()])
+    tails: list[tuple[int, ...]] = field(default_factory=lambda: [(), ()])
+    eos_id: int = 0
+    pad_id: int = 0
 
     @property
     def slot_indices(self) -> list[int]:
         return [s.slot for s in self.slots]
+
+    @property
+    def max_length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def _write(self, piece: Piece, option: int, state: int) -> tuple[list[int], int]:
+        if not isinstance(piece, SlotTokens):
+            return list(piece), (1 if piece else state)
+        if piece.lengths[option] == 0:
+            return [], state
+        return [*self.joins[state], *piece.body(option)], piece.state_after(option)
+
+    def corner_ids(self, candidate: Sequence[int]) -> list[int]:
+        """The token ids the relaxation encodes at the one-hot corner ``candidate`` (indexed by space slot)."""
+        seq = self.input_ids[: self.mix_start].tolist()
+        state = 0
+        for piece in self.pieces:
+            option = 0 if not isinstance(piece, SlotTokens) or piece.slot < 0 else int(candidate[piece.slot])
+            toks, state = self._write(piece, option, state)
+            seq += toks
+        seq += [*self.tails[state], self.eos_id]
+        return seq + [self.pad_id] * (self.max_length - len(seq))
+
+    def token_probs(self, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """``(vocab LongTensor[V], probs Tensor[..., N, V])``: for each of the ``N = max_length - mix_start``
+        positions from ``mix_start`` on, the probability of each token id under independent slot choices with
+        probabilities ``weights[..., S, O_max]`` (rows indexed by space slot). Differentiable in ``weights``."""
+        n = self.max_length - self.mix_start
+        batch = weights.shape[:-2]
+        pad = nn.functional.pad
+        # dist[..., s, k]: probability of state s with k tokens written after mix_start.
+        dist = weights.new_zeros(*batch, len(self.joins), n + 1)
+        dist[..., 0, 0] = 1.0
+        emitted: dict[int, Tensor] = {}
+
+        def emit(tokens: Sequence[int], prob: Tensor) -> None:  # tokens written from offset k with prob[..., k]
+            for j, t in enumerate(tokens):
+                at = pad(prob, (j, 0))[..., :n]
+                emitted[t] = emitted[t] + at if t in emitted else at
+
+        def shift(prob: Tensor, by: int) -> Tensor:
+            return pad(prob, (by, 0))[..., : n + 1] if by else prob
+
+        for piece in self.pieces:
+            fixed = not isinstance(piece, SlotTokens) or piece.slot < 0
+            w = None if fixed else weights[..., piece.slot, :]
+            new = [torch.zeros_like(dist[..., 0, :]) for _ in self.joins]
+            for o in range(1 if fixed else len(piece.lengths)):
+                for s in range(len(self.joins)):
+                    p = dist[..., s, :] if fixed else w[..., o, None] * dist[..., s, :]
+                    toks, s2 = self._write(piece, o, s)
+                    emit(toks, p)
+                    new[s2] = new[s2] + shift(p, len(toks))
+            dist = torch.stack(new, -2)
+        end = 0
+        for s, tail in enumerate(self.tails):
+            emit(tail, dist[..., s, :])
+            end = end + shift(dist[..., s, :], len(tail))  # where EOS lands
+        emit([self.eos_id], end)
+        emit([self.pad_id], pad(torch.cumsum(end, -1)[..., : n - 1], (1, 0)))
+        vocab = sorted(emitted)
+        return torch.tensor(vocab, dtype=torch.long), torch.stack([emitted[t] for t in vocab], -1)
+
+    def mix(self, weights: Tensor, table: Tensor) -> Tensor:
+        """Expected token embeddings ``Tensor[..., N, D]`` of positions ``mix_start:`` (``table``: the embedding
+        matrix, on the weights' device; the result has the weights' dtype)."""
+        vocab, probs = self.token_probs(weights)
+        return probs @ table[vocab.to(table.device)].to(probs.dtype)
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -52,72 +165,107 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
 
-def _slot_tokens(tokenizer, slot_index: int, options: Sequence[str], start: int) -> SlotTokens:
+def _slot_tokens(tokenizer, slot_index: int, options: Sequence[str]) -> SlotTokens:
     ids = [_ids(tokenizer, o) for o in options]
     width = max(1, max(len(x) for x in ids))
     pad = tokenizer.pad_token_id
     table = torch.full((len(ids), width), pad, dtype=torch.long)
     for o, x in enumerate(ids):
         table[o, : len(x)] = torch.tensor(x, dtype=torch.long)
-    return SlotTokens(slot_index, start, table, tuple(len(x) for x in ids))
+    return SlotTokens(slot_index, 0, table, tuple(len(x) for x in ids))
 
 
-def _finish(tokenizer, pieces: list[int | list[int]], slot_tokens: list[SlotTokens], max_length: int,
-            what: str) -> PromptTemplate:
-    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    seq: list[int] = [bos]
-    slot_iter = iter(slot_tokens)
+def _hold_merging_tails(tokenizer, pieces: list[Piece], texts: dict[int, Sequence[str]], comma: list[int],
+                        ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """Give each term that merges with a following comma its own held-back state; return ``(joins, tails)``."""
+    joins, tails = [(), tuple(comma)], [(), ()]
     for piece in pieces:
-        if isinstance(piece, list):
-            seq.extend(piece)
-        else:
-            st = next(slot_iter)
-            st.start = len(seq)
-            # Placeholder ids: the longest option's tokens (never EOS), so pooling finds the real EOS.
-            longest = st.option_ids[max(range(len(st.lengths)), key=lambda o: st.lengths[o])]
-            seq.extend(int(i) if int(i) != eos else bos for i in longest)
-    seq.append(eos)
+        held, after = [], []
+        for o, text in enumerate(texts[id(piece)]):
+            alone, joined = piece.option_ids[o, : piece.lengths[o]].tolist(), _ids(tokenizer, text + ",")
+            if not alone or joined == alone + comma:
+                held.append(0)
+                after.append(1)
+                continue
+            common = next((i for i, (a, b) in enumerate(zip(alone, joined)) if a != b), min(len(alone), len(joined)))
+            held.append(len(alone) - common)
+            after.append(len(joins))
+            joins.append(tuple(joined[common:]))
+            tails.append(tuple(alone[common:]))
+        piece.held, piece.after = tuple(held), tuple(after)
+    return joins, tails
+
+
+def _finish(tokenizer, pieces: list[Piece], max_length: int, what: str,
+            joins: list[tuple[int, ...]] | None = None, tails: list[tuple[int, ...]] | None = None) -> PromptTemplate:
+    """Lay out BOS, the fixed tokens before the first slot, and the relaxed rest; refuse what cannot fit."""
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    first = next((i for i, p in enumerate(pieces) if isinstance(p, SlotTokens)), len(pieces))
+    prefix = [bos] + [t for p in pieces[:first] for t in p]
+    template = PromptTemplate(torch.tensor(prefix), [p for p in pieces if isinstance(p, SlotTokens) and p.slot >= 0],
+                              pieces[first:], len(prefix), joins or [(), ()], tails or [(), ()], eos, pad)
+    # The longest layout over every choice (a small search over states), also the placeholder ids: never EOS, so
+    # EOS pooling on ``input_ids`` finds the one EOS at its end.
+    best: dict[int, tuple[list[int], dict[int, int]]] = {0: ([], {})}
+    for piece in template.pieces:
+        options = range(1 if not isinstance(piece, SlotTokens) or piece.slot < 0 else len(piece.lengths))
+        grown: dict[int, tuple[list[int], dict[int, int]]] = {}
+        for s, (seq, starts) in best.items():
+            for o in options:
+                toks, s2 = template._write(piece, o, s)
+                if s2 not in grown or len(seq) + len(toks) > len(grown[s2][0]):
+                    at = {piece.slot: len(prefix) + len(seq)} if isinstance(piece, SlotTokens) else {}
+                    grown[s2] = (seq + toks, {**starts, **at})
+        best = grown
+    longest, starts = max(((seq + list(template.tails[s]), st) for s, (seq, st) in best.items()),
+                          key=lambda x: len(x[0]))
+    seq = prefix + [i if i != eos else bos for i in longest] + [eos]
     if len(seq) > max_length:
-        widths = {st.slot: st.option_ids.shape[1] for st in slot_tokens}
+        widths = {st.slot: int(st.option_ids.shape[1]) for st in template.slots}
         raise PromptTooLongError(
             f"the {what} needs {len(seq)} tokens with every slot at its longest option (slot token widths: {widths}), "
             f"but the text encoder takes {max_length}; shorten the prompt or drop long options"
         )
-    seq += [pad] * (max_length - len(seq))
-    return PromptTemplate(torch.tensor(seq, dtype=torch.long), slot_tokens)
+    for st in template.slots:
+        st.start = starts.get(st.slot, len(prefix))
+    template.input_ids = torch.tensor(seq + [pad] * (max_length - len(seq)), dtype=torch.long)
+    return template
 
 
 def positive_template(space: SearchSpace, tokenizer, max_length: int = 77) -> PromptTemplate:
-    """Template of the user prompt with each positive slot's word replaced by its mixture positions."""
+    """Template of the user prompt with each positive slot's word replaced by its choices.
+
+    Option 0 is tokenized from the prompt's own text and the others with the word's capitalisation, as
+    :meth:`SearchSpace.render` writes them.
+    """
     words = prompt_words(space.prompt)
     pos_slots = sorted(space.slots_of("positive"), key=lambda i: space.slots[i].position)
-    pieces: list[int | list[int]] = []
-    slot_tokens: list[SlotTokens] = []
+    pieces: list[Piece] = []
     cursor = 0
     for i in pos_slots:
-        w = words[space.slots[i].position]
+        slot = space.slots[i]
+        w = words[slot.position]
         pieces.append(_ids(tokenizer, space.prompt[cursor : w.start]))
-        pieces.append(i)
-        slot_tokens.append(_slot_tokens(tokenizer, i, space.slots[i].options, 0))
+        options = [w.text, *(_match_case(w.text, o) for o in slot.options[1:])]
+        pieces.append(_slot_tokens(tokenizer, i, options))
         cursor = w.end
     pieces.append(_ids(tokenizer, space.prompt[cursor:]))
-    return _finish(tokenizer, [p for p in pieces if p != []], slot_tokens, max_length, "prompt")
+    return _finish(tokenizer, [p for p in pieces if p != []], max_length, "prompt")
 
 
 def negative_template(space: SearchSpace, tokenizer, max_length: int = 77) -> PromptTemplate:
-    """Template of the negative prompt: the user's fixed negative prompt, then one comma-separated term per slot."""
-    neg_slots = space.slots_of("negative")
+    """Template of the negative prompt: the user's fixed negative prompt, then one ``", "``-separated term per slot.
+
+    The separator belongs to the term it precedes and is written only when some term comes before it, so an empty
+    option contributes nothing at all, exactly as :meth:`SearchSpace.render` joins the terms.
+    """
     comma = _ids(tokenizer, ",")
-    pieces: list[int | list[int]] = []
-    if space.negative_prompt.strip():
-        pieces.append(_ids(tokenizer, space.negative_prompt.strip()))
-    slot_tokens = []
-    for i in neg_slots:
-        if pieces:
-            pieces.append(comma)
-        pieces.append(i)
-        slot_tokens.append(_slot_tokens(tokenizer, i, space.slots[i].options, 0))
-    return _finish(tokenizer, pieces, slot_tokens, max_length, "negative prompt")
+    fixed = space.negative_prompt.strip()
+    pieces: list[SlotTokens] = [_slot_tokens(tokenizer, -1, [fixed])] if fixed else []
+    pieces += [_slot_tokens(tokenizer, i, space.slots[i].options) for i in space.slots_of("negative")]
+    texts = {id(p): ([fixed] if p.slot < 0 else space.slots[p.slot].options) for p in pieces}
+    joins, tails = _hold_merging_tails(tokenizer, pieces, texts, comma)
+    return _finish(tokenizer, list(pieces), max_length, "negative prompt", joins, tails)
 
 
 def mixture_hook(template: PromptTemplate, weights: Tensor):
@@ -130,11 +278,9 @@ def mixture_hook(template: PromptTemplate, weights: Tensor):
 
     def hook(module: nn.Embedding, inputs, output: Tensor) -> Tensor:
         out = output.clone()
-        for st in template.slots:
-            emb = module.weight[st.option_ids.to(module.weight.device)]  # [O, L, D]
-            w = weights[st.slot, : emb.shape[0]].to(emb.dtype)
-            mixed = torch.einsum("o,old->ld", w, emb)
-            out[:, st.start : st.start + emb.shape[1]] = mixed
+        table = module.weight
+        # Expected token embeddings of every position from the first slot on (EOS and padding included).
+        out[:, template.mix_start :] = template.mix(weights.to(table.device, table.dtype), table)
         return out
 
     return hook
@@ -213,3 +359,67 @@ def encode_mixed(backend, template: PromptTemplate, weights: Tensor) -> Tensor:
     if not template.slots:
         return backend.encode_ids(template.input_ids[None])
     return backend.encode_ids(template.input_ids[None], embedding_hook=mixture_hook(template, weights))
+
+
+@dataclass(frozen=True)
+class CornerGap:
+    """How far one side's relaxation is from the discrete prompt at its one-hot corners."""
+
+    side: str  # "positive" or "negative"
+    corners: int  # corners checked
+    total: int  # corners of this side (its slots' options multiplied; other slots at option 0)
+    token_mismatches: int  # checked corners whose relaxed tokens differ from the tokenized rendered text
+    max_abs: float  # max |relaxed - discrete| of the text encoder's 77 hidden states over the checked corners
+    scale: float  # max |discrete| over the same corners (to read max_abs against)
+
+
+def _side_corners(space: SearchSpace, side: str, limit: int, seed: int) -> tuple[list[Candidate], int]:
+    slots = space.slots_of(side)
+    total = 1
+    for i in slots:
+        total *= space.slots[i].size
+    base = list(space.default)
+
+    def corner(choice: Sequence[int]) -> Candidate:
+        c = list(base)
+        for i, o in zip(slots, choice):
+            c[i] = o
+        return tuple(c)
+
+    if total <= limit:
+        return [corner(ch) for ch in itertools.product(*(range(space.slots[i].size) for i in slots))], total
+    rng = random.Random(seed)
+    out = {space.default}
+    for _ in range(50 * limit):
+        if len(out) >= limit:
+            break
+        out.add(corner([rng.randrange(space.slots[i].size) for i in slots]))
+    return sorted(out), total
+
+
+@torch.no_grad()
+def corner_gaps(space: SearchSpace, backend, *, max_corners: int = 64, seed: int = 0) -> list[CornerGap]:
+    """Encode one-hot corners of each side (all of them, or ``max_corners`` drawn with ``seed``) both relaxed and as
+    rendered text, and report the largest difference; 0 wherever the tokenizer splits the rendered text at the
+    template's pieces. ``backend`` needs ``tokenizer``, ``max_length``, ``encode_ids`` and ``encode_text``."""
+    out = []
+    for side, build in (("positive", positive_template), ("negative", negative_template)):
+        if not space.slots_of(side):
+            continue
+        template = build(space, backend.tokenizer, backend.max_length)
+        corners, total = _side_corners(space, side, max(1, max_corners), seed)
+        gap = scale = 0.0
+        mismatches = 0
+        for c in corners:
+            pair = space.render(c)
+            text = pair.prompt if side == "positive" else pair.negative_prompt
+            ids = backend.tokenize([text])
+            mismatches += template.corner_ids(c) != ids[0].tolist()
+            ref = backend.encode_ids(ids)
+            weights = torch.zeros(len(space.slots), max(space.sizes))
+            weights[torch.arange(len(c)), torch.tensor(c)] = 1.0
+            relaxed = encode_mixed(backend, template, weights)
+            gap = max(gap, float((relaxed.float() - ref.float()).abs().max()))
+            scale = max(scale, float(ref.float().abs().max()))
+        out.append(CornerGap(side, len(corners), total, mismatches, gap, scale))
+    return out

@@ -59,7 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s = sub.add_parser("show", help="print the slots of spaces and how each option tokenizes")
     s.add_argument("path", help="space file (ours or the reference layout)")
     s.add_argument("--prompt", default=None, help="only this prompt")
-    s.add_argument("--model", default=None, help="diffusion model folder or hub id whose tokenizer to use")
+    s.add_argument("--model", default=None, help="diffusion model folder or hub id whose tokenizer to use; a full "
+                                                  "model also gets the relaxation gap measured with its text encoder")
+    s.add_argument("--gap-corners", type=int, default=64, metavar="N",
+                   help="with --model: one-hot corners per side to compare with the rendered text (all of them when "
+                        "fewer; 0: do not load the text encoder)")
 
 
 def _make_lexicon(args: argparse.Namespace) -> Any:
@@ -103,18 +107,14 @@ def _build(args: argparse.Namespace) -> int:
 
         constraint = MeaningConstraint(args.similarity_model, threshold)
     tokenizer = _tokenizer(args.model)
-    _warn_long_prompts(prompts, tokenizer)
 
     def progress(i: int, n: int, prompt: str, status: str) -> None:
         print(f"[{i + 1}/{n}] {status}: {prompt}", file=sys.stderr)
 
-    from dpo_diff.files import output_lock
-
-    with output_lock(args.out, is_file=True):  # a second build into the same file is refused, naming this pid
-        report = build_spaces(prompts, args.kind, lexicon, out=args.out, resume=not args.no_resume,
-                              on_error="skip" if args.keep_going else "raise", progress=progress,
-                              constraint=constraint, overrides=overrides, negative_prompt=args.negative_prompt,
-                              nplib=True if args.with_nplib else None, nplib_num_slots=args.nplib_slots)
+    report = build_spaces(prompts, args.kind, lexicon, out=args.out, resume=not args.no_resume,
+                          on_error="skip" if args.keep_going else "raise", progress=progress,
+                          constraint=constraint, overrides=overrides, negative_prompt=args.negative_prompt,
+                          nplib=True if args.with_nplib else None, nplib_num_slots=args.nplib_slots)
     from dpo_diff.tokenization import report_summary, tokenization_report
 
     for prompt in prompts:
@@ -128,24 +128,8 @@ def _build(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     for prompt, error in report.failed.items():
         print(f"failed: {prompt!r}: {error}", file=sys.stderr)
-    if report.built:
-        written = f" -> {args.out}"
-    else:  # say so instead of pointing at a file this build did not write
-        written = f" (nothing new written; {args.out} has the reused ones)" if report.reused else "; nothing written"
-    print(f"{len(report.built)} built, {len(report.reused)} reused, {len(report.failed)} failed{written}")
+    print(f"{len(report.built)} built, {len(report.reused)} reused, {len(report.failed)} failed -> {args.out}")
     return 1 if report.failed else 0
-
-
-def _warn_long_prompts(prompts: list[str], tokenizer: Any) -> None:
-    """Warn about prompts the text encoder cannot take whole (``optimize`` refuses them)."""
-    limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
-    if limit > 10_000:  # "unbounded" placeholder of tokenizers without a configured length
-        limit = 77
-    for prompt in prompts:
-        n = len(tokenizer(prompt, truncation=False).input_ids)
-        if n > limit:
-            print(f"warning: {prompt[:60]!r}{'...' if len(prompt) > 60 else ''} has {n} tokens but the text "
-                  f"encoder takes {limit}; 'dpo-diff optimize' will refuse it: shorten it", file=sys.stderr)
 
 
 def _tokenizer(model: str | None) -> Any:
@@ -160,6 +144,7 @@ def _show(args: argparse.Namespace) -> int:
 
     spaces = [load_space(args.path, args.prompt)] if args.prompt else list(load_spaces(args.path).values())
     tokenizer = _tokenizer(args.model)
+    backend = _gap_backend(args.model) if args.model and args.gap_corners > 0 else None
     for space in spaces:
         meta = dict(space.meta)
         print(f"prompt: {space.prompt!r}  kind: {meta.get('kind', '?')}  slots: {len(space.slots)}  "
@@ -173,7 +158,35 @@ def _show(args: argparse.Namespace) -> int:
             print(f"  [{st.slot}] {st.target} {label}: {st.single_token_options}/{len(st.options)} single-token")
             shown = [(o.option or '""') + (" " + "|".join(o.tokens) if o.tokens else "") for o in st.options]
             print("      " + "; ".join(shown))
+        if backend is not None:
+            print("  " + _gap_line(space, backend, args.gap_corners))
     return 0
+
+
+def _gap_backend(model: str) -> Any:
+    """The model's text side for the gap, or None (printed) when ``model`` is only a tokenizer."""
+    from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+    from dpo_diff.loading import ModelNotFoundError
+
+    try:
+        return StableDiffusionBackend.from_pretrained(model)
+    except ModelNotFoundError as e:
+        print(f"relaxation gap not measured: {str(e).splitlines()[0]}", file=sys.stderr)
+        return None
+
+
+def _gap_line(space: Any, backend: Any, corners: int) -> str:
+    """How far the relaxation's one-hot corners encode from their rendered text (0: exactly the text)."""
+    from dpo_diff.relax import PromptTooLongError, corner_gaps
+
+    try:
+        gaps = corner_gaps(space, backend, max_corners=corners)
+    except PromptTooLongError as e:
+        return f"relaxation: {e}"
+    parts = [f"{g.side} {g.max_abs:.3g} (scale {g.scale:.3g}; {g.corners}/{g.total} corners, "
+             f"{g.token_mismatches} tokenized differently)" for g in gaps]
+    return "relaxation gap, max |one-hot relaxed - rendered text| of the text encoder: " + ("; ".join(parts) or
+                                                                                           "no slots")
 
 
 def run(args: argparse.Namespace) -> int:
