@@ -107,14 +107,18 @@ def _build(args: argparse.Namespace) -> int:
 
         constraint = MeaningConstraint(args.similarity_model, threshold)
     tokenizer = _tokenizer(args.model)
+    _warn_long_prompts(prompts, tokenizer)
 
     def progress(i: int, n: int, prompt: str, status: str) -> None:
         print(f"[{i + 1}/{n}] {status}: {prompt}", file=sys.stderr)
 
-    report = build_spaces(prompts, args.kind, lexicon, out=args.out, resume=not args.no_resume,
-                          on_error="skip" if args.keep_going else "raise", progress=progress,
-                          constraint=constraint, overrides=overrides, negative_prompt=args.negative_prompt,
-                          nplib=True if args.with_nplib else None, nplib_num_slots=args.nplib_slots)
+    from dpo_diff.files import output_lock
+
+    with output_lock(args.out, is_file=True):  # a second build into the same file is refused, naming this pid
+        report = build_spaces(prompts, args.kind, lexicon, out=args.out, resume=not args.no_resume,
+                              on_error="skip" if args.keep_going else "raise", progress=progress,
+                              constraint=constraint, overrides=overrides, negative_prompt=args.negative_prompt,
+                              nplib=True if args.with_nplib else None, nplib_num_slots=args.nplib_slots)
     from dpo_diff.tokenization import report_summary, tokenization_report
 
     for prompt in prompts:
@@ -128,8 +132,24 @@ def _build(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     for prompt, error in report.failed.items():
         print(f"failed: {prompt!r}: {error}", file=sys.stderr)
-    print(f"{len(report.built)} built, {len(report.reused)} reused, {len(report.failed)} failed -> {args.out}")
+    if report.built:
+        written = f" -> {args.out}"
+    else:  # say so instead of pointing at a file this build did not write
+        written = f" (nothing new written; {args.out} has the reused ones)" if report.reused else "; nothing written"
+    print(f"{len(report.built)} built, {len(report.reused)} reused, {len(report.failed)} failed{written}")
     return 1 if report.failed else 0
+
+
+def _warn_long_prompts(prompts: list[str], tokenizer: Any) -> None:
+    """Warn about prompts the text encoder cannot take whole (``optimize`` refuses them)."""
+    limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
+    if limit > 10_000:  # "unbounded" placeholder of tokenizers without a configured length
+        limit = 77
+    for prompt in prompts:
+        n = len(tokenizer(prompt, truncation=False).input_ids)
+        if n > limit:
+            print(f"warning: {prompt[:60]!r}{'...' if len(prompt) > 60 else ''} has {n} tokens but the text "
+                  f"encoder takes {limit}; 'dpo-diff optimize' will refuse it: shorten it", file=sys.stderr)
 
 
 def _tokenizer(model: str | None) -> Any:
