@@ -1,4 +1,4 @@
-"""Summary statistics of benchmark records (plain Python: ``dpo-diff report`` needs neither torch nor scipy).
+"""Summary statistics of benchmark records (t quantiles from scipy; no torch needed).
 
 The unit of analysis is a prompt: each record's losses are averaged over the report seeds first, then methods are
 compared over the prompts every method finished (paired comparisons on the same prompts and seeds).
@@ -10,24 +10,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Two-sided 95% quantiles of Student's t by degrees of freedom (1..30, then 40, 60, 120, infinity).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-_T975_TAIL = [(40, 2.021), (60, 2.000), (120, 1.980)]
-
 
 def t975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom; between table rows the smaller df is used
-    (a slightly wider, conservative interval)."""
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (scipy; NaN below one degree of freedom)."""
     if df < 1:
         return math.nan
-    if df <= len(_T975):
-        return _T975[df - 1]
-    value = _T975[-1]
-    for d, q in _T975_TAIL:
-        if df >= d:
-            value = q
-    return value if df < 1_000 else 1.960
+    from scipy import stats  # imported here: reading results files needs no scipy
+
+    return float(stats.t.ppf(0.975, df))
 
 
 @dataclass(frozen=True)

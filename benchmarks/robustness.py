@@ -1,0 +1,257 @@
+"""Robustness of the searches, measured against the shapes world's ground truth.
+
+For each (prompt, method, selection variant, root seed, thread count) the search runs at one budget; the user prompt
+and the answer are then judged on held-out report seeds by the CLIP judge (loss) and the ground-truth checker
+(faithfulness: every attribute right). Selection variants (issue: seed-robust selection):
+
+* ``1seed``: search on image seed 0 (the paper's protocol);
+* ``2seeds``: search on seeds 0 and 1 (every evaluation costs two generations);
+* ``rerank``: search on seed 0, then re-score the best 4 candidates on validation seeds 1 and 2 (8 generations
+  reserved from the same budget).
+
+Records go to ``OUT/records.jsonl`` one job at a time (a rerun resumes; a bad line is skipped with a warning).
+The summary gives, per (task, method, variant), Δloss and Δfaithfulness as mean ± std across root seeds, and paired
+comparisons against random search over prompts (root seeds averaged first): bootstrap 95% intervals, Wilcoxon
+signed-rank p-values with a Benjamini-Hochberg correction, ties counted. With several thread counts it also reports
+how often the answer is the same under each.
+
+    python benchmarks/robustness.py --pool v1 --prompt-seed 2 --n 8 --methods hybrid --variants 1seed,2seeds,rerank \
+        --out runs/robust_select                   # development: choose the selection default
+    python benchmarks/robustness.py --pool eval --prompt-seed 1000 --n 8 --out runs/robust_eval   # evaluation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "1seed": {"seeds": (0,), "rerank_top": 0, "validation_seeds": ()},
+    "2seeds": {"seeds": (0, 1), "rerank_top": 0, "validation_seeds": ()},
+    "rerank": {"seeds": (0,), "rerank_top": 4, "validation_seeds": (1, 2)},
+}
+KEY = ("task", "prompt", "method", "variant", "root", "threads")
+
+
+def read_records(path: Path) -> list[dict]:
+    out = []
+    if not path.exists():
+        return out
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"warning: {path}:{i} is not a JSON record (skipped)")
+    return out
+
+
+def user_baseline(problem, checker, prompt: str, seeds: list[int], report: list[int]) -> dict:
+    from dpo_diff.world import summarize
+
+    losses, imgs = problem.losses([problem.space.render(problem.space.default)], seeds + report, keep_images=True)
+    faith = summarize(checker.score(imgs[len(seeds):], [prompt] * len(report)))["all_correct"]
+    return {"losses": dict(zip(seeds + report, losses[0].tolist())), "faithful": faith}
+
+
+def run_job(problem, checker, prompt: str, method: str, variant: str, root: int, report: list[int], base: dict,
+            args) -> dict:
+    from dpo_diff.search.api import search
+    from dpo_diff.search.selection import SelectionConfig
+    from dpo_diff.world import summarize
+
+    v = VARIANTS[variant]
+    selection = SelectionConfig(v["rerank_top"], v["validation_seeds"])
+    t0 = time.perf_counter()
+    result = search(problem, method=method, budget=args.budget, seeds=v["seeds"], seed=root, selection=selection)
+    chosen = result.best
+    judged = list(v["seeds"]) + list(v["validation_seeds"] if selection.active else ())
+    rows = result.extra.get("selection", {}).get("candidates")
+    best_mean = rows[0]["mean_loss"] if rows else sum(chosen.losses) / len(chosen.losses)
+    user_mean = sum(base["losses"][s] for s in judged) / len(judged)
+    space = problem.space
+    pair = space.render(chosen.candidate)
+    if problem.task.objective(best_mean) >= problem.task.objective(user_mean):
+        pair = space.render(space.default)  # nothing beat the user prompt where the search could see: keep it
+    losses, imgs = problem.losses([pair], report, keep_images=True)
+    faith = summarize(checker.score(imgs, [prompt] * len(report)))["all_correct"]
+    return {"best_prompt": pair.prompt, "best_negative_prompt": pair.negative_prompt,
+            "user_report_loss": sum(base["losses"][s] for s in report) / len(report),
+            "best_report_loss": float(losses.mean()), "user_faithful": base["faithful"], "best_faithful": faith,
+            "cost": result.cost, "seconds": time.perf_counter() - t0, "timings": result.timings,
+            "gpo_skipped": result.extra.get("gpo_skipped", "")}
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+    from dpo_diff.judges.clip import ClipJudge
+    from dpo_diff.problem import Problem, SamplingConfig, Task
+    from dpo_diff.seeding import parse_seeds
+    from dpo_diff.world import RECOMMENDED_GUIDANCE, generator_path, heldout_prompts, judge_path, load_checker
+    from dpo_diff.world.spaces import world_space
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "records.jsonl"
+    done = {tuple(r[k] for k in KEY) for r in read_records(path)}
+    backend = StableDiffusionBackend.from_pretrained(str(generator_path()))
+    judge = ClipJudge.from_pretrained(str(judge_path()))
+    checker = load_checker()
+    report = list(parse_seeds(args.report_seeds))
+    sampling = SamplingConfig(args.steps, RECOMMENDED_GUIDANCE, batch_size=args.batch_size)
+    needed = sorted({s for v in args.variants for s in (*VARIANTS[v]["seeds"], *VARIANTS[v]["validation_seeds"])})
+    for task in args.tasks:
+        prompts = heldout_prompts("hard" if task == "improve" else "easy", args.n, seed=args.prompt_seed,
+                                  pool=args.pool)
+        for i, prompt in enumerate(prompts):
+            space = world_space(prompt, task)
+            if space.is_trivial:
+                continue
+            problem = Problem(space, Task(task), backend, judge, sampling)
+            base = None
+            for method in args.methods:
+                for variant in args.variants:
+                    for root in args.roots:
+                        for threads in args.threads:
+                            key = (task, prompt, method, variant, root, threads)
+                            if key in done:
+                                continue
+                            torch.set_num_threads(threads)
+                            if base is None:
+                                base = user_baseline(problem, checker, prompt, needed, report)
+                            rec = dict(zip(KEY, key))
+                            rec.update(run_job(problem, checker, prompt, method, variant, root, report, base, args))
+                            with path.open("a") as f:
+                                f.write(json.dumps(rec) + "\n")
+                            print(f"[{task} {i + 1}/{len(prompts)} {method} {variant} root {root} t{threads}] "
+                                  f"loss {rec['user_report_loss']:.4f} -> {rec['best_report_loss']:.4f}  faithful "
+                                  f"{rec['user_faithful']:.2f} -> {rec['best_faithful']:.2f} "
+                                  f"({rec['seconds']:.0f} s)", flush=True)
+    return read_records(path)
+
+
+def _cell(values) -> str:
+    import statistics
+
+    if len(values) < 2:
+        return f"{values[0]:+.4f}" if values else "-"
+    return f"{statistics.mean(values):+.4f} ± {statistics.stdev(values):.4f}"
+
+
+def summarise(records: list[dict]) -> str:
+    """Mean ± std across root seeds of the per-root means over prompts; paired tests against random."""
+    import statistics
+    from collections import defaultdict
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["task"], r["method"], r["variant"])].append(r)
+    lines = ["| task | method | variant | prompts | roots x threads | Δ report loss | Δ faithful (points) |",
+             "|---|---|---|---|---|---|---|"]
+    for (task, method, variant), rs in sorted(groups.items()):
+        by_run: dict[tuple, list[dict]] = defaultdict(list)
+        for r in rs:
+            by_run[(r["root"], r["threads"])].append(r)
+        dl = [statistics.mean(r["best_report_loss"] - r["user_report_loss"] for r in v) for v in by_run.values()]
+        df = [100 * statistics.mean(r["best_faithful"] - r["user_faithful"] for r in v) for v in by_run.values()]
+        n_prompts = len({r["prompt"] for r in rs})
+        lines.append(f"| {task} | {method} | {variant} | {n_prompts} | {len(by_run)} | {_cell(dl)} | "
+                     f"{_cell(df)} |")
+    lines += ["", *paired_lines(records), "", *thread_lines(records)]
+    return "\n".join(lines)
+
+
+def _per_prompt(records: list[dict], field: str) -> dict[tuple, dict[str, float]]:
+    """(task, method, variant) -> prompt -> value averaged over roots and threads."""
+    import statistics
+    from collections import defaultdict
+
+    acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        acc[(r["task"], r["method"], r["variant"])][r["prompt"]].append(r[field])
+    return {g: {p: statistics.mean(v) for p, v in d.items()} for g, d in acc.items()}
+
+
+def paired_lines(records: list[dict]) -> list[str]:
+    import numpy as np
+    from scipy import stats
+
+    out: list[tuple[str, float]] = []
+    for field, unit, scale in (("best_report_loss", "loss", 1.0), ("best_faithful", "faithful points", 100.0)):
+        pp = _per_prompt(records, field)
+        for (task, method, variant), vals in sorted(pp.items()):
+            ref = pp.get((task, "random", variant))
+            if method == "random" or not ref:
+                continue
+            common = sorted(set(vals) & set(ref))
+            if len(common) < 3:
+                continue
+            sign = (1 if task == "improve" else -1) * (1 if field == "best_report_loss" else -1)
+            d = np.array([sign * (ref[p] - vals[p]) * scale for p in common])  # positive: method better
+            ci = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+                                 random_state=np.random.default_rng(0)).confidence_interval
+            nonzero = d[d != 0]
+            p = stats.wilcoxon(nonzero).pvalue if len(nonzero) >= 3 else 1.0
+            out.append((f"{task} {method} vs random ({variant}), {unit}: advantage {d.mean():+.4f} "
+                        f"[{ci.low:+.4f}, {ci.high:+.4f}] over {len(d)} prompts; better/tie/worse "
+                        f"{int((d > 0).sum())}/{int((d == 0).sum())}/{int((d < 0).sum())}; Wilcoxon p", p))
+    if not out:
+        return []
+    adjusted = stats.false_discovery_control([p for _, p in out]) if len(out) > 1 else [out[0][1]]
+    return ["Paired comparisons (positive = better than random; 95% bootstrap interval over prompts):", ""] + [
+        f"- {text} = {p:.3f} (BH-adjusted {q:.3f})" for (text, p), q in zip(out, adjusted)]
+
+
+def thread_lines(records: list[dict]) -> list[str]:
+    from collections import defaultdict
+
+    answers: dict[tuple, dict[int, tuple]] = defaultdict(dict)
+    for r in records:
+        key = (r["task"], r["prompt"], r["method"], r["variant"], r["root"])
+        answers[key][r["threads"]] = (r["best_prompt"], r["best_negative_prompt"])
+    multi = [v for v in answers.values() if len(v) > 1]
+    if not multi:
+        return []
+    same = sum(len(set(v.values())) == 1 for v in multi)
+    lines = [f"Same answer under every thread count: {same} of {len(multi)} (prompt, method, variant, root) runs."]
+    roots: dict[tuple, set] = defaultdict(set)
+    for (task, prompt, method, variant, _root), v in answers.items():
+        roots[(task, prompt, method, variant)].add(next(iter(v.values())))
+    stable = sum(len(s) == 1 for s in roots.values())
+    lines.append(f"Same answer under every root seed: {stable} of {len(roots)} (prompt, method, variant) groups.")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default="improve,attack", type=lambda s: s.split(","))
+    p.add_argument("--pool", default="v1", choices=("v1", "eval"))
+    p.add_argument("--prompt-seed", type=int, default=2, help="development: 2-999 (v1); evaluation: 1000-1004")
+    p.add_argument("--n", type=int, default=8, help="prompts per task")
+    p.add_argument("--methods", default="random,hybrid", type=lambda s: s.split(","))
+    p.add_argument("--variants", default="1seed", type=lambda s: s.split(","))
+    p.add_argument("--roots", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--threads", default="1", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--budget", type=float, default=40.0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--report-seeds", default="100-107")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--out", default="runs/robustness")
+    args = p.parse_args()
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    records = read_records(Path(args.out) / "records.jsonl") if args.summary_only else run(args)
+    table = summarise(records)
+    print(table)
+    (Path(args.out) / "summary.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
