@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,6 +106,28 @@ def test_rerun_skips_finished_work_and_same_command_gives_same_numbers(full_run,
     again = tmp_path / "again"
     assert main(with_out(args, again)) == 0
     assert_close_records(numbers(load_records(again)), numbers(load_records(out)))
+
+
+def test_bad_lines_never_truncate_the_results_and_only_their_jobs_run_again(full_run, tmp_path, capsys):
+    out, args = full_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    results = copy / "results.jsonl"
+    lines = results.read_text().splitlines()
+    lost = json.loads(lines[5])
+    lines[5] = lines[5][:40]  # a damaged record in the middle: its job must run again
+    text = "\n".join(["", *lines[:3], "<garbage>", *lines[3:]]) + "\n"  # and a blank and a garbage line
+    results.write_text(text)
+    capsys.readouterr()
+    assert main(with_out(args, copy)) == 0
+    captured = capsys.readouterr()
+    assert "skipped 3 unreadable line(s)" in captured.err and "line 1 (blank), line 5 (not valid JSON)" in captured.err
+    assert "17 already done, 1 to run" in captured.out
+    after = results.read_text()
+    assert after.startswith(text)  # appended to: nothing before it truncated or rewritten
+    new = [json.loads(line) for line in after[len(text):].splitlines()]
+    assert [(r["prompt"], r["method"]) for r in new] == [(lost["prompt"], lost["method"])]
+    assert_close_records(numbers(load_records(copy)), numbers(load_records(out)))
 
 
 def test_more_methods_later_but_no_mixing_of_settings(tiny_sd, tiny_clip, prompts_file, tmp_path, capsys):

@@ -70,7 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # on every start. A user's own setting wins.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    warnings.showwarning = _show_warning
+    with warnings.catch_warnings():  # restored on return (main is also called in-process, e.g. by tests)
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)

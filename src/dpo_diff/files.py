@@ -99,8 +99,8 @@ def read_jsonl(path: str | os.PathLike[str], parse: Callable[[dict[str, Any]], A
         if reason is not None:
             result.skipped.append(SkippedLine(n, reason))
     if warn and result.skipped:
-        warnings.warn(f"{path}: skipped {len(result.skipped)} unreadable line(s), kept the "
-                      f"{len(result.records)} {what}s around them: {result.describe_skipped()}",
+        warnings.warn(f"{path}: skipped {len(result.skipped)} unreadable line(s) and kept the other "
+                      f"{len(result.records)} {what}(s): {result.describe_skipped()}",
                       FileWarning, stacklevel=2)
     return result
 
