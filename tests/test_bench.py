@@ -155,6 +155,7 @@ def test_more_methods_later_but_no_mixing_of_settings(tiny_sd, tiny_clip, prompt
         (["--report-seeds", "0"], "held out"),
         (["--prompts", "missing.txt"], "does not exist"),
         (["--model", ""], "give --model"),
+        (["--steps", "0"], "steps must be >= 2, got 0"),  # never silently replaced by the default
     ],
 )
 def test_bad_input(tiny_sd, tiny_clip, prompts_file, tmp_path, capsys, extra, message):
