@@ -86,6 +86,12 @@ def test_token_limit_uses_the_clip_tokenizer():
         ("p.txt", "\n# only a comment\n", "holds no usable prompt"),
         ("p.xlsx", "x", "unknown format"),
         ("p.jsonl", '{"a": 1}\n', "has no 'prompt/caption/text' field"),
+        ("p.jsonl", '"a dog"\n\n{"a": 1}\n', "line 3: the object has no 'prompt/caption/text' field"),
+        ("p.json", '["a dog", {"text": "a cat"}, {"a": 1}]', r"\[2\]: the object has no"),
+        ("p.json", '{"annotations": [{"caption": "a dog"}, 5]}', r"annotations\[1\]: expected an object, got 5"),
+        ("p.json", '{"images": [], "annotations": "a dog"}', 'annotations: expected a list, got "a dog"'),
+        ("p.json", "[" * 100_000, "cannot be parsed as json|not valid JSON"),
+        ("p.jsonl", "1" * 5000, "cannot be parsed as jsonl"),
         ("p.csv", "", "is empty"),
     ],
 )

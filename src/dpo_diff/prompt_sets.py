@@ -114,9 +114,11 @@ def read_prompt_set(path: str | os.PathLike[str], *, column: str | None = None, 
         except PromptSetError:
             raise
         except UnicodeDecodeError as e:
-            raise PromptSetError(f"prompt file {spec!r} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+            raise PromptSetError(f"prompt file {spec!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         except OSError as e:
-            raise PromptSetError(f"prompt file {spec!r} cannot be read: {e}") from e
+            raise PromptSetError(f"prompt file {spec!r} cannot be read: {e}") from None
+        except (ValueError, RecursionError, csv.Error) as e:  # e.g. a 5000-digit number, [[[[...]]]], a bad CSV
+            raise PromptSetError(f"prompt file {spec!r} cannot be parsed as {fmt}: {str(e)[:200]}") from None
     ps = clean_prompts(raw, max_tokens=max_tokens, count_tokens=count_tokens)
     ps.source, ps.format = spec, fmt
     if not ps.prompts:
@@ -179,15 +181,19 @@ def _read_json(p: Path, column: str | None) -> list[Any]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise PromptSetError(f"prompt file {str(p)!r} is not valid JSON: {e}") from e
-    if isinstance(data, Mapping) and isinstance(data.get("annotations"), list):
+        raise PromptSetError(f"prompt file {str(p)!r} is not valid JSON: {e}") from None
+    if isinstance(data, Mapping) and "annotations" in data and (isinstance(data["annotations"], list)
+                                                                 or isinstance(data.get("images"), list)):
         # COCO caption annotations: {"images": [...], "annotations": [{"image_id", "id", "caption"}, ...]}
+        from dpo_diff.schemas import CocoCaptionsSchema, validate
+
+        coco = validate(CocoCaptionsSchema, data, error=PromptSetError, where=f"prompt file {str(p)!r}")
         col = column or "caption"
-        return [a.get(col) if isinstance(a, Mapping) else a for a in data["annotations"]]
+        return [a.get(col) for a in coco.annotations]
     if isinstance(data, Mapping):
         return list(data)  # {prompt: value}, as the reference implementation's prompt files
     if isinstance(data, list):
-        return [_pick(x, column, p) if isinstance(x, Mapping) else x for x in data]
+        return [_pick(x, column, p, f"[{i}]") if isinstance(x, Mapping) else x for i, x in enumerate(data)]
     raise PromptSetError(f"prompt file {str(p)!r} must hold a list of prompts, an object keyed by prompt or COCO "
                          f"caption annotations; got a JSON {type(data).__name__}")
 
@@ -200,16 +206,16 @@ def _read_jsonl(p: Path, column: str | None) -> list[Any]:
         try:
             x = json.loads(line)
         except json.JSONDecodeError as e:
-            raise PromptSetError(f"prompt file {str(p)!r}, line {i}: not valid JSON: {e}") from e
-        out.append(_pick(x, column, p) if isinstance(x, Mapping) else x)
+            raise PromptSetError(f"prompt file {str(p)!r}, line {i}: not valid JSON: {e}") from None
+        out.append(_pick(x, column, p, f"line {i}") if isinstance(x, Mapping) else x)
     return out
 
 
-def _pick(row: Mapping[str, Any], column: str | None, p: Path) -> Any:
+def _pick(row: Mapping[str, Any], column: str | None, p: Path, where: str) -> Any:
     col = column or next((c for c in DEFAULT_COLUMNS if c in row), None)
     if col is None or col not in row:
-        raise PromptSetError(f"prompt file {str(p)!r}: an entry has no {column or 'prompt/caption/text'!r} field "
-                             f"(fields: {sorted(row)}); pass the column name")
+        raise PromptSetError(f"prompt file {str(p)!r}, {where}: the object has no {column or 'prompt/caption/text'!r}"
+                             f" field (fields: {sorted(row)[:10]}); pass the column name")
     return row[col]
 
 

@@ -54,7 +54,6 @@ _LAST_ITEM = re.compile(r"^(.*)[,;/|]([^,;/|]*)$", re.S)  # "a, b, car" -> ("a, 
 _FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.S)
 _SCRIPT = re.compile(r"<(script|style)\b[^>]*>.*?(?:</\1\s*>|\Z)", re.S | re.I)
 _TAG = re.compile(r"</?[A-Za-z][^<>\n]*>")
-_JSON_PAIR = re.compile(r'"((?:[^"\\\n]|\\.)+)"\s*:\s*("(?:[^"\\\n]|\\.)*"|\[[^\[\]{}]*\])')
 # Fillers an LLM appends to a list ("automobile, vehicle, etc."), and answers that mean "nothing here".
 FILLERS = frozenset({"etc", "etcetera", "et cetera", "and so on", "so on", "and more", "and others", "e.g", "eg",
                      "i.e", "ie", "ex", "misc"})
@@ -104,8 +103,8 @@ def _from_json(obj: Any, out: dict[str, list[str]], depth: int = 0) -> None:
             _from_json(inner, out, depth + 1)  # a wrapper such as {"answer": {...}} or {"words": [{...}]}
             return
         word_key = next((k for k in _WORD_KEYS if isinstance(obj.get(k), str)), None)
-        if word_key is not None:  # {"word": "red", "synonyms": [...]}
-            option_key = next((k for k in obj if k != word_key and isinstance(obj[k], (list, str))), None)
+        option_key = next((k for k in _OPTION_KEYS if isinstance(obj.get(k), (list, str))), None)
+        if word_key is not None:  # {"word": "red", "synonyms": [...]} (cut-off ones have no options yet)
             if option_key is not None:
                 _add(out, obj[word_key], obj[option_key])
             return
@@ -160,32 +159,63 @@ def parse_answer(text: str) -> dict[str, list[str]]:
 
 
 def _parse_block(text: str, out: dict[str, list[str]]) -> None:
-    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
-    if start >= 0 and _JSON_PAIR.search(text) or text.lstrip().startswith(("{", "[")):
-        try:
-            _from_json(json.loads(text[start:]), out)
-            return
-        except (json.JSONDecodeError, RecursionError):
-            pass
-        end = max(text.rfind("}"), text.rfind("]"))
-        try:
-            _from_json(json.loads(text[start:end + 1]), out)
-            return
-        except (json.JSONDecodeError, RecursionError):
-            pass
-        # cut off or otherwise broken JSON: keep each complete "word": [...] or "word": "a, b" pair
-        found = False
-        for key, value in _JSON_PAIR.findall(text):
-            try:
-                _add(out, json.loads(f'"{key}"'), json.loads(value))
-                found = True
-            except json.JSONDecodeError:
-                continue
-        if found:
-            return
-        if text.lstrip().startswith(("{", "[")):
-            return  # JSON without a complete pair: nothing to read (lines of it would mix words)
+    stripped = text.lstrip()
+    json_only = stripped.startswith("{") or re.match(r"\[\s*[{\"]", stripped) is not None
+    start = text.find("{") if not json_only else len(text) - len(stripped)
+    if start >= 0:
+        value = _load_json(text[start:])
+        if value is not None:
+            before = len(out)
+            _from_json(value, out)
+            if json_only or len(out) > before:
+                return
+        elif json_only:
+            return  # JSON too broken to read: its lines would mix words
     _from_lines(text, out)
+
+
+def _load_json(text: str, max_chars: int = 50_000) -> Any:
+    """The JSON value at the start of ``text``; when it is cut off or followed by chatter, the longest prefix
+    that ends after a complete element, closed with the brackets still open (``None``: nothing readable)."""
+    text = text[:max_chars]
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    # Scan once: at each comma or closing bracket outside strings, remember where a complete prefix ends and
+    # which brackets are open there.
+    stack: list[str] = []
+    cuts: list[tuple[int, str]] = []
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "{[":
+            if len(stack) > 50:
+                return None
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]":
+            if not stack or stack.pop() != ch:
+                break
+            cuts.append((i + 1, "".join(reversed(stack))))
+            if not stack:
+                break  # the first value is complete; what follows is chatter
+        elif ch == ",":
+            cuts.append((i, "".join(reversed(stack))))
+    for end, closers in reversed(cuts[-200:]):
+        try:
+            return json.loads(text[:end] + closers)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+    return None
 
 
 class LLMLexicon(Lexicon):
