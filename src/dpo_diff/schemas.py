@@ -88,10 +88,23 @@ def validate(schema: type[T] | Any, data: Any, *, error: type[Exception], where:
             return schema.model_validate(data, strict=strict)
         return TypeAdapter(schema).validate_python(data, strict=strict)
     except ValidationError as e:
-        errors = e.errors(include_url=False)
-        first = describe_error(errors[0], loc) if errors else str(e)
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise error(f"{where}: {first}{more}") from None
+        raise error(f"{where}: {_summary(e, loc)}") from None
+
+
+def validate_json(adapter: TypeAdapter[Any], text: str, *, error: type[Exception], where: str,
+                  loc: Sequence[Any] = ()) -> Any:
+    """Like :func:`validate` for JSON text, strictly (JSON arrays are accepted for tuples)."""
+    try:
+        return adapter.validate_json(text, strict=True)
+    except ValidationError as e:
+        raise error(f"{where}: {_summary(e, loc)}") from None
+
+
+def _summary(e: ValidationError, loc: Sequence[Any]) -> str:
+    errors = e.errors(include_url=False)
+    first = describe_error(errors[0], loc) if errors else str(e)
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return first + more
 
 
 class StrictModel(BaseModel):
