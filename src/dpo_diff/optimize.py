@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from dpo_diff.config_dict import from_known_keys
+from dpo_diff.search import METHODS
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
+from dpo_diff.search.selection import SelectionConfig
 from dpo_diff.space import SearchSpace, atomic_write_text
 
-METHODS = ("hybrid", "gpo", "epo", "random")  # see dpo_diff.search.api
 TARGETS = ("auto", "positive", "negative", "both")
 
 
@@ -62,6 +63,8 @@ class OptimizeConfig:
     similarity_model: str | None = None  # sentence-embedding model (None: offline all-MiniLM-L6-v2)
     gpo: GradientSearchConfig = field(default_factory=GradientSearchConfig)
     epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)  # re-ranking on validation seeds
+    time_budget: float | None = None  # optional wall-clock limit of the search, seconds
 
     def __post_init__(self) -> None:
         from dpo_diff.problem import TASKS
@@ -70,6 +73,10 @@ class OptimizeConfig:
             self.gpo = GradientSearchConfig(**self.gpo)
         if isinstance(self.epo, dict):
             self.epo = EvolutionSearchConfig(**self.epo)
+        if isinstance(self.selection, dict):
+            self.selection = SelectionConfig(**self.selection)
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be a positive number of seconds or None, got {self.time_budget}")
         self.seeds, self.report_seeds = tuple(self.seeds), tuple(self.report_seeds)
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
@@ -84,6 +91,7 @@ class OptimizeConfig:
         overlap = set(self.seeds) & set(self.report_seeds)
         if overlap:
             raise ValueError(f"report seeds must be held out from the search seeds; both contain {sorted(overlap)}")
+        self.selection.check_seeds(self.seeds, self.report_seeds)
         from dpo_diff.problem import SamplingConfig
 
         SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
@@ -95,7 +103,13 @@ class OptimizeConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["seeds"], d["report_seeds"] = list(self.seeds), list(self.report_seeds)
+        d["selection"] = self.selection.to_dict()
         return d
+
+    @property
+    def judged_seeds(self) -> tuple[int, ...]:
+        """Seeds on which the answer is chosen: the search seeds, plus validation seeds when re-ranking."""
+        return self.seeds + (self.selection.validation_seeds if self.selection.active else ())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OptimizeConfig:
@@ -170,8 +184,12 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     another one gets :class:`~dpo_diff.files.OutputLockedError` naming this one's pid.
     """
     from dpo_diff.files import output_lock
+    from dpo_diff.loading import resolve_device
 
     full_space = resolve_space(cfg, space)
+    for device, needed in ((cfg.device, backend is None), (cfg.judge_device or cfg.device, judge is None)):
+        if needed:
+            resolve_device(device)  # a clear error before anything is written or loaded
     space = select_target(full_space, cfg.task, cfg.target)
     out = Path(cfg.out)
     with output_lock(out):
@@ -226,9 +244,7 @@ def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=No
 
     if backend is None:
         from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
-        from dpo_diff.loading import resolve_device
 
-        resolve_device(cfg.device)
         backend = StableDiffusionBackend.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                                          scheduler=cfg.scheduler)
     n_tok = backend.count_tokens(space.prompt)
@@ -236,9 +252,7 @@ def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=No
         raise ValueError(f"the prompt has {n_tok} tokens but the text encoder takes {backend.max_length}; shorten it")
     if judge is None:
         from dpo_diff.judges.clip import ClipJudge
-        from dpo_diff.loading import resolve_device
 
-        resolve_device(cfg.judge_device or cfg.device)
         judge = ClipJudge.from_pretrained(cfg.judge, device=cfg.judge_device or cfg.device)
     if constraint is None and cfg.similarity_threshold and space.slots_of("positive"):
         # Rewrites of the user's words must keep their meaning (paper: sentence similarity >= 0.9); negative-prompt
@@ -260,10 +274,42 @@ def load_progress(path: Path) -> tuple[dict, float]:
     return {ev.candidate: ev for ev, _ in lines.records}, max((t for _, t in lines.records), default=0.0)
 
 
+GPO_STATE = "gpo_state.pt"  # the GPO checkpoint of a run folder (continued exactly on --resume)
+
+
+def save_gpo_state(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-write must not leave a checkpoint that --resume cannot read."""
+    import os
+
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def load_gpo_state(path: Path) -> dict[str, Any] | None:
+    """The GPO checkpoint of an interrupted run, or ``None`` (absent, or unreadable: GPO then learns again, with a
+    warning, and still reuses every saved evaluation)."""
+    import warnings
+
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or "streams" not in ckpt:
+            raise ValueError("not a checkpoint of this version")
+        return ckpt
+    except Exception as e:  # noqa: BLE001 - any unreadable file means: learn again
+        warnings.warn(f"{path} cannot be used to continue GPO ({e}); GPO learns again", stacklevel=2)
+        return None
+
+
 def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path, *, resume: bool,
                progress: bool) -> _Searched:
     """Search, saving every evaluation to ``progress.jsonl`` and the best so far to ``best.json`` as they come."""
-    import torch
     from tqdm.auto import tqdm
 
     from dpo_diff.files import append_jsonl
@@ -294,11 +340,11 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
             bar.n = state.log[-1]["cost"]
             bar.set_postfix(gpo_loss=f"{state.log[-1]['loss']:.4f}")
         bar.refresh()
-        torch.save({"logits": state.mixture.logits.detach().cpu(), "log": state.log}, out / "gpo_state.pt")
+        save_gpo_state(out / GPO_STATE, state.checkpoint())
 
     user = space.render(space.default)
-    # The user prompt on the search seeds: the baseline every method must beat (not charged to the budget).
-    before_search, _ = problem.losses([user], cfg.seeds)
+    # The user prompt where the answer is chosen: the baseline every method must beat (not charged to the budget).
+    before_search, _ = problem.losses([user], cfg.judged_seeds)
     if space.is_trivial:
         note = "the space offers no alternative to the user prompt (no slot has a second option); nothing to search"
         if full_space.meta.get("warning"):
@@ -307,12 +353,18 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         bar.close()
         return _Searched(None, user, space.default, note, t0, earlier)
     result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
-                    epo=cfg.epo, on_evaluation=on_eval, on_iteration=on_iter, preloaded=preloaded)
+                    epo=cfg.epo, selection=cfg.selection, on_evaluation=on_eval, on_iteration=on_iter,
+                    preloaded=preloaded, gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
+                    time_budget=cfg.time_budget)
     bar.close()
     atomic_write_text(out / "search.json", result.to_json() + "\n")
-    if result.best.objective < float(problem.task.objective(before_search.mean())):
+    rows = result.extra.get("selection", {}).get("candidates")
+    best_objective = rows[0]["objective"] if rows else result.best.objective
+    user_losses = before_search[0] if rows else before_search[0, : len(cfg.seeds)]
+    if best_objective < float(problem.task.objective(user_losses.mean())):
         return _Searched(result, space.render(result.best.candidate), result.best.candidate, "", t0, earlier)
-    note = "no candidate beat the user prompt on the search seeds; the user prompt is kept"
+    where = "search and validation seeds" if rows else "search seeds"
+    note = f"no candidate beat the user prompt on the {where}; the user prompt is kept"
     return _Searched(result, user, space.default, note, t0, earlier)
 
 
