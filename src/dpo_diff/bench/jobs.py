@@ -117,7 +117,7 @@ def run_job(cfg: BenchConfig, job: Job, workdir: str | os.PathLike[str]) -> dict
     workdir = Path(workdir)
     metric = None
     if models.checker is not None:
-        from dpo_diff.commands.demo import faithfulness_metric
+        from dpo_diff.world import faithfulness_metric
 
         metric = faithfulness_metric(models.checker, space.prompt, len(cfg.seeds))
     model, judge = cfg.model_paths()

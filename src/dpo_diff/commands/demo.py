@@ -14,13 +14,24 @@ import json
 # bench's hard-prompt selection (`dpo-diff select`, docs/world_bench.md). Most held-out hard prompts are rendered
 # correctly by now, and a prompt the model already gets right leaves nothing to improve.
 DEMO_IMPROVE_PROMPT = "a green orb"
+# Seed-robust selection: the best 4 candidates of the search (seed 0) are re-scored on two validation seeds before
+# one is chosen (8 of the 40 generations); see docs/world_bench.md for the measurement behind it.
+DEMO_RERANK_TOP = 4
+DEMO_VALIDATION_SEEDS = "1,2"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--method", default="hybrid", choices=("hybrid", "gpo", "epo", "random"))
+    from dpo_diff.search import METHODS
+
+    p.add_argument("--method", default="hybrid", choices=METHODS)
     p.add_argument("--budget", type=float, default=40.0)
+    p.add_argument("--seed", type=int, default=0, help="root seed of the searches' random streams")
     p.add_argument("--seeds", default="0", help="search seeds")
+    p.add_argument("--rerank-top", type=int, default=DEMO_RERANK_TOP,
+                   help=f"re-rank the best N candidates on --validation-seeds (default {DEMO_RERANK_TOP})")
+    p.add_argument("--validation-seeds", default=DEMO_VALIDATION_SEEDS,
+                   help=f"validation seeds for re-ranking (default {DEMO_VALIDATION_SEEDS})")
     p.add_argument("--report-seeds", default="100-115", help="held-out seeds for the before/after numbers")
     p.add_argument("--improve-prompt", default=None,
                    help=f"prompt to improve (default: {DEMO_IMPROVE_PROMPT!r}, a held-out hard prompt)")
@@ -30,23 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def faithfulness_metric(checker, prompt: str, n_search: int):
-    """Ground-truth faithfulness of the user's and the optimized images to the *user's* prompt."""
-    from dpo_diff.world import summarize
-
-    def metric(user_images, best_images, seeds) -> dict:
-        out = {}
-        for name, imgs in (("user", user_images), ("best", best_images)):
-            scores = checker.score(imgs, [prompt] * len(imgs))
-            out[name] = {"search": summarize(scores[:n_search]), "report": summarize(scores[n_search:])}
-            unknown = sorted({w for s in scores for w in s.unknown_words})
-            if unknown:
-                out["unjudgeable_words"] = unknown
-        return out
-
-    return metric
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -54,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from dpo_diff.judges.clip import ClipJudge
     from dpo_diff.optimize import OptimizeConfig, optimize
     from dpo_diff.search.gradient import GradientSearchConfig
+    from dpo_diff.search.selection import SelectionConfig
     from dpo_diff.seeding import parse_seeds
     from dpo_diff.world import (
         RECOMMENDED_GUIDANCE,
         RECOMMENDED_STEPS,
+        faithfulness_metric,
         generator_path,
         heldout_prompts,
         judge_path,
@@ -72,9 +68,12 @@ def run(args: argparse.Namespace) -> int:
     judge = ClipJudge.from_pretrained(str(judge_path()), device=args.device)
     checker = load_checker(device=args.device)
     seeds, report = parse_seeds(args.seeds), parse_seeds(args.report_seeds)
+    validation = parse_seeds(args.validation_seeds) if args.rerank_top else ()
+    selection = SelectionConfig(args.rerank_top, validation)
     steps, budget, gpo = RECOMMENDED_STEPS, args.budget, GradientSearchConfig()
     if args.smoke:
         steps, budget, gpo, report = 10, min(budget, 6.0), GradientSearchConfig(iterations=3), report[:2]
+        selection = SelectionConfig(min(args.rerank_top, 2), validation[:1])
     runs = [("improve", args.improve_prompt or DEMO_IMPROVE_PROMPT),
             ("attack", args.attack_prompt or heldout_prompts("easy", 1, seed=0)[0])]
     summary = []
@@ -83,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = OptimizeConfig(
             prompt=prompt, task=task, model=str(generator_path()), judge=str(judge_path()), method=args.method,
             budget=budget, seeds=seeds, report_seeds=report, steps=steps, guidance=RECOMMENDED_GUIDANCE,
+            seed=args.seed, selection=selection,
             device=args.device, out=str(Path(args.out) / task), gpo=gpo,
             # The world's synonyms mean exactly the same scene by construction (the checker's ground truth), so the
             # sentence-embedding meaning constraint is not needed here; real prompts keep it (threshold 0.9).

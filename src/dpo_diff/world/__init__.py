@@ -31,6 +31,7 @@ _LAZY = {
     "Checker": "dpo_diff.world.checker",
     "Faithfulness": "dpo_diff.world.checker",
     "summarize": "dpo_diff.world.checker",
+    "faithfulness_metric": "dpo_diff.world.checker",
 }
 
 

@@ -187,3 +187,20 @@ def load_checker(folder: str | Path | None = None, device: str = "cpu") -> Check
     net = CheckerNet(width=int(cfg.get("width", 32)))
     net.load_state_dict({k: v.float() for k, v in load_file(root / "model.safetensors").items()})
     return Checker(net, device)
+
+
+def faithfulness_metric(checker, prompt: str, n_search: int):
+    """Ground-truth faithfulness of the user's and the optimized images to the *user's* prompt (the first
+    ``n_search`` images of each are on search seeds, the rest on report seeds)."""
+
+    def metric(user_images, best_images, seeds) -> dict:
+        out = {}
+        for name, imgs in (("user", user_images), ("best", best_images)):
+            scores = checker.score(imgs, [prompt] * len(imgs))
+            out[name] = {"search": summarize(scores[:n_search]), "report": summarize(scores[n_search:])}
+            unknown = sorted({w for s in scores for w in s.unknown_words})
+            if unknown:
+                out["unjudgeable_words"] = unknown
+        return out
+
+    return metric
