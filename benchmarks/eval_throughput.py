@@ -6,11 +6,13 @@ and printed as a ratio; then end-to-end seconds per prompt for hybrid search at 
     python benchmarks/eval_throughput.py --arch sd15 --device cuda --dtype fp16 --batch-size 32
 
 Targets on a GPU (SD v1.x shapes, 512 px, fp16): ratio >= 3.5x; hybrid at budget 40 <= 20 s per prompt.
+``--json PATH`` also writes the numbers as JSON (``scripts/gpu_suite.sh`` reads it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--skip-hybrid", action="store_true")
+    parser.add_argument("--json", help="also write the measurements to this JSON file")
     args = parser.parse_args()
 
     from dpo_diff.judges.clip import ClipJudge
@@ -63,12 +66,23 @@ def main() -> None:
     print(f"batch {args.batch_size:3d}     : {batched:.3f} s per evaluation ({1 / batched:.2f}/s)")
     print(f"batched / one-at-a-time throughput ratio: {one / batched:.2f}x")
 
+    record = {"arch": args.arch, "device": args.device, "dtype": args.dtype, "steps": args.steps,
+              "batch_size": args.batch_size, "one_at_a_time_s": one, "batched_s": batched, "ratio": one / batched}
     if not args.skip_hybrid:
         problem.sampling = SamplingConfig(args.steps, 7.5, batch_size=args.batch_size)
+        if backend.device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         result = search(problem, method="hybrid", budget=40, seeds=(0,), seed=0)
-        print(f"hybrid, budget 40, one seed: {time.perf_counter() - t0:.1f} s per prompt "
+        if backend.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        print(f"hybrid, budget 40, one seed: {seconds:.1f} s per prompt "
               f"({len(result.evaluations)} evaluations, cost {result.cost:.1f})")
+        record.update(hybrid_s=seconds, hybrid_evaluations=len(result.evaluations), hybrid_cost=result.cost)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":

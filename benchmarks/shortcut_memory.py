@@ -7,12 +7,15 @@ peak memory; then the ratios 100-step / 25-step (target for the shortcut: <= 1.0
     python benchmarks/shortcut_memory.py                       # tiny random SD on the CPU (seconds)
     python benchmarks/shortcut_memory.py --arch sd15 --device cuda --dtype fp16   # SD v1.x shapes, 512 px
 
+``--json PATH`` also writes the rows as JSON (``scripts/gpu_suite.sh`` reads it).
+
 Random weights are fine: costs do not depend on the values.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--steps", default="25,50,100")
     parser.add_argument("--full-steps", default="25,50,100",
                         help="step counts for the full-gradient baseline ('' to skip; it needs ~1.45 GB/step at sd15)")
+    parser.add_argument("--json", help="also write the measurements to this JSON file")
     args = parser.parse_args()
 
     from dpo_diff.judges.clip import ClipJudge
@@ -110,6 +114,11 @@ def main() -> None:
             lo, hi = results[mode, steps[0]], results[mode, steps[-1]]
             print(f"{mode}: saved-bytes ratio {steps[-1]}/{steps[0]} steps = {hi[0] / lo[0]:.3f}, "
                   f"time ratio = {hi[1] / lo[1]:.2f}")
+    if args.json:
+        rows = [{"mode": m, "steps": st, "saved_bytes": r[0], "seconds": r[1], "peak_bytes": r[2] or None}
+                for (m, st), r in results.items()]
+        with open(args.json, "w") as f:
+            json.dump({"arch": args.arch, "device": args.device, "dtype": args.dtype, "rows": rows}, f, indent=1)
     if ("shortcut", 50) in results and ("full", 50) in results:
         s, f = results["shortcut", 50], results["full", 50]
         print(f"at 50 steps the shortcut saves {f[0] / s[0]:.1f}x less for backward and runs "

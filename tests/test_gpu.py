@@ -1,12 +1,54 @@
-"""GPU checks (opt-in: ``pytest -m gpu`` on a CUDA machine). Random weights: costs do not depend on values."""
+"""GPU checks (opt-in: ``pytest -m gpu`` on a CUDA machine; ``scripts/gpu_suite.sh`` runs them with the benchmarks).
+
+Random weights: costs do not depend on values. The measuring helper also runs on the CPU with the tiny model (the
+last test, not marked ``gpu``), so its logic is checked where no GPU is available. When ``DPO_DIFF_GPU_RESULTS``
+names a file, each measurement is appended to it as one JSON line (the suite's summary table reads them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
 
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+GPO_PEAK_LIMIT = 8 * 2**30  # one GPO iteration of SD v1.x at 512 px, 50 steps
 
 
+def record(**row) -> None:
+    path = os.environ.get("DPO_DIFF_GPU_RESULTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def gpo_iteration(backend, judge, preset: str) -> tuple[torch.Tensor, int | None]:
+    """One GPO iteration (``preset``'s settings, one search seed, 50 steps): the logit gradient and, on CUDA, the
+    peak memory allocated during it."""
+    from dpo_diff.problem import Problem, SamplingConfig, Task
+    from dpo_diff.search.base import Evaluator
+    from dpo_diff.search.gradient import GradientSearchConfig, train_mixture
+    from dpo_diff.space import space_from_substitutes
+
+    space = space_from_substitutes("a red car on a snowy road", antonyms={"red": ["blue"], "snowy": ["sunny"]})
+    problem = Problem(space, Task("improve"), backend, judge, SamplingConfig(steps=50))
+    config = GradientSearchConfig.preset(preset, iterations=1, min_iterations=1, budget_share=None, score_every=0)
+    grads = []
+    cuda = backend.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    state = train_mixture(problem, Evaluator(problem, (0,), 10), config, seed=0,
+                          on_iteration=lambda s: grads.append(s.mixture.logits.grad.clone()))
+    assert not state.skipped and len(grads) == 1, "the GPO iteration did not run"
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    return grads[0], peak
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_same_seed_same_image_on_cpu_and_cuda(tiny_sd):
     from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
 
@@ -16,22 +58,32 @@ def test_same_seed_same_image_on_cpu_and_cuda(tiny_sd):
     torch.testing.assert_close(gpu.cpu(), cpu, atol=2e-3, rtol=0)
 
 
+@pytest.mark.gpu
+@needs_cuda
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_sd15_shortcut_iteration_fits_8gb_with_a_nonzero_text_gradient(dtype, tmp_path):
+def test_sd15_gpo_iteration_fits_8gb_with_a_nonzero_text_gradient(dtype, tmp_path):
+    """Both presets: ``paper`` (one Gumbel sample) and the default ``robust`` (several, batched)."""
     from dpo_diff.judges.clip import ClipJudge
-    from dpo_diff.problem import Problem, SamplingConfig, Task
-    from dpo_diff.search.base import Evaluator
-    from dpo_diff.search.gradient import GradientSearchConfig, train_mixture
-    from dpo_diff.space import space_from_substitutes
     from dpo_diff.testing import random_backend, save_tiny_clip
 
     backend = random_backend("sd15", "cuda", dtype)
     judge = ClipJudge.from_pretrained(str(save_tiny_clip(tmp_path / "clip", image_size=224)), device="cuda")
-    space = space_from_substitutes("a red car on a snowy road", antonyms={"red": ["blue"], "snowy": ["sunny"]})
-    problem = Problem(space, Task("improve"), backend, judge, SamplingConfig(steps=50))
-    grads = []
-    torch.cuda.reset_peak_memory_stats()
-    train_mixture(problem, Evaluator(problem, (0,), 10), GradientSearchConfig(iterations=1), seed=0,
-                  on_iteration=lambda s: grads.append(s.mixture.logits.grad.clone()))
-    assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
-    assert torch.cuda.max_memory_allocated() < 8 * 2**30
+    peaks = {}
+    for preset in ("paper", "robust"):
+        grad, peaks[preset] = gpo_iteration(backend, judge, preset)
+        finite, nonzero = bool(torch.isfinite(grad).all()), bool(grad.abs().sum() > 0)
+        record(check="gpo_iteration", dtype=dtype, preset=preset, peak_bytes=peaks[preset], finite=finite,
+               nonzero=nonzero)
+        assert finite and nonzero, f"{preset}: text gradient finite={finite} nonzero={nonzero}"
+    for preset, peak in peaks.items():
+        assert peak < GPO_PEAK_LIMIT, f"{preset}: one GPO iteration peaked at {peak / 2**30:.2f} GiB"
+
+
+def test_gpu_measurement_runs_on_the_cpu_with_the_tiny_model(backend, judge):
+    """The helper above, on the CPU (what can be checked without a GPU: it runs, finds a finite non-zero
+    gradient, and reports no peak)."""
+    grad, peak = gpo_iteration(backend, judge, "paper")
+    assert peak is None
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    record(check="gpo_iteration", dtype=str(backend.dtype).removeprefix("torch."), preset="paper", peak_bytes=None,
+           finite=True, nonzero=True)
