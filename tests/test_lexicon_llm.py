@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import socket
 
 import pytest
 
+from dpo_diff.files import FileWarning
 from dpo_diff.lexicons import LexiconError
 from dpo_diff.lexicons.llm import LLMLexicon, parse_answer
 from dpo_diff.space_builder import BuildError, build_spaces
@@ -192,28 +192,28 @@ def test_fillers_quotes_and_markup_never_become_substitutes(server, tmp_path):
                                                "road": ["street", "highway"]}
 
 
-def test_cut_off_json_keeps_the_complete_pairs(server, tmp_path, caplog):
+def test_cut_off_json_keeps_the_complete_pairs(server, tmp_path):
     server.default = ("text", JSON_ANSWER[:JSON_ANSWER.index("vehicle") + 3])  # cut inside the "car" list
     lex, _ = lexicon(server, tmp_path)
-    with caplog.at_level(logging.WARNING, logger="dpo_diff.lexicons.llm"):
+    with pytest.warns(FileWarning) as caught:
         # the complete items before the cut, each under its own word; the words after it are named in a warning
         assert lex.substitutes(CAR, "synonym") == {"red": ["crimson", "scarlet"], "car": ["automobile"]}
-    (record,) = caplog.records
-    assert "'on', 'road'" in record.getMessage()
+    (record,) = caught
+    assert "'on', 'road'" in str(record.message)
 
 
-def test_partial_answer_is_kept_with_a_warning_naming_the_missing_words(server, tmp_path, caplog):
+def test_partial_answer_is_kept_with_a_warning_naming_the_missing_words(server, tmp_path):
     server.default = ("text", "plane -> jet\nflies -> soars")  # one substitute each, for half the words
     lex, sleeps = lexicon(server, tmp_path)
-    with caplog.at_level(logging.WARNING, logger="dpo_diff.lexicons.llm"):
+    with pytest.warns(FileWarning) as caught:
         assert lex.substitutes(PROMPT, "synonym") == {"plane": ["jet"], "flies": ["soars"]}
     assert len(server.requests) == 1 and not sleeps
-    (record,) = caplog.records
-    msg = record.getMessage()
+    (record,) = caught
+    msg = str(record.message)
     assert "'blue', 'sky'" in msg and PROMPT in msg and server.url in msg
 
 
-def test_corrupt_cache_file_is_discarded_with_a_warning_and_asked_again(server, tmp_path, caplog):
+def test_corrupt_cache_file_is_discarded_with_a_warning_and_asked_again(server, tmp_path):
     server.default = ("text", GOOD)
     lex, _ = lexicon(server, tmp_path)
     first = lex.substitutes(PROMPT, "synonym")
@@ -222,10 +222,9 @@ def test_corrupt_cache_file_is_discarded_with_a_warning_and_asked_again(server, 
         cache.write_text(corrupt)
         again, _ = lexicon(server, tmp_path)
         n = len(server.requests)
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="dpo_diff.lexicons.llm"):
+        with pytest.warns(FileWarning) as caught:
             assert again.substitutes(PROMPT, "synonym") == first
         assert len(server.requests) == n + 1  # asked again
-        (record,) = [r for r in caplog.records if "cache" in r.getMessage()]
-        assert str(cache) in record.getMessage() and "corrupt" in record.getMessage()
+        (message,) = [str(w.message) for w in caught if "cache" in str(w.message)]
+        assert str(cache) in message and "corrupt" in message
         assert json.loads(cache.read_text())["answer"] == GOOD  # the new answer replaced the corrupt file

@@ -5,10 +5,11 @@ match by lemma, phrases work or are reported, one bad key never refuses the whol
 from __future__ import annotations
 
 import json
-import logging
+import warnings
 
 import pytest
 
+from dpo_diff.files import FileWarning
 from dpo_diff.space import SearchSpace, SpaceError, load_space, load_spaces, same_lemma, save_spaces
 
 GOOD_SLOT = {"target": "positive", "word": "red", "options": ["red", "crimson"], "position": 1}
@@ -107,48 +108,48 @@ def test_keywords_never_filter_reference_slots(tmp_path):
     assert len(space.slots) == 7 and space.meta["keywords"] == ["plane", "fumes"]
 
 
-def test_inflected_key_matches_by_lemma(tmp_path, caplog):
+def test_inflected_key_matches_by_lemma(tmp_path):
     path = write(tmp_path, {"a bird flies over running dogs": {
         "synonym": {"fly": ["soars", "glides"], "run": ["sprinting"], "dog": ["hounds"]},
         "antonym": "fly -> lands, sinks\nbird -> fish"}})
-    with caplog.at_level(logging.WARNING, logger="dpo_diff.space"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every key matched: no warning at all
         space = load_space(path)
     pos = {s.word: s.options for s in space.slots if s.target == "positive"}
     neg = {s.word: s.options for s in space.slots if s.target == "negative"}
     assert pos == {"flies": ("flies", "soars", "glides"), "running": ("running", "sprinting"),
                    "dogs": ("dogs", "hounds")}
     assert neg == {"bird": ("", "fish"), "flies": ("", "lands", "sinks")}
-    assert not caplog.records
 
 
-def test_unmatched_key_skips_that_key_only_with_a_warning(tmp_path, caplog):
+def test_unmatched_key_skips_that_key_only_with_a_warning(tmp_path):
     path = write(tmp_path, {
         "two men walk": {"synonym": {"man": ["guys"], "walk": ["stroll"]}},  # irregular plural: no lemma match
         "a red car": {"antonym": {"red": ["green"]}},
         "a blue sky": {"synonym": {"ocean": ["sea"]}},  # nothing usable at all
     })
-    with caplog.at_level(logging.WARNING, logger="dpo_diff.space"):
+    with pytest.warns(FileWarning) as caught:
         spaces = load_spaces(path)
     assert [s.word for s in spaces["two men walk"].slots] == ["walk"]
     assert [s.options for s in spaces["a red car"].slots] == [("", "green")]
     assert spaces["a blue sky"].slots == () and "no usable substitutes" in spaces["a blue sky"].meta["warning"]
-    messages = [r.getMessage() for r in caplog.records]
+    messages = [str(w.message) for w in caught]
     assert len(messages) == 2
     assert "'two men walk'" in messages[0] and "'man' (not a word of the prompt" in messages[0]
     assert str(path) in messages[0] and "'ocean'" in messages[1]
 
 
-def test_multi_word_keys_work_for_antonyms_and_are_reported_for_synonyms(tmp_path, caplog):
+def test_multi_word_keys_work_for_antonyms_and_are_reported_for_synonyms(tmp_path):
     path = write(tmp_path, {PROMPT: {"synonym": {**SYNONYMS_7, "coming out": ["emanating"]},
                                      "antonym": {"coming out": ["going in"], "air": ["water"]}}})
-    with caplog.at_level(logging.WARNING, logger="dpo_diff.space"):
+    with pytest.warns(FileWarning) as caught:
         space = load_space(path)
     assert len(space.select("positive").slots) == 7
     neg = [(s.word, s.options, s.position) for s in space.select("negative").slots]
     assert neg == [("air", ("", "water"), 5), ("coming out", ("", "going in"), 8)]
     assert space.render([0] * 7 + [1, 1]).negative_prompt == "water, going in"
-    (record,) = caplog.records
-    assert "'coming out' (several words" in record.getMessage()
+    (record,) = caught
+    assert "'coming out' (several words" in str(record.message)
 
 
 def test_same_lemma():

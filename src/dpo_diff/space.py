@@ -19,10 +19,10 @@ pre-generated for the reference code keep working.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +37,6 @@ Candidate = tuple[int, ...]
 # spacing between words are kept verbatim when a candidate is rendered.
 _WORD_RE = re.compile(r"[^\W_]+(?:['\u2019-][^\W_]+)*")
 SPACE_FORMAT = "dpo-diff/space-v1"
-_log = logging.getLogger(__name__)
 
 
 class SpaceError(ValueError):
@@ -477,7 +476,7 @@ def load_spaces(path: str | os.PathLike[str]) -> dict[str, SearchSpace]:
     them) and the reference layout (``{prompt: {"synonym": ..., "antonym": ...}}``). The file is validated against
     a schema: a malformed file raises :class:`SpaceError` naming the place (``spaces[0].slots[2].options[1]: expected
     a string, got 5``). In the reference layout, keys that match no word of their prompt are skipped with a
-    warning (logger ``dpo_diff.space``) naming the prompt; the rest of the file is used.
+    warning (:class:`~dpo_diff.files.FileWarning`) naming the prompt; the rest of the file is used.
     """
     from dpo_diff.schemas import SpaceFileSchema, SpaceSchema, validate
 
@@ -505,7 +504,10 @@ def load_spaces(path: str | os.PathLike[str]) -> dict[str, SearchSpace]:
         for prompt, entry in data.items():
             space, problems = parse_reference_entry(prompt, entry, where=where)
             if problems:
-                _log.warning("warning: %s, entry for %r: skipped %s", where, prompt, ", ".join(problems))
+                from dpo_diff.files import FileWarning
+
+                warnings.warn(f"{where}, entry for {prompt!r}: skipped {', '.join(problems)}", FileWarning,
+                              stacklevel=2)
             spaces.append(space)
     else:
         from dpo_diff.schemas import show_value

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dpo_diff.files import FileWarning
 from dpo_diff.lexicons.base import _OPTION_OK, STOP_WORDS, Lexicon, LexiconError, Relation, normalize_option
 from dpo_diff.space import WordSpan, prompt_words
-
-_log = logging.getLogger(__name__)
 
 _INSTRUCTIONS = {
     "synonym": (
@@ -316,9 +315,9 @@ class LLMLexicon(Lexicon):
 
     def _warn_missing(self, prompt: str, relation: Relation, missing: list[str], origin: str) -> None:
         if missing:
-            _log.warning("warning: the LLM %s gave no usable %s for %s in %r; kept the substitutes of the other "
-                         "words", origin, "opposites" if relation == "antonym" else "substitutes",
-                         ", ".join(repr(w) for w in missing), prompt)
+            warnings.warn(f"the LLM {origin} gave no usable {'opposites' if relation == 'antonym' else 'substitutes'}"
+                          f" for {', '.join(repr(w) for w in missing)} in {prompt!r}; kept the substitutes of the "
+                          "other words", FileWarning, stacklevel=2)
 
     def _read_cache(self, cache: Path, prompt: str, words: list[WordSpan]
                     ) -> tuple[dict[str, list[str]] | None, list[str]]:
@@ -333,8 +332,8 @@ class LLMLexicon(Lexicon):
                 return parsed, missing
             raise ValueError(f"its answer is unusable: {why}")
         except (OSError, ValueError, AttributeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            _log.warning("warning: discarded the corrupt LLM cache file %s (%s); asking the endpoint again",
-                         cache, str(e)[:160])
+            warnings.warn(f"discarded the corrupt LLM cache file {cache} ({str(e)[:160]}); asking the endpoint "
+                          "again", FileWarning, stacklevel=2)
             try:
                 cache.unlink()
             except OSError:
@@ -346,7 +345,7 @@ class LLMLexicon(Lexicon):
 
         ``words`` are the words substitutes are wanted for (default: the prompt's words other than stop words). An
         answer is usable when it gives a usable substitute for at least one of them; the words it leaves out are
-        named in a warning (logger ``dpo_diff.lexicons.llm``). Unusable answers are retried; a corrupt cache file
+        named in a warning (:class:`~dpo_diff.files.FileWarning`). Unusable answers are retried; a corrupt cache file
         is discarded with a warning naming it, and the endpoint is asked again.
         """
         import openai
