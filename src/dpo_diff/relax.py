@@ -273,14 +273,29 @@ def mixture_hook(template: PromptTemplate, weights: Tensor):
 
     Args:
         template: positions and option ids of the slots on this side.
-        weights: ``Tensor[S, O_max]`` mixture weights for *all* slots of the space (rows of other sides unused).
+        weights: mixture weights for *all* slots of the space (rows of other sides unused): ``Tensor[S, O_max]``
+            (one mixture, broadcast to every row of the batch) or ``Tensor[B, S, O_max]`` (one mixture per row; the
+            embedding output must have batch 1 or B). They may live on any device and dtype (e.g. Gumbel samples
+            drawn on the CPU): they are moved to the embedding table's device here, differentiably. The mixture is
+            computed in at least fp32 (fp16/bf16 probabilities would round the expected embeddings) and written
+            into the sequence in the table's dtype.
     """
+    if weights.ndim not in (2, 3):
+        raise ValueError(f"weights must be [S, O] or [B, S, O], got shape {tuple(weights.shape)}")
 
     def hook(module: nn.Embedding, inputs, output: Tensor) -> Tensor:
-        out = output.clone()
         table = module.weight
+        mix_dtype = torch.promote_types(torch.promote_types(weights.dtype, table.dtype), torch.float32)
+        w_all = weights.to(table.device, mix_dtype)
+        if w_all.ndim == 3:
+            rows = w_all.shape[0]
+            if output.shape[0] not in (1, rows):
+                raise ValueError(f"{rows} rows of mixture weights for a batch of {output.shape[0]} prompts")
+            out = output.expand(rows, -1, -1).clone()
+        else:
+            out = output.clone()
         # Expected token embeddings of every position from the first slot on (EOS and padding included).
-        out[:, template.mix_start :] = template.mix(weights.to(table.device, table.dtype), table)
+        out[:, template.mix_start :] = template.mix(w_all, table).to(out.dtype)  # [N, D] or [B, N, D]
         return out
 
     return hook
@@ -311,22 +326,26 @@ class WordMixture(nn.Module):
     def probs(self) -> Tensor:
         return torch.softmax(self.masked_logits(), dim=-1)
 
-    def sample_weights(self, tau: float, generator: torch.Generator, hard: bool = False) -> Tensor:
-        """Gumbel-softmax weights ``Tensor[S, O_max]`` (soft by default, as in the paper; tau = 1)."""
-        u = torch.rand(self.logits.shape, generator=generator).clamp(1e-10, 1 - 1e-10)
-        gumbel = -torch.log(-torch.log(u)).to(self.logits.device)
-        y = torch.softmax((self.masked_logits() + gumbel) / tau, dim=-1)
-        if hard:  # straight-through: one-hot forward, soft gradient
-            one_hot = torch.zeros_like(y).scatter_(-1, y.argmax(-1, keepdim=True), 1.0)
-            y = one_hot - y.detach() + y
-        return y
+    def sample_weights(self, tau: float, generator: torch.Generator, num: int | None = None) -> Tensor:
+        """Soft Gumbel-softmax weights (as in the paper; tau = 1): ``Tensor[S, O_max]``, or ``Tensor[num, S, O_max]``
+        (``num`` independent samples) when ``num`` is given.
+
+        The Gumbel noise is drawn on ``generator``'s device (the CPU generators of :mod:`dpo_diff.seeding`: the same
+        noise on any machine) and moved to the logits' device; the result lives there, in the logits' dtype.
+        """
+        shape = self.logits.shape if num is None else (int(num), *self.logits.shape)
+        u = torch.rand(shape, generator=generator, dtype=torch.float32, device=generator.device)
+        gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))  # in fp32: the clamp bounds underflow in fp16
+        gumbel = gumbel.to(self.logits.device, self.logits.dtype)
+        return torch.softmax((self.masked_logits() + gumbel) / tau, dim=-1)
 
     def argmax(self) -> Candidate:
         return tuple(int(i) for i in self.masked_logits().argmax(-1))
 
     def one_hot(self, candidate: Candidate) -> Tensor:
         w = torch.zeros_like(self.logits)
-        w[torch.arange(len(candidate)), torch.tensor(candidate)] = 1.0
+        dev = w.device
+        w[torch.arange(len(candidate), device=dev), torch.tensor(candidate, device=dev)] = 1.0
         return w
 
     @torch.no_grad()
@@ -355,10 +374,18 @@ class WordMixture(nn.Module):
 
 
 def encode_mixed(backend, template: PromptTemplate, weights: Tensor) -> Tensor:
-    """Text-encoder output ``Tensor[1, 77, D]`` for the template with slot mixtures (differentiable in weights)."""
+    """Text-encoder output for the template with slot mixtures (differentiable in ``weights``).
+
+    ``weights[S, O]`` gives ``Tensor[1, 77, D]``; ``weights[B, S, O]`` gives ``Tensor[B, 77, D]``, row b equal to
+    ``encode_mixed(backend, template, weights[b])``. Weights may be on any device (see :func:`mixture_hook`).
+    """
+    if weights.ndim not in (2, 3):
+        raise ValueError(f"weights must be [S, O] or [B, S, O], got shape {tuple(weights.shape)}")
+    rows = 1 if weights.ndim == 2 else weights.shape[0]
+    ids = template.input_ids[None].expand(rows, -1)
     if not template.slots:
-        return backend.encode_ids(template.input_ids[None])
-    return backend.encode_ids(template.input_ids[None], embedding_hook=mixture_hook(template, weights))
+        return backend.encode_ids(ids)
+    return backend.encode_ids(ids, embedding_hook=mixture_hook(template, weights))
 
 
 @dataclass(frozen=True)
