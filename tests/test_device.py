@@ -127,6 +127,9 @@ def test_relaxed_loss_and_exact_generation_run_on_the_backends_device(tiny_sd, t
         relaxed = problem.relaxation()
         losses = relaxed(weights, (0, 1), start_step=1, grad_steps=2)
         assert losses.shape == (2,) and losses.device == META
+        batch = WordMixture(space.sizes).sample_weights(1.0, torch.Generator().manual_seed(2), num=3)
+        losses = relaxed(batch, (0, 0, 0), start_step=1, grad_steps=1)  # GPO's batched Gumbel samples
+        assert losses.shape == (3,) and losses.device == META
         images = backend.generate([space.prompt] * 2, ["blue", ""], [0, 1], steps=3)
         assert images.device == META and images.dtype == torch.float32
         assert judge.loss(images, space.prompt).device == META
