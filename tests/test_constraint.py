@@ -77,3 +77,14 @@ def test_everything_rejected_gives_an_empty_space_with_a_reason(constraint):
 def test_threshold_outside_unit_interval(bad):
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\], got"):
         MeaningConstraint(threshold=bad)
+
+
+def test_one_rule_for_when_the_meaning_constraint_applies():
+    from dpo_diff.constraint import meaning_constraint_applies
+    from dpo_diff.space import space_from_substitutes
+
+    both = space_from_substitutes("a red dog", {"dog": ["hound"]}, {"red": ["blue"]})
+    assert meaning_constraint_applies(both.select("positive"), 0.9)
+    assert not meaning_constraint_applies(both.select("negative"), 0.9)  # negative terms keep the prompt's text
+    assert not meaning_constraint_applies(both, None) and not meaning_constraint_applies(both, 0.0)
+    assert not meaning_constraint_applies(both, 0.9, world=True)

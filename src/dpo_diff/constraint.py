@@ -29,6 +29,14 @@ import numpy as np
 
 from dpo_diff.space import SearchSpace, Slot
 
+
+def meaning_constraint_applies(space: SearchSpace, threshold: float | None, *, world: bool = False) -> bool:
+    """The one rule for when candidates are filtered by meaning: only rewrites of the user's words (positive slots)
+    can change what the prompt means; negative-prompt terms leave the prompt's text alone; a threshold of None or 0
+    turns the constraint off; the shapes world's synonyms denote the same scene by construction (its checker is the
+    ground truth), so world runs need none."""
+    return bool(threshold) and not world and bool(space.slots_of("positive"))
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PAPER_MODEL = "sentence-transformers/sentence-t5-base"
 _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower(), "minilm", "default"}

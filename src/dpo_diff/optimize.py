@@ -254,11 +254,9 @@ def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=No
         from dpo_diff.judges.clip import ClipJudge
 
         judge = ClipJudge.from_pretrained(cfg.judge, device=cfg.judge_device or cfg.device)
-    if constraint is None and cfg.similarity_threshold and space.slots_of("positive"):
-        # Rewrites of the user's words must keep their meaning (paper: sentence similarity >= 0.9); negative-prompt
-        # terms do not change the prompt text, so improve runs over antonym spaces need no constraint.
-        from dpo_diff.constraint import MeaningConstraint
+    from dpo_diff.constraint import MeaningConstraint, meaning_constraint_applies
 
+    if constraint is None and meaning_constraint_applies(space, cfg.similarity_threshold):
         constraint = MeaningConstraint(cfg.similarity_model, cfg.similarity_threshold).accepts
     sampling = SamplingConfig(cfg.steps, cfg.guidance, cfg.height, cfg.width, cfg.batch_size)
     return Problem(space, Task(cfg.task), backend, judge, sampling, constraint)

@@ -58,11 +58,11 @@ class Models:
 
     def constraint(self, cfg: BenchConfig, space: SearchSpace):
         """The meaning constraint for spaces that rewrite the prompt (``None`` when off or not needed)."""
-        if cfg.world or cfg.similarity_threshold is None or not space.slots_of("positive"):
-            # The world's synonyms denote the same scene by construction (the checker's ground truth): no constraint.
+        from dpo_diff.constraint import MeaningConstraint, meaning_constraint_applies
+
+        if not meaning_constraint_applies(space, cfg.similarity_threshold, world=cfg.world):
             return None
         if self._constraint is None:
-            from dpo_diff.constraint import MeaningConstraint
 
             self._constraint = MeaningConstraint(cfg.similarity_model, cfg.similarity_threshold).accepts
         return self._constraint
