@@ -17,9 +17,11 @@ from typing import Any
 from dpo_diff.bench.config import BenchConfig, BenchError
 from dpo_diff.bench.jobs import Job
 from dpo_diff.bench.results import collect_files, write_files
+from dpo_diff.files import LOCK_NAME
 
 _PROBE_TIMEOUT_S = 5.0
-_SKIP_FILES = ("gpo_state.pt", "progress.jsonl")  # resume state of a run folder: useless once the job is done
+# Resume state and the one-writer lock of a run folder: useless once the job is done.
+_SKIP_FILES = ("gpo_state.pt", "progress.jsonl", LOCK_NAME)
 
 
 def _remote_job(cfg_dict: dict[str, Any], job_dict: dict[str, Any], job_fn: Callable) -> tuple[dict, dict]:
