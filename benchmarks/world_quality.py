@@ -212,6 +212,8 @@ def auc_interval(pairs: list[list[float]], seed: int = 0, level: float = 0.95) -
 
 def summarize_seeds(per_seed: dict[str, dict], guidance: list[float]) -> dict:
     """Across prompt seeds: t intervals over the seeds' values, and pooled-over-prompts intervals."""
+    from dpo_diff.world import heldout_prompts
+
     reps = list(per_seed.values())
     out: dict = {"prompt_seeds": [r["seed"] for r in reps], "image_seeds": [r["image_seed"] for r in reps],
                  "judge": {}, "generator": {}}
@@ -237,6 +239,14 @@ def summarize_seeds(per_seed: dict[str, dict], guidance: list[float]) -> dict:
                 "across_seeds": t_interval([r["generator"][key]["hard"][f"all_correct_{kind}"] for r in reps]),
                 "pooled": rate_interval([f for r in reps for f in r["per_prompt"][f"all_correct_hard_g{g:g}"][k::3]]),
             }
+        # Easy prompts by the background they name ("none": no background phrase, i.e. black).
+        by_bg: dict[str, list[bool]] = {}
+        for r in reps:
+            for q, f in zip(heldout_prompts("easy", r["n_easy"], seed=r["seed"], pool=r["pool"]),
+                            r["per_prompt"][f"all_correct_easy_g{g:g}"]):
+                bg = q.split()[-2] if q.endswith(" background") else "none"
+                by_bg.setdefault(bg, []).append(f)
+        gs["all_correct_easy_by_background"] = {bg: rate_interval(v) for bg, v in sorted(by_bg.items())}
         gen_auc = [r["generator"][key]["judge_auc_generated_easy"] for r in reps
                    if "judge_auc_generated_easy" in r["generator"][key]]
         if gen_auc:
