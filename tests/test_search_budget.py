@@ -91,7 +91,7 @@ def test_a_resumed_gpo_continues_from_its_checkpoint_exactly():
     assert resumed.extra["gpo_log"] == full.extra["gpo_log"]
     assert [e.candidate for e in resumed.evaluations] == [e.candidate for e in full.evaluations]
     assert resumed.cost == pytest.approx(full.cost)
-    assert len(gradient_calls) == (len(full.extra["gpo_log"]) - 4) * GradientSearchConfig().samples // 4
+    assert len(gradient_calls) == (len(full.extra["gpo_log"]) - 4) * GradientSearchConfig().samples  # chunks of 1
 
 
 class OOMAboveOneRow(SyntheticProblem):
@@ -112,7 +112,7 @@ class OOMAboveOneRow(SyntheticProblem):
 
 def test_gradient_out_of_memory_backs_off_to_smaller_chunks_with_the_same_result():
     space = synthetic_space(6, 4)
-    gpo = GradientSearchConfig(samples=4, score_every=0)
+    gpo = GradientSearchConfig(samples=4, sample_chunk=None, score_every=0)
     want = search(SyntheticProblem(space, seed=3), method="gpo", budget=30, seed=1, gpo=gpo)
     problem = OOMAboveOneRow(space, seed=3)
     got = search(problem, method="gpo", budget=30, seed=1, gpo=gpo)
@@ -188,3 +188,13 @@ def test_hybrid_follows_the_gradient_and_survives_a_misleading_one():
         default = float(wrong.candidate_losses([wrong.space.default], [0])[0, 0])
         assert h_wrong.best.objective < default
     assert worse >= 5
+
+
+@pytest.mark.parametrize("method", ["hybrid", "random"])
+def test_a_wall_clock_budget_stops_the_search_after_its_first_answer(method):
+    problem = SyntheticProblem(synthetic_space(10, 6), seed=11)
+    result = search(problem, method=method, budget=40, seed=0, time_budget=1e-9)
+    assert 1 <= len(result.evaluations) <= 20 and result.cost < 40
+    assert "evaluation" in result.timings
+    unlimited = search(SyntheticProblem(synthetic_space(10, 6), seed=11), method=method, budget=40, seed=0)
+    assert len(unlimited.evaluations) > len(result.evaluations)

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from dpo_diff.config_dict import from_known_keys
+from dpo_diff.search import METHODS as SEARCH_METHOD_NAMES
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
+from dpo_diff.search.selection import SelectionConfig
 
-SEARCH_METHODS = ("random", "epo", "gpo", "hybrid")
+SEARCH_METHODS = tuple(reversed(SEARCH_METHOD_NAMES))  # baseline first in tables: random, epo, gpo, hybrid
 BASELINES = ("user", "promptist")
 METHODS = ("user", "promptist", *SEARCH_METHODS)
 SPACE_KINDS = ("antonym", "synonym", "nplib", "hybrid")
@@ -62,6 +64,8 @@ class BenchConfig:
     promptist_tokenizer: str | None = None  # None: the model folder's own, else GPT-2's ("gpt2")
     gpo: GradientSearchConfig = field(default_factory=GradientSearchConfig)
     epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)  # re-ranking on validation seeds
+    time_budget: float | None = None  # wall-clock seconds per search job (equal-time comparisons on one machine)
     device: str = "auto"  # auto: cuda when available (decided where each job runs)
     batch_size: int = 8
 
@@ -72,6 +76,10 @@ class BenchConfig:
             self.gpo = GradientSearchConfig(**self.gpo)
         if isinstance(self.epo, dict):
             self.epo = EvolutionSearchConfig(**self.epo)
+        if isinstance(self.selection, dict):
+            self.selection = SelectionConfig(**self.selection)
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise BenchError(f"time budget must be a positive number of seconds, got {self.time_budget}")
         self.methods, self.seeds, self.report_seeds = tuple(self.methods), tuple(self.seeds), tuple(self.report_seeds)
         if self.task not in TASKS:
             raise BenchError(f"unknown task {self.task!r}; choose one of {TASKS}")
@@ -91,6 +99,10 @@ class BenchConfig:
         overlap = sorted(set(self.seeds) & set(self.report_seeds))
         if overlap:
             raise BenchError(f"report seeds must be held out from the search seeds; both contain {overlap}")
+        try:
+            self.selection.check_seeds(self.seeds, self.report_seeds)
+        except ValueError as e:
+            raise BenchError(str(e)) from None
         if set(self.methods) & set(SEARCH_METHODS) and self.budget < len(self.seeds):
             raise BenchError(f"budget {self.budget} is smaller than one evaluation on {len(self.seeds)} seeds")
         if self.space_kind is not None and self.space_kind not in SPACE_KINDS:
@@ -120,6 +132,7 @@ class BenchConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["methods"], d["seeds"], d["report_seeds"] = list(self.methods), list(self.seeds), list(self.report_seeds)
+        d["selection"] = self.selection.to_dict()
         return d
 
     @classmethod

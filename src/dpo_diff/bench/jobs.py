@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpo_diff.bench.config import BenchConfig
+from dpo_diff.bench.config import SEARCH_METHODS, BenchConfig
 from dpo_diff.bench.results import job_dir, prompt_id
 from dpo_diff.space import PromptPair, SearchSpace, atomic_write_text
 
@@ -124,12 +124,12 @@ def run_job(cfg: BenchConfig, job: Job, workdir: str | os.PathLike[str]) -> dict
     ocfg = OptimizeConfig(
         prompt=space.prompt, task=cfg.task, model=model, judge=judge,
         # Baselines are not searches; "random" only stands in for OptimizeConfig's validation (no GPO settings).
-        method=job.method if job.method in ("random", "epo", "gpo", "hybrid") else "random",
+        method=job.method if job.method in SEARCH_METHODS else "random",
         budget=cfg.budget, seeds=cfg.seeds, report_seeds=cfg.report_seeds, seed=cfg.seed, steps=cfg.steps,
         guidance=cfg.guidance, scheduler=cfg.scheduler, dtype=cfg.dtype, device=models.device,
         batch_size=cfg.batch_size, height=cfg.height, width=cfg.width, out=str(workdir),
         similarity_threshold=None if cfg.world else cfg.similarity_threshold, similarity_model=cfg.similarity_model,
-        gpo=cfg.gpo, epo=cfg.epo,
+        gpo=cfg.gpo, epo=cfg.epo, selection=cfg.selection, time_budget=cfg.time_budget,
     )
     extra: dict[str, Any] = {}
     if job.method in ("user", "promptist"):

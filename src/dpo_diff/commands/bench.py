@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_METHODS = "user,random,epo,gpo,hybrid"
+from dpo_diff.search import METHODS
+
+DEFAULT_METHODS = ",".join(("user", *reversed(METHODS)))  # user, random, epo, gpo, hybrid
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from dpo_diff.commands.search_args import add_search_arguments
+
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--prompts", required=True,
                    help="prompt file (.txt, .json, .jsonl, .csv, .tsv, .parquet, COCO captions, DiffusionDB "
@@ -52,9 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     s.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda where available)")
     s.add_argument("--batch-size", type=int, default=8, help="candidate x seed rows per UNet batch")
-    s.add_argument("--gpo-iterations", type=int, default=20)
-    s.add_argument("--k-schedule", default="step-15-2")
-    s.add_argument("--grad-steps", type=int, default=1)
+    add_search_arguments(s)
     s.add_argument("--similarity-threshold", type=float, default=0.9,
                    help="attack meaning constraint (sentence similarity); 0 disables (default 0.9)")
     s.add_argument("--similarity-model", default=None)
@@ -71,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     from dpo_diff.bench.config import BenchConfig
-    from dpo_diff.search.gradient import GradientSearchConfig
+    from dpo_diff.commands.search_args import search_settings
     from dpo_diff.seeding import parse_seeds
 
     steps, guidance = args.steps, args.guidance
@@ -88,9 +90,7 @@ def config_from_args(args: argparse.Namespace):
         guidance=7.5 if guidance is None else guidance, scheduler=args.scheduler, dtype=args.dtype,
         similarity_threshold=args.similarity_threshold or None, similarity_model=args.similarity_model,
         promptist_model=args.promptist_model, promptist_tokenizer=args.promptist_tokenizer,
-        gpo=GradientSearchConfig(iterations=args.gpo_iterations, k_schedule=args.k_schedule,
-                                 grad_steps=args.grad_steps),
-        device=args.device, batch_size=args.batch_size,
+        **search_settings(args), device=args.device, batch_size=args.batch_size,
     )
 
 

@@ -11,9 +11,9 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from dpo_diff.commands.search_args import add_search_arguments
     from dpo_diff.optimize import TARGETS
     from dpo_diff.search import METHODS
-    from dpo_diff.search.gradient import GPO_PRESETS
 
     p.add_argument("--prompt", required=True, help="the user prompt")
     p.add_argument("--task", default="improve", choices=("improve", "attack"))
@@ -34,17 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=8, help="candidate x seed rows per UNet batch")
-    p.add_argument("--gpo-preset", default="robust", choices=sorted(GPO_PRESETS),
-                   help="GPO settings: robust (default: averaged Gumbel samples and seeds, normalized steps, a budget "
-                        "share) or paper (the paper's single-sample RMSprop, 20 iterations whatever the budget)")
-    p.add_argument("--gpo-iterations", type=int, default=20, help="most GPO iterations (default 20)")
-    p.add_argument("--rerank-top", type=int, default=0,
-                   help="re-score the best N candidates on --validation-seeds and choose by the mean over search and "
-                        "validation seeds (charged to the budget; default 0: off)")
-    p.add_argument("--validation-seeds", default="", help="seeds for --rerank-top, e.g. 1,2 (not search/report seeds)")
-    p.add_argument("--time-budget", type=float, default=None, help="optional wall-clock limit of the search, seconds")
-    p.add_argument("--k-schedule", default="step-15-2", help="step-A-B | fixed-A | random-A-B")
-    p.add_argument("--grad-steps", type=int, default=1, help="K grad-enabled steps of the shortcut gradient")
+    add_search_arguments(p)
     p.add_argument("--similarity-threshold", type=float, default=0.9,
                    help="meaning constraint for rewritten prompts (positive slots): minimum sentence-embedding "
                         "similarity to the user prompt; 0 disables (default 0.9, as the paper)")
@@ -58,10 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpo_diff.commands.search_args import search_settings
     from dpo_diff.loading import resolve_device
     from dpo_diff.optimize import OptimizeConfig, optimize
-    from dpo_diff.search.gradient import GradientSearchConfig
-    from dpo_diff.search.selection import SelectionConfig
     from dpo_diff.seeding import parse_seeds
 
     device = resolve_device(args.device)
@@ -72,11 +61,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, dtype=args.dtype, device=device,
         batch_size=args.batch_size, out=args.out, similarity_threshold=args.similarity_threshold or None,
         similarity_model=args.similarity_model,
-        gpo=GradientSearchConfig.preset(args.gpo_preset, iterations=args.gpo_iterations,
-                                        k_schedule=args.k_schedule, grad_steps=args.grad_steps),
-        selection=SelectionConfig(args.rerank_top, parse_seeds(args.validation_seeds) if args.validation_seeds
-                                  else ()),
-        time_budget=args.time_budget,
+        **search_settings(args),
     )
     result = optimize(cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({k: result[k] for k in ("user_prompt", "best", "before", "after", "cost")}, indent=2))

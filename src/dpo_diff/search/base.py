@@ -98,7 +98,9 @@ class Evaluator:
 
     @property
     def out_of_time(self) -> bool:
-        return self.time_budget is not None and time.perf_counter() - self.started >= self.time_budget
+        """The wall-clock budget is spent (never before a first evaluation: a search always returns an answer)."""
+        return (self.time_budget is not None and bool(self.evaluations)
+                and time.perf_counter() - self.started >= self.time_budget)
 
     def can_afford(self, cost: float) -> bool:
         return cost <= self.remaining + 1e-9 and not self.out_of_time

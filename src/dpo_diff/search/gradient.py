@@ -73,7 +73,10 @@ class GradientSearchConfig:
 
     iterations: int = 20  # at most this many iterations (fewer when the budget share runs out)
     tau: float = 1.0  # Gumbel-softmax temperature; soft samples, as in the paper
-    samples: int = 4  # Gumbel samples per iteration, averaged (batched through the model); paper: 1
+    samples: int = 4  # Gumbel samples per iteration, averaged; paper: 1
+    # samples per forward/backward pass: 1 keeps one iteration's memory at the paper's (SD v1.x 512 px: ~7 GB);
+    # None sends all samples at once (faster on a large GPU); out-of-memory halves it either way
+    sample_chunk: int | None = 1
     # normalized: SGD with momentum on the gradient divided by each slot's largest entry (every slot learns at the
     # same speed, options keep their relative gradients, tiny noisy entries stay tiny); adam: bias-corrected
     # element-wise steps; rmsprop: the paper's (no bias correction: the first step moves every logit by ~1)
@@ -98,6 +101,8 @@ class GradientSearchConfig:
 
     def __post_init__(self) -> None:
         parse_k_schedule(self.k_schedule)
+        if self.sample_chunk is not None and self.sample_chunk < 1:
+            raise ValueError(f"sample_chunk must be >= 1 or None, got {self.sample_chunk}")
         for name in ("iterations", "grad_steps", "samples", "min_iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -349,7 +354,7 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
         return state
     relaxed = problem.relaxation()  # templates and constant sides, built once
     scale = config.loss_scale or (1024.0 if problem.compute_dtype == torch.float16 else 1.0)
-    chunk = [config.samples]
+    chunk = [min(config.sample_chunk or config.samples, config.samples)]
     for it in range(len(state.log), config.iterations):
         k = config.k_at(it, sc.steps, state.streams["k"])
         cost = _iteration_cost(config, k, len(evaluator.seeds), sc.steps)

@@ -1,0 +1,37 @@
+"""Command-line options of the search shared by ``optimize`` and ``bench`` (one definition of each flag)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_search_arguments(g) -> None:
+    """GPO settings, seed-robust selection and the wall-clock budget."""
+    from dpo_diff.search.gradient import GPO_PRESETS
+
+    g.add_argument("--gpo-preset", default="robust", choices=sorted(GPO_PRESETS),
+                   help="GPO settings: robust (default: averaged Gumbel samples and seeds, normalized steps, at most "
+                        "a share of the budget) or paper (single-sample RMSprop, 20 iterations whatever the budget)")
+    g.add_argument("--gpo-iterations", type=int, default=20, help="most GPO iterations (default 20)")
+    g.add_argument("--k-schedule", default="step-15-2", help="step-A-B | fixed-A | random-A-B")
+    g.add_argument("--grad-steps", type=int, default=1, help="K grad-enabled steps of the shortcut gradient")
+    g.add_argument("--rerank-top", type=int, default=0,
+                   help="re-score the best N candidates on --validation-seeds and choose by the mean over search and "
+                        "validation seeds (charged to the budget; default 0: off)")
+    g.add_argument("--validation-seeds", default="",
+                   help="seeds for --rerank-top, e.g. 1,2 (neither search nor report seeds)")
+    g.add_argument("--time-budget", type=float, default=None,
+                   help="optional wall-clock limit of each search in seconds (compare methods at equal time)")
+
+
+def search_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``gpo``, ``selection`` and ``time_budget`` keyword arguments of OptimizeConfig / BenchConfig."""
+    from dpo_diff.search.gradient import GradientSearchConfig
+    from dpo_diff.search.selection import SelectionConfig
+    from dpo_diff.seeding import parse_seeds
+
+    validation = parse_seeds(args.validation_seeds) if args.validation_seeds else ()
+    return {"gpo": GradientSearchConfig.preset(args.gpo_preset, iterations=args.gpo_iterations,
+                                               k_schedule=args.k_schedule, grad_steps=args.grad_steps),
+            "selection": SelectionConfig(args.rerank_top, validation), "time_budget": args.time_budget}
