@@ -91,7 +91,7 @@ def test_a_resumed_gpo_continues_from_its_checkpoint_exactly():
     assert resumed.extra["gpo_log"] == full.extra["gpo_log"]
     assert [e.candidate for e in resumed.evaluations] == [e.candidate for e in full.evaluations]
     assert resumed.cost == pytest.approx(full.cost)
-    assert len(gradient_calls) == (len(full.extra["gpo_log"]) - 4) * GradientSearchConfig().samples  # chunks of 1
+    assert len(gradient_calls) == len(full.extra["gpo_log"]) - 4  # one batched pass of every sample per iteration
 
 
 class OOMAboveOneRow(SyntheticProblem):
@@ -198,3 +198,15 @@ def test_a_wall_clock_budget_stops_the_search_after_its_first_answer(method):
     assert "evaluation" in result.timings
     unlimited = search(SyntheticProblem(synthetic_space(10, 6), seed=11), method=method, budget=40, seed=0)
     assert len(unlimited.evaluations) > len(result.evaluations)
+
+
+def test_samples_go_in_one_pass_on_the_cpu_and_one_by_one_on_a_gpu():
+    from dpo_diff.search.gradient import _first_chunk
+
+    class OnDevice:
+        def __init__(self, device):
+            self.backend = type("B", (), {"device": device})()
+
+    cfg = GradientSearchConfig(samples=4)
+    assert _first_chunk(OnDevice("cpu"), cfg) == 4 and _first_chunk(OnDevice("cuda:0"), cfg) == 1
+    assert _first_chunk(OnDevice("cuda"), GradientSearchConfig(samples=4, sample_chunk=2)) == 2

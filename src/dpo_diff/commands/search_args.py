@@ -16,6 +16,9 @@ def add_search_arguments(g) -> None:
     g.add_argument("--gpo-iterations", type=int, default=20, help="most GPO iterations (default 20)")
     g.add_argument("--k-schedule", default="step-15-2", help="step-A-B | fixed-A | random-A-B")
     g.add_argument("--grad-steps", type=int, default=1, help="K grad-enabled steps of the shortcut gradient")
+    g.add_argument("--gpo-sample-chunk", type=int, default=None,
+                   help="Gumbel samples per GPO forward/backward pass (default: all on a CPU, 1 on a GPU; higher is "
+                        "faster on a large GPU, out-of-memory halves it)")
     g.add_argument("--rerank-top", type=int, default=0,
                    help="re-score the best N candidates on --validation-seeds and choose by the mean over search and "
                         "validation seeds (charged to the budget; default 0: off)")
@@ -33,5 +36,6 @@ def search_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     validation = parse_seeds(args.validation_seeds) if args.validation_seeds else ()
     return {"gpo": GradientSearchConfig.preset(args.gpo_preset, iterations=args.gpo_iterations,
-                                               k_schedule=args.k_schedule, grad_steps=args.grad_steps),
+                                               k_schedule=args.k_schedule, grad_steps=args.grad_steps,
+                                               sample_chunk=args.gpo_sample_chunk),
             "selection": SelectionConfig(args.rerank_top, validation), "time_budget": args.time_budget}
