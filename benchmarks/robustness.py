@@ -57,6 +57,19 @@ def user_baseline(problem, checker, prompt: str, seeds: list[int], report: list[
     return {"losses": dict(zip(seeds + report, losses[0].tolist())), "faithful": faith}
 
 
+SCREEN_SEEDS = [50, 51, 52, 53]  # prompt screening only: disjoint from search, validation and report seeds
+
+
+def worth_searching(problem, checker, prompt: str, task: str) -> bool:
+    """The paper's protocol, with ground truth: improve prompts the generator gets wrong (at most half right on the
+    screening seeds), attack prompts it gets right (at least 3 of 4); screened on seeds no result uses."""
+    from dpo_diff.world import summarize
+
+    _, imgs = problem.losses([problem.space.render(problem.space.default)], SCREEN_SEEDS, keep_images=True)
+    rate = summarize(checker.score(imgs, [prompt] * len(SCREEN_SEEDS)))["all_correct"]
+    return rate <= 0.5 if task == "improve" else rate >= 0.75
+
+
 def run_job(problem, checker, prompt: str, method: str, variant: str, root: int, report: list[int], base: dict,
             args) -> dict:
     from dpo_diff.search.api import search
@@ -106,13 +119,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     sampling = SamplingConfig(args.steps, RECOMMENDED_GUIDANCE, batch_size=args.batch_size)
     needed = sorted({s for v in args.variants for s in (*VARIANTS[v]["seeds"], *VARIANTS[v]["validation_seeds"])})
     for task in args.tasks:
-        prompts = heldout_prompts("hard" if task == "improve" else "easy", args.n, seed=args.prompt_seed,
-                                  pool=args.pool)
+        kind = "hard" if task == "improve" else args.attack_kind
+        prompts = heldout_prompts(kind, args.n * args.screen, seed=args.prompt_seed, pool=args.pool)
+        kept = 0
         for i, prompt in enumerate(prompts):
             space = world_space(prompt, task)
-            if space.is_trivial:
+            if space.is_trivial or kept >= args.n or space.num_candidates < args.min_candidates:
                 continue
             problem = Problem(space, Task(task), backend, judge, sampling)
+            if args.screen > 1 and not worth_searching(problem, checker, prompt, task):
+                continue
+            kept += 1
             base = None
             for method in args.methods:
                 for variant in args.variants:
@@ -233,6 +250,12 @@ def main() -> None:
     p.add_argument("--pool", default="v1", choices=("v1", "eval"))
     p.add_argument("--prompt-seed", type=int, default=2, help="development: 2-999 (v1); evaluation: 1000-1004")
     p.add_argument("--n", type=int, default=8, help="prompts per task")
+    p.add_argument("--screen", type=int, default=1,
+                   help="screen up to N x n prompts on seeds 50-53 and keep n worth searching (improve: generator "
+                        "wrong on at least half; attack: right on at least 3 of 4); 1: no screening")
+    p.add_argument("--attack-kind", default="easy", choices=("easy", "hard"),
+                   help="prompts to attack: easy (one object) or hard (incl. two objects: larger synonym spaces)")
+    p.add_argument("--min-candidates", type=int, default=0, help="skip prompts whose space is smaller")
     p.add_argument("--methods", default="random,hybrid", type=lambda s: s.split(","))
     p.add_argument("--variants", default="1seed", type=lambda s: s.split(","))
     p.add_argument("--roots", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
