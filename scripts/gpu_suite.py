@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
-TARGETS = {"gpo_peak_gb": 8.0, "batched_ratio": 3.5, "hybrid_s": 20.0}
+TARGETS = {"gpo_peak_gb": 8.0, "batched_ratio": 3.5, "hybrid_s": 20.0, "gpo_unit_ratio": 1.2}
 PROMPT = "a red car on a snowy road"
 
 
@@ -169,6 +169,8 @@ def collect(work: Path, dtypes: list[str]) -> dict:
         thr = _read_json(work / f"throughput_{d}.json") or {}
         out[d]["batched_ratio"] = thr.get("ratio")
         out[d]["hybrid_s"] = thr.get("hybrid_s")
+        out[d]["gpo_chunk1_ratio"] = thr.get("gpo_chunk1_ratio")
+        out[d]["gpo_batched_ratio"] = thr.get("gpo_batched_ratio")
     res = _read_json(work / "optimize" / "result.json") or {}
     if dtypes:
         out[dtypes[0]]["cli_hybrid_s"] = res.get("search_seconds")
@@ -201,6 +203,10 @@ def summary(numbers: dict, steps: list[Step], dry: bool) -> str:
          False),
         ("shortcut saved bytes, 100/25 steps", "saved_ratio", "x", None, False),
         ("batched / one-at-a-time throughput", "batched_ratio", "x", TARGETS["batched_ratio"], True),
+        ("GPO s per charged unit / batched evaluation's, 1 sample per pass", "gpo_chunk1_ratio", "x",
+         TARGETS["gpo_unit_ratio"], False),
+        ("GPO s per charged unit / batched evaluation's, 4 samples per pass", "gpo_batched_ratio", "x",
+         TARGETS["gpo_unit_ratio"], False),
         ("hybrid, budget 40, one prompt (benchmark)", "hybrid_s", "s", TARGETS["hybrid_s"], False),
         ("hybrid, budget 40, `dpo-diff optimize` search time", "cli_hybrid_s", "s", TARGETS["hybrid_s"], False),
     ]
