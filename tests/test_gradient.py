@@ -132,3 +132,20 @@ def test_robust_gpo_step_averages_samples_and_seeds_on_the_real_model(backend, j
     assert (logits != torch.tensor([[1.0, 0, 0]] * len(SPACE.sizes))).any()
     # the logits sit on the 1e-3 grid: float noise below it cannot move them
     assert torch.allclose(logits, torch.round(logits * 1000) / 1000, atol=1e-6)
+
+
+def test_robust_gpo_learns_the_same_logits_with_one_and_two_threads(backend, judge):
+    """The robust preset snaps gradients and logits to a 1e-3 grid, so float noise from the thread count (~1e-7)
+    cannot grow into different logits (the paper's RMSprop amplified it 3-10x per iteration)."""
+    problem = make_problem(backend, judge)
+    cfg = GradientSearchConfig(iterations=4, samples=2, score_every=0, budget_share=None, min_iterations=1)
+    before = torch.get_num_threads()
+    learned = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            state = train_mixture(problem, Evaluator(problem, (0, 1), budget=40), cfg, seed=3)
+            learned.append(state.mixture.logits.detach().clone())
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(learned[0], learned[1])
