@@ -57,16 +57,13 @@ def user_baseline(problem, checker, prompt: str, seeds: list[int], report: list[
     return {"losses": dict(zip(seeds + report, losses[0].tolist())), "faithful": faith}
 
 
-SCREEN_SEEDS = [50, 51, 52, 53]  # prompt screening only: disjoint from search, validation and report seeds
-
-
-def worth_searching(problem, checker, prompt: str, task: str) -> bool:
+def worth_searching(problem, checker, prompt: str, task: str, seeds: list[int]) -> bool:
     """The paper's protocol, with ground truth: improve prompts the generator gets wrong (at most half right on the
-    screening seeds), attack prompts it gets right (at least 3 of 4); screened on seeds no result uses."""
+    screening seeds), attack prompts it gets right (at least 3 in 4); screened on seeds no result uses."""
     from dpo_diff.world import summarize
 
-    _, imgs = problem.losses([problem.space.render(problem.space.default)], SCREEN_SEEDS, keep_images=True)
-    rate = summarize(checker.score(imgs, [prompt] * len(SCREEN_SEEDS)))["all_correct"]
+    _, imgs = problem.losses([problem.space.render(problem.space.default)], seeds, keep_images=True)
+    rate = summarize(checker.score(imgs, [prompt] * len(seeds)))["all_correct"]
     return rate <= 0.5 if task == "improve" else rate >= 0.75
 
 
@@ -116,6 +113,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     judge = ClipJudge.from_pretrained(str(judge_path()))
     checker = load_checker()
     report = list(parse_seeds(args.report_seeds))
+    screen_seeds = list(parse_seeds(args.screen_seeds))
     sampling = SamplingConfig(args.steps, RECOMMENDED_GUIDANCE, batch_size=args.batch_size)
     needed = sorted({s for v in args.variants for s in (*VARIANTS[v]["seeds"], *VARIANTS[v]["validation_seeds"])})
     for task in args.tasks:
@@ -127,7 +125,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             if space.is_trivial or kept >= args.n or space.num_candidates < args.min_candidates:
                 continue
             problem = Problem(space, Task(task), backend, judge, sampling)
-            if args.screen > 1 and not worth_searching(problem, checker, prompt, task):
+            if args.screen > 1 and not worth_searching(problem, checker, prompt, task, screen_seeds):
                 continue
             kept += 1
             base = None
@@ -251,8 +249,10 @@ def main() -> None:
     p.add_argument("--prompt-seed", type=int, default=2, help="development: 2-999 (v1); evaluation: 1000-1004")
     p.add_argument("--n", type=int, default=8, help="prompts per task")
     p.add_argument("--screen", type=int, default=1,
-                   help="screen up to N x n prompts on seeds 50-53 and keep n worth searching (improve: generator "
-                        "wrong on at least half; attack: right on at least 3 of 4); 1: no screening")
+                   help="screen up to N x n prompts on --screen-seeds and keep n worth searching (improve: generator "
+                        "wrong on at least half; attack: right on at least 3 in 4); 1: no screening")
+    p.add_argument("--screen-seeds", default="50-53",
+                   help="image seeds of the screening (evaluation runs: 9000,9001, the protocol's selection seeds)")
     p.add_argument("--attack-kind", default="easy", choices=("easy", "hard"),
                    help="prompts to attack: easy (one object) or hard (incl. two objects: larger synonym spaces)")
     p.add_argument("--min-candidates", type=int, default=0, help="skip prompts whose space is smaller")
