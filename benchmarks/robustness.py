@@ -78,8 +78,8 @@ def run_job(problem, checker, prompt: str, method: str, variant: str, root: int,
     t0 = time.perf_counter()
     result = search(problem, method=method, budget=args.budget, seeds=v["seeds"], seed=root, selection=selection)
     chosen = result.best
-    judged = list(v["seeds"]) + list(v["validation_seeds"] if selection.active else ())
     rows = result.extra.get("selection", {}).get("candidates")
+    judged = list(v["seeds"]) + list(v["validation_seeds"] if rows else ())
     best_mean = rows[0]["mean_loss"] if rows else sum(chosen.losses) / len(chosen.losses)
     user_mean = sum(base["losses"][s] for s in judged) / len(judged)
     space = problem.space
