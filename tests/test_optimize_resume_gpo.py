@@ -61,14 +61,22 @@ def test_rerank_through_the_cli(tiny_sd, tiny_clip, tmp_path):
     save_spaces([SPACE], spaces)
     out = tmp_path / "run"
     args = ["optimize", "--prompt", PROMPT, "--space", str(spaces), "--model", tiny_sd, "--judge", tiny_clip,
-            "--steps", "6", "--budget", "12", "--seeds", "0", "--report-seeds", "5", "--method", "random",
+            "--steps", "6", "--budget", "30", "--seeds", "0", "--report-seeds", "5", "--method", "random",
             "--rerank-top", "3", "--validation-seeds", "1,2", "--out", str(out), "--quiet", "--device", "cpu"]
     assert main(args) == 0
     search = json.loads((out / "search.json").read_text())
     sel = search["extra"]["selection"]
     assert sel["validation_seeds"] == [1, 2] and len(sel["candidates"]) == 3 and sel["cost"] == 6
-    assert search["cost"] <= 12 + 1e-9 and search["best"]["candidate"] == sel["candidates"][0]["candidate"]
+    assert search["cost"] <= 30 + 1e-9 and search["best"]["candidate"] == sel["candidates"][0]["candidate"]
     config = json.loads((out / "config.json").read_text())["config"]
-    assert config["selection"] == {"rerank_top": 3, "validation_seeds": [1, 2]}
+    assert config["selection"] == {"rerank_top": 3, "validation_seeds": [1, 2], "num_validation": 2,
+                                   "max_share": 0.2}
     clash = args[:-7] + ["--validation-seeds", "5", "--out", str(tmp_path / "clash"), "--quiet", "--device", "cpu"]
     assert main(clash) != 0
+
+
+def test_reranking_is_the_default_with_validation_seeds_chosen_around_the_others():
+    cfg = OptimizeConfig(prompt=PROMPT, model="m", seeds=(0,), report_seeds=(1, 5))
+    assert cfg.selection.rerank_top == 4 and cfg.selection.validation_seeds == (2, 3)
+    again = OptimizeConfig.from_dict(cfg.to_dict())
+    assert again.selection == cfg.selection

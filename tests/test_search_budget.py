@@ -159,7 +159,7 @@ def test_reranking_on_validation_seeds_picks_the_robust_candidate():
     problem.candidate_losses = losses
     plain = search(problem, method="random", budget=30, seed=0)
     assert plain.best.candidate[0] == 1
-    sel = SelectionConfig(rerank_top=6, validation_seeds=(5, 6))
+    sel = SelectionConfig(rerank_top=6, validation_seeds=(5, 6), max_share=0.5)
     robust = search(problem, method="random", budget=30, seed=0, selection=sel)
     true = lambda c: float(base_losses([c], [1])[0, 0])  # noqa: E731
     assert true(robust.best.candidate) < true(plain.best.candidate)
@@ -168,8 +168,20 @@ def test_reranking_on_validation_seeds_picks_the_robust_candidate():
     assert robust.cost <= 30 + 1e-9 and robust.extra["selection"]["cost"] == 12
     with pytest.raises(ValueError, match="validation seeds"):
         search(problem, budget=30, seeds=(5,), selection=sel)
-    with pytest.raises(ValueError, match="needs validation seeds"):
-        SelectionConfig(rerank_top=3)
+
+
+def test_selection_chooses_validation_seeds_and_skips_reranking_at_small_budgets():
+    sel = SelectionConfig(rerank_top=4)
+    assert sel.resolved((0,), (1, 5)).validation_seeds == (2, 3)  # above the search seeds, never a report seed
+    assert sel.resolved((0, 1)).validation_seeds == (2, 3)
+    fixed = sel.resolved((0,))
+    assert fixed.top_for(40) == 4 and fixed.reserve(40) == 8  # at most 20% of the budget
+    assert fixed.top_for(20) == 2 and fixed.top_for(8) == 0  # fewer candidates, then none
+    problem = SyntheticProblem(synthetic_space(10, 6), seed=11)
+    small = search(problem, method="random", budget=8, seed=0, selection=sel)
+    assert "too small" in small.extra["selection"]["skipped"] and len(small.evaluations) == 8
+    with pytest.raises(ValueError, match="validation seeds"):
+        SelectionConfig(rerank_top=2, validation_seeds=(3,)).resolved((0,), (3,))
 
 
 def test_hybrid_follows_the_gradient_and_survives_a_misleading_one():

@@ -28,7 +28,7 @@ from dpo_diff.config_dict import from_known_keys
 from dpo_diff.search import METHODS
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
-from dpo_diff.search.selection import SelectionConfig
+from dpo_diff.search.selection import DEFAULT_RERANK_TOP, SelectionConfig
 from dpo_diff.space import SearchSpace, atomic_write_text
 
 TARGETS = ("auto", "positive", "negative", "both")
@@ -63,7 +63,8 @@ class OptimizeConfig:
     similarity_model: str | None = None  # sentence-embedding model (None: offline all-MiniLM-L6-v2)
     gpo: GradientSearchConfig = field(default_factory=GradientSearchConfig)
     epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)  # re-ranking on validation seeds
+    # seed-robust selection: re-rank the best 4 on 2 validation seeds (chosen above the search seeds when not given)
+    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))
     time_budget: float | None = None  # optional wall-clock limit of the search, seconds
 
     def __post_init__(self) -> None:
@@ -91,7 +92,7 @@ class OptimizeConfig:
         overlap = set(self.seeds) & set(self.report_seeds)
         if overlap:
             raise ValueError(f"report seeds must be held out from the search seeds; both contain {sorted(overlap)}")
-        self.selection.check_seeds(self.seeds, self.report_seeds)
+        self.selection = self.selection.resolved(self.seeds, self.report_seeds)
         from dpo_diff.problem import SamplingConfig
 
         SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
@@ -108,8 +109,8 @@ class OptimizeConfig:
 
     @property
     def judged_seeds(self) -> tuple[int, ...]:
-        """Seeds on which the answer is chosen: the search seeds, plus validation seeds when re-ranking."""
-        return self.seeds + (self.selection.validation_seeds if self.selection.active else ())
+        """Seeds on which the answer is chosen: the search seeds, plus validation seeds when the budget re-ranks."""
+        return self.seeds + (self.selection.validation_seeds if self.selection.top_for(self.budget) else ())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OptimizeConfig:

@@ -21,7 +21,7 @@ from dpo_diff.config_dict import from_known_keys
 from dpo_diff.search import METHODS as SEARCH_METHOD_NAMES
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
-from dpo_diff.search.selection import SelectionConfig
+from dpo_diff.search.selection import DEFAULT_RERANK_TOP, SelectionConfig
 
 SEARCH_METHODS = tuple(reversed(SEARCH_METHOD_NAMES))  # baseline first in tables: random, epo, gpo, hybrid
 BASELINES = ("user", "promptist")
@@ -64,7 +64,7 @@ class BenchConfig:
     promptist_tokenizer: str | None = None  # None: the model folder's own, else GPT-2's ("gpt2")
     gpo: GradientSearchConfig = field(default_factory=GradientSearchConfig)
     epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)  # re-ranking on validation seeds
+    selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))  # seed-robust
     time_budget: float | None = None  # wall-clock seconds per search job (equal-time comparisons on one machine)
     device: str = "auto"  # auto: cuda when available (decided where each job runs)
     batch_size: int = 8
@@ -100,7 +100,7 @@ class BenchConfig:
         if overlap:
             raise BenchError(f"report seeds must be held out from the search seeds; both contain {overlap}")
         try:
-            self.selection.check_seeds(self.seeds, self.report_seeds)
+            self.selection = self.selection.resolved(self.seeds, self.report_seeds)
         except ValueError as e:
             raise BenchError(str(e)) from None
         if set(self.methods) & set(SEARCH_METHODS) and self.budget < len(self.seeds):

@@ -14,24 +14,20 @@ import json
 # bench's hard-prompt selection (`dpo-diff select`, docs/world_bench.md). Most held-out hard prompts are rendered
 # correctly by now, and a prompt the model already gets right leaves nothing to improve.
 DEMO_IMPROVE_PROMPT = "a green orb"
-# Seed-robust selection: the best 4 candidates of the search (seed 0) are re-scored on two validation seeds before
-# one is chosen (8 of the 40 generations); see docs/world_bench.md for the measurement behind it.
-DEMO_RERANK_TOP = 4
-DEMO_VALIDATION_SEEDS = "1,2"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     from dpo_diff.search import METHODS
+    from dpo_diff.search.selection import DEFAULT_RERANK_TOP
 
     p.add_argument("--method", default="hybrid", choices=METHODS)
     p.add_argument("--budget", type=float, default=40.0)
     p.add_argument("--seed", type=int, default=0, help="root seed of the searches' random streams")
     p.add_argument("--seeds", default="0", help="search seeds")
-    p.add_argument("--rerank-top", type=int, default=DEMO_RERANK_TOP,
-                   help=f"re-rank the best N candidates on --validation-seeds (default {DEMO_RERANK_TOP})")
-    p.add_argument("--validation-seeds", default=DEMO_VALIDATION_SEEDS,
-                   help=f"validation seeds for re-ranking (default {DEMO_VALIDATION_SEEDS})")
+    p.add_argument("--rerank-top", type=int, default=DEFAULT_RERANK_TOP,
+                   help=f"seed-robust selection: re-rank the best N candidates on two validation seeds (default "
+                        f"{DEFAULT_RERANK_TOP}, as optimize; 0: off)")
     p.add_argument("--report-seeds", default="100-115", help="held-out seeds for the before/after numbers")
     p.add_argument("--improve-prompt", default=None,
                    help=f"prompt to improve (default: {DEMO_IMPROVE_PROMPT!r}, a held-out hard prompt)")
@@ -68,12 +64,11 @@ def run(args: argparse.Namespace) -> int:
     judge = ClipJudge.from_pretrained(str(judge_path()), device=args.device)
     checker = load_checker(device=args.device)
     seeds, report = parse_seeds(args.seeds), parse_seeds(args.report_seeds)
-    validation = parse_seeds(args.validation_seeds) if args.rerank_top else ()
-    selection = SelectionConfig(args.rerank_top, validation)
+    selection = SelectionConfig(args.rerank_top)
     steps, budget, gpo = RECOMMENDED_STEPS, args.budget, GradientSearchConfig()
     if args.smoke:
         steps, budget, gpo, report = 10, min(budget, 6.0), GradientSearchConfig(iterations=3), report[:2]
-        selection = SelectionConfig(min(args.rerank_top, 2), validation[:1])
+        selection = SelectionConfig(min(args.rerank_top, 2), num_validation=1, max_share=0.5)
     runs = [("improve", args.improve_prompt or DEMO_IMPROVE_PROMPT),
             ("attack", args.attack_prompt or heldout_prompts("easy", 1, seed=0)[0])]
     summary = []

@@ -9,6 +9,7 @@ from typing import Any
 def add_search_arguments(g) -> None:
     """GPO settings, seed-robust selection and the wall-clock budget."""
     from dpo_diff.search.gradient import GPO_PRESETS
+    from dpo_diff.search.selection import DEFAULT_RERANK_TOP
 
     g.add_argument("--gpo-preset", default="robust", choices=sorted(GPO_PRESETS),
                    help="GPO settings: robust (default: averaged Gumbel samples and seeds, normalized steps, at most "
@@ -19,11 +20,13 @@ def add_search_arguments(g) -> None:
     g.add_argument("--gpo-sample-chunk", type=int, default=None,
                    help="Gumbel samples per GPO forward/backward pass (default: all on a CPU, 1 on a GPU; higher is "
                         "faster on a large GPU, out-of-memory halves it)")
-    g.add_argument("--rerank-top", type=int, default=0,
-                   help="re-score the best N candidates on --validation-seeds and choose by the mean over search and "
-                        "validation seeds (charged to the budget; default 0: off)")
+    g.add_argument("--rerank-top", type=int, default=DEFAULT_RERANK_TOP,
+                   help=f"seed-robust selection: re-score the best N candidates on --validation-seeds and choose by "
+                        f"the mean over search and validation seeds (charged to the budget, at most 20%% of it; "
+                        f"default {DEFAULT_RERANK_TOP}; 0: off, the paper's protocol)")
     g.add_argument("--validation-seeds", default="",
-                   help="seeds for --rerank-top, e.g. 1,2 (neither search nor report seeds)")
+                   help="seeds for --rerank-top (default: the two smallest seeds above the search seeds that are not "
+                        "report seeds)")
     g.add_argument("--time-budget", type=float, default=None,
                    help="optional wall-clock limit of each search in seconds (compare methods at equal time)")
 

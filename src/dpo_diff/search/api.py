@@ -60,14 +60,10 @@ def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequ
             f"the search space of {problem.space.prompt!r} has {len(problem.space.slots)} slots and none offers a "
             f"second option: nothing to search"
         )
-    selection = selection or SelectionConfig()
-    selection.check_seeds(seeds)
-    if selection.active and budget - selection.reserve() < 2 * len(seeds):
-        raise ValueError(f"budget {budget} leaves too little for the search after reserving {selection.reserve()} "
-                         f"for re-ranking {selection.rerank_top} candidates on {len(selection.validation_seeds)} "
-                         f"validation seeds; raise --budget or lower --rerank-top")
-    evaluator = Evaluator(problem, tuple(seeds), budget - selection.reserve(), on_evaluation, dict(preloaded or {}),
-                          time_budget=time_budget)
+    selection = (selection or SelectionConfig()).resolved(seeds)
+    top = selection.top_for(budget)
+    evaluator = Evaluator(problem, tuple(seeds), budget - selection.reserve(budget), on_evaluation,
+                          dict(preloaded or {}), time_budget=time_budget)
     if problem.space.num_candidates * len(seeds) <= evaluator.budget + 1e-9:
         result = enumerate_space(problem, evaluator, method)
     elif method == "gpo":
@@ -79,8 +75,12 @@ def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequ
         result = evolution_search(problem, evaluator, epo, seed=seed)
     else:
         result = random_search(problem, evaluator, seed=seed)
-    if selection.active:
-        apply_selection(result, rerank(problem, evaluator, selection, budget - evaluator.cost), evaluator)
+    if top:
+        apply_selection(result, rerank(problem, evaluator, selection, top), evaluator)
+    elif selection.active:
+        result.extra["selection"] = {"validation_seeds": list(selection.validation_seeds), "cost": 0.0,
+                                     "candidates": [], "skipped": f"budget {budget} too small to re-rank within "
+                                     f"{selection.max_share:.0%} of it; the search used the whole budget"}
     result.budget = budget
     return result
 
