@@ -10,12 +10,13 @@ from dpo_diff.search.selection import SelectionConfig
 from dpo_diff.testing import SyntheticProblem, synthetic_space
 
 
-def test_hybrid_at_a_small_budget_skips_gpo_and_evolves():
+def test_hybrid_at_a_small_budget_skips_gpo_and_ties_random_search():
     problem = SyntheticProblem(synthetic_space(10, 6), seed=11)
     result = search(problem, method="hybrid", budget=8, seed=0)
     assert "GPO skipped" in result.extra["gpo_skipped"] and result.extra["gpo_log"] == []
-    assert len(result.evaluations) == 8 and result.cost == pytest.approx(8)
-    assert result.best.candidate != problem.space.default or len(result.evaluations) == 1
+    assert result.method == "hybrid" and len(result.evaluations) == 8 and result.cost == pytest.approx(8)
+    rnd = search(SyntheticProblem(synthetic_space(10, 6), seed=11), method="random", budget=8, seed=0)
+    assert [e.candidate for e in result.evaluations] == [e.candidate for e in rnd.evaluations]
 
 
 def test_hybrid_spends_only_its_share_on_gpo_and_the_rest_on_evolution():

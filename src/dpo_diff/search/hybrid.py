@@ -4,8 +4,8 @@ The reference implementation meant to do this but seeded evolution uniformly at 
 from the wrong place); here the first population is drawn from the learned softmax(logits), the argmax first.
 
 The hybrid adapts to the budget: GPO spends at most its ``budget_share`` (robust preset), so evolution always runs;
-when that share cannot pay for ``min_iterations`` gradient steps, GPO is skipped and evolution starts from the prior
-(uniform draws, as EPO's), and the record says so.
+when that share cannot pay for ``min_iterations`` gradient steps, GPO is skipped and the hybrid runs random search
+(at such budgets evolution could not get past its uniform first population anyway), and the record says so.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dpo_diff.problem import Problem
 from dpo_diff.search.base import Evaluator, SearchResult, finish
 from dpo_diff.search.evolution import EvolutionSearchConfig, distinct_random, evolve
 from dpo_diff.search.gradient import GradientSearchConfig, gpo_extra, sample_learned, train_mixture
+from dpo_diff.search.random_search import random_search
 from dpo_diff.seeding import rng as make_rng
 
 
@@ -22,11 +23,16 @@ def hybrid_search(problem: Problem, evaluator: Evaluator, gpo: GradientSearchCon
                   resume=None) -> SearchResult:
     gpo, epo = gpo or GradientSearchConfig(), epo or EvolutionSearchConfig()
     state = train_mixture(problem, evaluator, gpo, seed, on_iteration, resume)
-    rng = make_rng(seed, "epo")
     if state.skipped:
-        init = distinct_random(problem.space.sizes, epo.population_size, rng)
-    else:
-        init = sample_learned(state, epo.population_size, seed)
+        # Too small a budget to learn: what is left cannot pay for more than EPO's uniform first population, which is
+        # random search; run exactly random search (same stream), so the hybrid ties it instead of a coin flip.
+        result = random_search(problem, evaluator, seed=seed)
+        result.method = "hybrid"
+        result.extra.update(gpo_extra(state))
+        result.extra["gpo_skipped"] += "; the hybrid ran random search"
+        return result
+    rng = make_rng(seed, "epo")
+    init = sample_learned(state, epo.population_size, seed)
     if len(init) < epo.population_size:  # a peaked distribution over a tiny space: top up uniformly
         init += distinct_random(problem.space.sizes, epo.population_size - len(init), rng, exclude=set(init))
     evolve(problem, evaluator, epo, rng, init)
