@@ -407,12 +407,27 @@ def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _
         "slots": len(space.slots),
         "space_size": space.num_candidates,
         "full_space_slots": len(full_space.slots),
+        "search_notes": search_notes(searched),
+        "timings": dict(searched.timings) if searched else {},  # wall seconds per phase (this process's part)
     }
     if extra_metrics is not None:
         n_all = len(seeds_all)
         result["metrics"] = extra_metrics(images[:n_all], images[n_all:], seeds_all)
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def search_notes(searched) -> list[str]:
+    """What the search decided on its own that a user should know (GPO skipped, re-ranking skipped, enumeration)."""
+    if searched is None:
+        return []
+    extra = searched.extra
+    notes = [extra["gpo_skipped"]] if extra.get("gpo_skipped") else []
+    if extra.get("selection", {}).get("skipped"):
+        notes.append("re-ranking skipped: " + extra["selection"]["skipped"])
+    if extra.get("enumerated"):
+        notes.append("every candidate of the space fit the budget: all were evaluated")
+    return notes
 
 
 def _mean(xs: list[float]) -> float | None:

@@ -225,6 +225,7 @@ def make_record(cfg: BenchConfig, job: Job, result: dict[str, Any], history: lis
         "rejected_by_constraint": result.get("rejected_by_constraint", 0),
         "history": history,
         "note": result["note"],
+        "search_notes": result.get("search_notes", []),  # wall seconds per phase: the job's result.json
         "slots": result["slots"],
         "space_size": result["space_size"],
         "faithfulness": faith,
