@@ -223,3 +223,10 @@ def test_samples_go_in_one_pass_on_the_cpu_and_one_by_one_on_a_gpu():
     cfg = GradientSearchConfig(samples=4)
     assert _first_chunk(OnDevice("cpu"), cfg) == 4 and _first_chunk(OnDevice("cuda:0"), cfg) == 1
     assert _first_chunk(OnDevice("cuda"), GradientSearchConfig(samples=4, sample_chunk=2)) == 2
+
+
+def test_light_constants_name_the_presets_and_methods_the_cli_offers():
+    from dpo_diff.search import GPO_PRESET_NAMES
+    from dpo_diff.search.gradient import GPO_PRESETS
+
+    assert tuple(GPO_PRESETS) == GPO_PRESET_NAMES

@@ -29,9 +29,7 @@ from dpo_diff.search import METHODS
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
 from dpo_diff.search.selection import DEFAULT_RERANK_TOP, SelectionConfig
-from dpo_diff.space import SearchSpace, atomic_write_text
-
-TARGETS = ("auto", "positive", "negative", "both")
+from dpo_diff.space import SEARCH_TARGETS, SearchSpace, atomic_write_text
 
 
 @dataclass
@@ -83,8 +81,8 @@ class OptimizeConfig:
             raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
-        if self.target not in TARGETS:
-            raise ValueError(f"unknown target {self.target!r}; choose one of {TARGETS}")
+        if self.target not in SEARCH_TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; choose one of {SEARCH_TARGETS}")
         if not self.budget > 0 or not math.isfinite(self.budget):
             raise ValueError(f"budget must be a positive number, got {self.budget}")
         if not self.seeds:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 SlotTarget = Literal["positive", "negative"]
 SLOT_TARGETS: tuple[str, ...] = ("positive", "negative")
+SEARCH_TARGETS: tuple[str, ...] = ("auto", *SLOT_TARGETS, "both")  # which slots a run searches (auto: by task)
 Candidate = tuple[int, ...]
 """One option index per slot, in slot order (immutable and hashable, so it can key caches)."""
 

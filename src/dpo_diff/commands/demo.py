@@ -18,8 +18,7 @@ DEMO_IMPROVE_PROMPT = "a green orb"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    from dpo_diff.search import METHODS
-    from dpo_diff.search.selection import DEFAULT_RERANK_TOP
+    from dpo_diff.search import DEFAULT_RERANK_TOP, METHODS
 
     p.add_argument("--method", default="hybrid", choices=METHODS)
     p.add_argument("--budget", type=float, default=40.0)

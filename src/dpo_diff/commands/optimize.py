@@ -12,14 +12,14 @@ import json
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from dpo_diff.commands.search_args import add_search_arguments
-    from dpo_diff.optimize import TARGETS
     from dpo_diff.search import METHODS
+    from dpo_diff.space import SEARCH_TARGETS
 
     p.add_argument("--prompt", required=True, help="the user prompt")
     p.add_argument("--task", default="improve", choices=("improve", "attack"))
     p.add_argument("--space", required=True, help="search-space JSON (from 'dpo-diff space build' or the reference "
                    "implementation's layout); the entry for --prompt is used")
-    p.add_argument("--target", default="auto", choices=TARGETS,
+    p.add_argument("--target", default="auto", choices=SEARCH_TARGETS,
                    help="slots to search (auto: negative for improve, positive for attack)")
     p.add_argument("--model", required=True, help="Stable Diffusion hub id or local diffusers folder")
     p.add_argument("--judge", default="openai/clip-vit-base-patch32", help="CLIP hub id or local folder")

@@ -8,10 +8,9 @@ from typing import Any
 
 def add_search_arguments(g) -> None:
     """GPO settings, seed-robust selection and the wall-clock budget."""
-    from dpo_diff.search.gradient import GPO_PRESETS
-    from dpo_diff.search.selection import DEFAULT_RERANK_TOP
+    from dpo_diff.search import DEFAULT_RERANK_TOP, GPO_PRESET_NAMES
 
-    g.add_argument("--gpo-preset", default="robust", choices=sorted(GPO_PRESETS),
+    g.add_argument("--gpo-preset", default="robust", choices=GPO_PRESET_NAMES,
                    help="GPO settings: robust (default: averaged Gumbel samples and seeds, normalized steps, at most "
                         "a share of the budget) or paper (single-sample RMSprop, 20 iterations whatever the budget)")
     g.add_argument("--gpo-iterations", type=int, default=20, help="most GPO iterations (default 20)")

@@ -4,3 +4,5 @@ Only constants live here, so that configuration code can name the methods withou
 """
 
 METHODS = ("hybrid", "gpo", "epo", "random")  # the one list of search methods; hybrid (the paper's best) first
+GPO_PRESET_NAMES = ("robust", "paper")  # dpo_diff.search.gradient.GPO_PRESETS, by name
+DEFAULT_RERANK_TOP = 4  # seed-robust selection of optimize, bench and demo (docs/world_bench.md: the measurement)

@@ -161,7 +161,7 @@ class GradientSearchConfig:
         return asdict(self)
 
 
-GPO_PRESETS: dict[str, GradientSearchConfig] = {
+GPO_PRESETS: dict[str, GradientSearchConfig] = {  # names also in dpo_diff.search.GPO_PRESET_NAMES (no torch)
     "robust": GradientSearchConfig(),
     "paper": GradientSearchConfig(samples=1, optimizer="rmsprop", lr=0.1, box="clamp", quantum=0.0,
                                   budget_share=None, min_iterations=1, score_every=0),

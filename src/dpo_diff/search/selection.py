@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from dpo_diff.search import DEFAULT_RERANK_TOP  # noqa: F401 - re-exported: the user-facing default
 from dpo_diff.search.base import Evaluation, Evaluator
 
 
@@ -82,9 +83,6 @@ class SelectionConfig:
         d = asdict(self)
         d["validation_seeds"] = list(self.validation_seeds)
         return d
-
-
-DEFAULT_RERANK_TOP = 4  # the user-facing default (optimize, bench, demo); see docs/world_bench.md for the measurement
 
 
 def rerank(problem, evaluator: Evaluator, selection: SelectionConfig, top: int) -> dict[str, Any]:
