@@ -230,15 +230,21 @@ def thread_lines(records: list[dict]) -> list[str]:
         key = (r["task"], r["prompt"], r["method"], r["variant"], r["root"])
         answers[key][r["threads"]] = (r["best_prompt"], r["best_negative_prompt"])
     multi = [v for v in answers.values() if len(v) > 1]
-    if not multi:
-        return []
-    same = sum(len(set(v.values())) == 1 for v in multi)
-    lines = [f"Same answer under every thread count: {same} of {len(multi)} (prompt, method, variant, root) runs."]
+    lines = []
+    if multi:
+        same = sum(len(set(v.values())) == 1 for v in multi)
+        lines.append(f"Same answer under every thread count: {same} of {len(multi)} (prompt, method, variant, root) "
+                     f"runs.")
     roots: dict[tuple, set] = defaultdict(set)
     for (task, prompt, method, variant, _root), v in answers.items():
         roots[(task, prompt, method, variant)].add(next(iter(v.values())))
     stable = sum(len(s) == 1 for s in roots.values())
     lines.append(f"Same answer under every root seed: {stable} of {len(roots)} (prompt, method, variant) groups.")
+    by_method: dict[tuple, list[bool]] = defaultdict(list)
+    for (task, _prompt, method, variant), s in roots.items():
+        by_method[(task, method, variant)].append(len(s) == 1)
+    lines += [f"- {task} {method} ({variant}): {sum(v)} of {len(v)} prompts" for (task, method, variant), v in
+              sorted(by_method.items())]
     return lines
 
 
