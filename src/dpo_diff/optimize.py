@@ -334,7 +334,7 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
 
     def on_iter(state) -> None:
         if state.log:
-            bar.n = state.log[-1]["cost"]
+            bar.n = max(bar.n, state.log[-1]["cost"])  # anytime evaluations may have moved it further
             bar.set_postfix(gpo_loss=f"{state.log[-1]['loss']:.4f}")
         bar.refresh()
         save_gpo_state(out / GPO_STATE, state.checkpoint())
