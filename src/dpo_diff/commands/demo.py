@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
             print("    the judge improved but the ground truth did not: the search exploited the CLIP judge "
                   "(see docs/world_bench.md)")
         elif judge_better and truth_better:
-            print("    judge and ground truth agree: a real improvement")
+            print("    judge and ground truth agree: " + ("a real improvement" if r["task"] == "improve"
+                                                           else "the attack really breaks the images"))
     (Path(args.out) / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nimages side by side: {args.out}/improve/comparison.png, {args.out}/attack/comparison.png")
     return 0
