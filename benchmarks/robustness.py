@@ -68,7 +68,7 @@ def worth_searching(problem, checker, prompt: str, task: str, seeds: list[int]) 
 
 
 def run_job(problem, checker, prompt: str, method: str, variant: str, root: int, report: list[int], base: dict,
-            args) -> dict:
+            budget: float) -> dict:
     from dpo_diff.search.api import search
     from dpo_diff.search.selection import SelectionConfig
     from dpo_diff.world import summarize
@@ -76,7 +76,7 @@ def run_job(problem, checker, prompt: str, method: str, variant: str, root: int,
     v = VARIANTS[variant]
     selection = SelectionConfig(v["rerank_top"], v["validation_seeds"])
     t0 = time.perf_counter()
-    result = search(problem, method=method, budget=args.budget, seeds=v["seeds"], seed=root, selection=selection)
+    result = search(problem, method=method, budget=budget, seeds=v["seeds"], seed=root, selection=selection)
     chosen = result.best
     rows = result.extra.get("selection", {}).get("candidates")
     judged = list(v["seeds"]) + list(v["validation_seeds"] if rows else ())
@@ -130,20 +130,22 @@ def run(args: argparse.Namespace) -> list[dict]:
             kept += 1
             base = None
             for method in args.methods:
-                for variant in args.variants:
+                for variant, budget in [(v, b) for v in args.variants for b in args.budgets]:
+                    label = variant if len(args.budgets) == 1 else f"{variant}@{budget:g}"
                     for root in args.roots:
                         for threads in args.threads:
-                            key = (task, prompt, method, variant, root, threads)
+                            key = (task, prompt, method, label, root, threads)
                             if key in done:
                                 continue
                             torch.set_num_threads(threads)
                             if base is None:
                                 base = user_baseline(problem, checker, prompt, needed, report)
                             rec = dict(zip(KEY, key))
-                            rec.update(run_job(problem, checker, prompt, method, variant, root, report, base, args))
+                            rec.update(run_job(problem, checker, prompt, method, variant, root, report, base, budget))
+                            rec["budget"] = budget
                             with path.open("a") as f:
                                 f.write(json.dumps(rec) + "\n")
-                            print(f"[{task} {i + 1}/{len(prompts)} {method} {variant} root {root} t{threads}] "
+                            print(f"[{task} {i + 1}/{len(prompts)} {method} {label} root {root} t{threads}] "
                                   f"loss {rec['user_report_loss']:.4f} -> {rec['best_report_loss']:.4f}  faithful "
                                   f"{rec['user_faithful']:.2f} -> {rec['best_faithful']:.2f} "
                                   f"({rec['seconds']:.0f} s)", flush=True)
@@ -266,7 +268,8 @@ def main() -> None:
     p.add_argument("--variants", default="1seed", type=lambda s: s.split(","))
     p.add_argument("--roots", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--threads", default="1", type=lambda s: [int(x) for x in s.split(",")])
-    p.add_argument("--budget", type=float, default=40.0)
+    p.add_argument("--budgets", default="40", type=lambda s: [float(x) for x in s.split(",")],
+                   help="one or more budgets; with several, variants are labelled variant@budget (budget curves)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--report-seeds", default="100-107")
     p.add_argument("--batch-size", type=int, default=16)
