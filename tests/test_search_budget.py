@@ -17,6 +17,9 @@ def test_hybrid_at_a_small_budget_skips_gpo_and_ties_random_search():
     assert result.method == "hybrid" and len(result.evaluations) == 8 and result.cost == pytest.approx(8)
     rnd = search(SyntheticProblem(synthetic_space(10, 6), seed=11), method="random", budget=8, seed=0)
     assert [e.candidate for e in result.evaluations] == [e.candidate for e in rnd.evaluations]
+    gpo = search(SyntheticProblem(synthetic_space(10, 6), seed=11), method="gpo", budget=8, seed=0)
+    assert "GPO ran random search" in gpo.extra["gpo_skipped"]
+    assert [e.candidate for e in gpo.evaluations] == [e.candidate for e in rnd.evaluations]
 
 
 def test_hybrid_spends_only_its_share_on_gpo_and_the_rest_on_evolution():

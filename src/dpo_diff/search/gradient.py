@@ -424,6 +424,14 @@ def gradient_search(problem: Problem, evaluator: Evaluator, config: GradientSear
     """GPO: shortcut-gradient training, then the rest of the budget on samples from the learned distribution."""
     config = config or GradientSearchConfig()
     state = train_mixture(problem, evaluator, config, seed, on_iteration, resume)
+    if state.skipped:  # nothing learned: samples of the untrained prior would mostly repeat the user's words
+        from dpo_diff.search.random_search import random_search
+
+        result = random_search(problem, evaluator, seed=seed)
+        result.method = "gpo"
+        result.extra.update(gpo_extra(state))
+        result.extra["gpo_skipped"] += "; GPO ran random search"
+        return result
     n = min(config.num_samples, int((evaluator.remaining + 1e-9) // evaluator.evaluation_cost))
     if config.budget_share is not None:  # the budget-aware GPO spends everything left on samples
         n = int((evaluator.remaining + 1e-9) // evaluator.evaluation_cost)
