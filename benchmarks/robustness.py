@@ -36,17 +36,10 @@ KEY = ("task", "prompt", "method", "variant", "root", "threads")
 
 
 def read_records(path: Path) -> list[dict]:
-    out = []
-    if not path.exists():
-        return out
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"warning: {path}:{i} is not a JSON record (skipped)")
-    return out
+    """Every readable record (a bad line is skipped with a warning naming it, as for bench results)."""
+    from dpo_diff.files import read_jsonl
+
+    return list(read_jsonl(path, what="robustness record").records)
 
 
 def user_baseline(problem, checker, prompt: str, seeds: list[int], report: list[int]) -> dict:

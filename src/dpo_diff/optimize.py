@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from dpo_diff.config_dict import from_known_keys
-from dpo_diff.search import METHODS
+from dpo_diff.search import DEFAULT_RERANK_TOP, METHODS
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
-from dpo_diff.search.selection import DEFAULT_RERANK_TOP, SelectionConfig
+from dpo_diff.search.selection import SelectionConfig
 from dpo_diff.space import SEARCH_TARGETS, SearchSpace, atomic_write_text
 
 

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from dpo_diff.config_dict import from_known_keys
+from dpo_diff.search import DEFAULT_RERANK_TOP
 from dpo_diff.search import METHODS as SEARCH_METHOD_NAMES
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
-from dpo_diff.search.selection import DEFAULT_RERANK_TOP, SelectionConfig
+from dpo_diff.search.selection import SelectionConfig
 
 SEARCH_METHODS = tuple(reversed(SEARCH_METHOD_NAMES))  # baseline first in tables: random, epo, gpo, hybrid
 BASELINES = ("user", "promptist")

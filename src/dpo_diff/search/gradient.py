@@ -130,15 +130,15 @@ class GradientSearchConfig:
             raise ValueError(f"unknown GPO preset {name!r}; choose one of {sorted(GPO_PRESETS)}")
         return replace(GPO_PRESETS[name], **overrides)
 
+    def k_bound(self, iteration: int, steps: int) -> int:
+        """k at ``iteration`` for ``steps`` sampling steps (``random`` schedules: their largest k)."""
+        kind, a, b = parse_k_schedule(self.k_schedule)
+        k = a + iteration // b if kind == "step" else (a if kind == "fixed" else b)
+        return round(k * steps / 50)
+
     def k_at(self, iteration: int, steps: int, rng: random.Random) -> int:
         kind, a, b = parse_k_schedule(self.k_schedule)
-        if kind == "step":
-            k = a + iteration // b
-        elif kind == "fixed":
-            k = a
-        else:
-            k = rng.randint(a, b)
-        k = round(k * steps / 50)
+        k = round(rng.randint(a, b) * steps / 50) if kind == "random" else self.k_bound(iteration, steps)
         if k + self.grad_steps > steps:
             raise ValueError(
                 f"k schedule {self.k_schedule!r} reaches k={k} at iteration {iteration}, but k + grad_steps must be "
@@ -148,9 +148,7 @@ class GradientSearchConfig:
 
     def validate_for(self, steps: int) -> None:
         """Check up front that every iteration's k fits ``steps`` (raises the same error k_at would)."""
-        kind, a, b = parse_k_schedule(self.k_schedule)
-        worst = {"step": lambda: a + (self.iterations - 1) // b, "fixed": lambda: a, "random": lambda: b}[kind]()
-        k_max = round(worst * steps / 50)
+        k_max = self.k_bound(self.iterations - 1, steps)  # k never decreases along a schedule
         if k_max + self.grad_steps > steps:
             raise ValueError(
                 f"k schedule {self.k_schedule!r} over {self.iterations} iterations reaches k={k_max}, but "
@@ -232,24 +230,12 @@ def _iteration_cost(config: GradientSearchConfig, k: int, n_seeds: int, steps: i
 def affordable_iterations(evaluator: Evaluator, config: GradientSearchConfig, steps: int) -> int:
     """How many iterations of the k schedule fit GPO's budget (``random`` schedules: counted at their largest k)."""
     budget, spent, n = _gpo_budget(evaluator, config), 0.0, 0
-    kind, a, b = parse_k_schedule(config.k_schedule)
     while n < config.iterations:
-        k = round((a + n // b if kind == "step" else (a if kind == "fixed" else b)) * steps / 50)
-        spent += _iteration_cost(config, k, len(evaluator.seeds), steps)
+        spent += _iteration_cost(config, config.k_bound(n, steps), len(evaluator.seeds), steps)
         if spent > budget + 1e-9:
             break
         n += 1
     return n
-
-
-def gumbel_weights(mixture: WordMixture, tau: float, generator: torch.Generator, n: int) -> torch.Tensor:
-    """``n`` soft Gumbel-softmax samples ``Tensor[n, S, O]`` of the slot distribution (paper: one, tau = 1).
-
-    The noise comes from a CPU generator (the same stream on every device) and is moved to the logits' device."""
-    logits = mixture.masked_logits()
-    u = torch.rand((n, *logits.shape), generator=generator).clamp(1e-10, 1 - 1e-10)
-    gumbel = -torch.log(-torch.log(u)).to(device=logits.device, dtype=logits.dtype)
-    return torch.softmax((logits + gumbel) / tau, dim=-1)
 
 
 def _first_chunk(problem: Problem, config: GradientSearchConfig) -> int:
@@ -298,7 +284,7 @@ def _gpo_step(problem: Problem, relaxed, state: GradientState, config: GradientS
     """One GPO iteration: M Gumbel samples x every seed, one backward per seed; returns the mean loss."""
     mixture = state.mixture
     t0 = time.perf_counter()
-    weights = gumbel_weights(mixture, config.tau, state.streams["gumbel"], config.samples)  # [M, S, O]
+    weights = mixture.sample_weights(config.tau, state.streams["gumbel"], num=config.samples)  # [M, S, O]
     grad_w, losses = torch.zeros_like(weights), []
     for s in seeds:
         g, part = _seed_gradient(problem, relaxed, weights, s, k, config, scale, chunk)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from dpo_diff.search import DEFAULT_RERANK_TOP  # noqa: F401 - re-exported: the user-facing default
 from dpo_diff.search.base import Evaluation, Evaluator
 
 
