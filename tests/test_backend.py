@@ -85,3 +85,31 @@ def test_missing_tokenizer_files_are_detected(tmp_path, tiny_sd):
         f.unlink()
     with pytest.raises((ModelNotFoundError, ValueError), match="tokenizer"):
         StableDiffusionBackend.from_pretrained(str(broken))
+
+
+def test_load_backend_picks_the_adapter_from_model_index(tiny_sd, tmp_path):
+    """``model_index.json``'s pipeline class picks the backend; others are refused with the supported list."""
+    import json
+    import shutil
+
+    from dpo_diff.backends.base import BACKENDS, UnsupportedModelError, load_backend
+
+    assert type(load_backend(tiny_sd)).__name__ == "StableDiffusionBackend"
+    other = tmp_path / "other"
+    shutil.copytree(tiny_sd, other)
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
+    with pytest.raises(UnsupportedModelError, match="KandinskyPipeline") as e:
+        load_backend(str(other))
+    assert all(name in str(e.value) for name in BACKENDS)
+    (other / "model_index.json").write_text("{not json")
+    with pytest.raises(UnsupportedModelError, match="not valid JSON"):
+        load_backend(str(other))
+    with pytest.raises(ValueError, match="unknown dtype"):
+        load_backend(tiny_sd, dtype="int8")
+
+
+def test_auto_dtype_is_fp32_on_cpu(tiny_sd):
+    from dpo_diff.backends.base import load_backend
+
+    assert load_backend(tiny_sd, dtype="auto").dtype == torch.float32

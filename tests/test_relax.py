@@ -50,7 +50,7 @@ def test_eos_pooling_uses_the_true_end(backend):
     eos_pos = tpl.input_ids.tolist().index(49407)
     from dpo_diff.relax import mixture_hook
 
-    with backend._hooked(mixture_hook(tpl, w)):
+    with backend.text.hooked(mixture_hook(tpl, w)):
         out = backend.text_encoder(tpl.input_ids[None])
     torch.testing.assert_close(out.pooler_output[0], out.last_hidden_state[0, eos_pos])
 

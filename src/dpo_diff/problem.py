@@ -74,7 +74,7 @@ class Problem:
 
     space: SearchSpace
     task: Task
-    backend: object  # StableDiffusionBackend (or any object with the same methods)
+    backend: object  # a dpo_diff.backends.base.DiffusionBackend
     judge: object  # ClipJudge
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     constraint: Callable[[str, list[str]], list[bool]] | None = None
@@ -87,12 +87,10 @@ class Problem:
         return self.space.render(candidate)
 
     def check_lengths(self, pairs: Sequence[PromptPair]) -> None:
-        limit = self.backend.max_length
+        """Raise :class:`~dpo_diff.relax.PromptTooLongError` (a ``ValueError``) for a text the backend cannot take."""
         for p in pairs:
             for text in (p.prompt, p.negative_prompt):
-                n = self.backend.count_tokens(text)
-                if n > limit:
-                    raise ValueError(f"prompt {text[:60]!r}... has {n} tokens; the text encoder takes {limit}")
+                self.backend.check_prompt(text)
 
     def generate(self, pairs: Sequence[PromptPair], seeds: Sequence[int]) -> Tensor:
         """Images ``Tensor[N * S, 3, H, W]`` for every pair on every seed (rows: pair-major), batched."""
@@ -121,30 +119,16 @@ class Problem:
         """The shortcut-gradient loss of the relaxed space: ``f(weights[S, O], seeds, start_step, grad_steps)``
         -> spherical losses ``Tensor[len(seeds)]``, differentiable in ``weights``.
 
-        The Gumbel-softmax mixtures go through the text encoder for whichever sides have slots; a side without slots
-        is encoded once, exactly.
+        The Gumbel-softmax mixtures go through the backend's text encoders for whichever sides have slots
+        (:meth:`~dpo_diff.backends.base.DiffusionBackend.relaxed_conditioning`).
         """
-        from dpo_diff.backends.diffusers_sd import Conditioning
-        from dpo_diff.relax import encode_mixed, negative_template, positive_template
         from dpo_diff.shortcut import shortcut_images
 
-        backend, space, sc = self.backend, self.space, self.sampling
-        pos = positive_template(space, backend.tokenizer, backend.max_length)
-        neg = negative_template(space, backend.tokenizer, backend.max_length)
-        use_cfg = sc.guidance_scale > 1
-        if neg.slots and not use_cfg:
-            raise ValueError("the space has negative-prompt slots but guidance_scale <= 1 disables the negative "
-                             "prompt; use guidance > 1")
-        with torch.no_grad():
-            fixed_cond = None if pos.slots else backend.encode_text([space.prompt])
-            fixed_uncond = None if neg.slots or not use_cfg else backend.encode_text([space.negative_prompt])
+        sc = self.sampling
+        encode = self.backend.relaxed_conditioning(self.space, guidance_scale=sc.guidance_scale)
 
         def loss(weights: Tensor, seeds: Sequence[int], *, start_step: int, grad_steps: int) -> Tensor:
-            cond = fixed_cond if fixed_cond is not None else encode_mixed(backend, pos, weights)
-            uncond = None
-            if use_cfg:
-                uncond = fixed_uncond if fixed_uncond is not None else encode_mixed(backend, neg, weights)
-            images = shortcut_images(backend, Conditioning(cond, uncond), seeds, steps=sc.steps,
+            images = shortcut_images(self.backend, encode(weights), seeds, steps=sc.steps,
                                      guidance_scale=sc.guidance_scale, start_step=start_step, grad_steps=grad_steps,
                                      height=sc.height, width=sc.width)
             return self.judge.loss(images, self.user_prompt)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -373,19 +373,26 @@ class WordMixture(nn.Module):
         return out
 
 
-def encode_mixed(backend, template: PromptTemplate, weights: Tensor) -> Tensor:
-    """Text-encoder output for the template with slot mixtures (differentiable in ``weights``).
-
-    ``weights[S, O]`` gives ``Tensor[1, 77, D]``; ``weights[B, S, O]`` gives ``Tensor[B, 77, D]``, row b equal to
-    ``encode_mixed(backend, template, weights[b])``. Weights may be on any device (see :func:`mixture_hook`).
-    """
+def mixed_ids(template: PromptTemplate, weights: Tensor) -> tuple[Tensor, Callable | None]:
+    """``(input_ids[B, L], hook)`` that run ``template`` through a text encoder with slot mixtures ``weights``
+    (``[S, O]``: one row; ``[B, S, O]``: one row per mixture). ``hook`` is ``None`` when the side has no slots."""
     if weights.ndim not in (2, 3):
         raise ValueError(f"weights must be [S, O] or [B, S, O], got shape {tuple(weights.shape)}")
     rows = 1 if weights.ndim == 2 else weights.shape[0]
     ids = template.input_ids[None].expand(rows, -1)
-    if not template.slots:
-        return backend.encode_ids(ids)
-    return backend.encode_ids(ids, embedding_hook=mixture_hook(template, weights))
+    return ids, (mixture_hook(template, weights) if template.slots else None)
+
+
+def encode_mixed(view, template: PromptTemplate, weights: Tensor) -> Tensor:
+    """Text-encoder output for the template with slot mixtures (differentiable in ``weights``).
+
+    ``view``: anything with ``encode_ids(ids, embedding_hook=)`` (a :class:`~dpo_diff.backends.text.TextView` or
+    the SD backend). ``weights[S, O]`` gives ``Tensor[1, L, D]``; ``weights[B, S, O]`` gives ``Tensor[B, L, D]``,
+    row b equal to ``encode_mixed(view, template, weights[b])``. Weights may be on any device (see
+    :func:`mixture_hook`).
+    """
+    ids, hook = mixed_ids(template, weights)
+    return view.encode_ids(ids, embedding_hook=hook)
 
 
 @dataclass(frozen=True)
@@ -398,6 +405,7 @@ class CornerGap:
     token_mismatches: int  # checked corners whose relaxed tokens differ from the tokenized rendered text
     max_abs: float  # max |relaxed - discrete| of the text encoder's 77 hidden states over the checked corners
     scale: float  # max |discrete| over the same corners (to read max_abs against)
+    encoder: str = "text encoder"  # which of the backbone's text encoders
 
 
 def _side_corners(space: SearchSpace, side: str, limit: int, seed: int) -> tuple[list[Candidate], int]:
@@ -427,26 +435,29 @@ def _side_corners(space: SearchSpace, side: str, limit: int, seed: int) -> tuple
 @torch.no_grad()
 def corner_gaps(space: SearchSpace, backend, *, max_corners: int = 64, seed: int = 0) -> list[CornerGap]:
     """Encode one-hot corners of each side (all of them, or ``max_corners`` drawn with ``seed``) both relaxed and as
-    rendered text, and report the largest difference; 0 wherever the tokenizer splits the rendered text at the
-    template's pieces. ``backend`` needs ``tokenizer``, ``max_length``, ``encode_ids`` and ``encode_text``."""
+    rendered text, through every text encoder of ``backend`` (its ``text_views()``), and report the largest
+    difference; 0 wherever the tokenizer splits the rendered text at the template's pieces."""
     out = []
-    for side, build in (("positive", positive_template), ("negative", negative_template)):
-        if not space.slots_of(side):
-            continue
-        template = build(space, backend.tokenizer, backend.max_length)
-        corners, total = _side_corners(space, side, max(1, max_corners), seed)
-        gap = scale = 0.0
-        mismatches = 0
-        for c in corners:
-            pair = space.render(c)
-            text = pair.prompt if side == "positive" else pair.negative_prompt
-            ids = backend.tokenize([text])
-            mismatches += template.corner_ids(c) != ids[0].tolist()
-            ref = backend.encode_ids(ids)
-            weights = torch.zeros(len(space.slots), max(space.sizes))
-            weights[torch.arange(len(c)), torch.tensor(c)] = 1.0
-            relaxed = encode_mixed(backend, template, weights)
-            gap = max(gap, float((relaxed.float() - ref.float()).abs().max()))
-            scale = max(scale, float(ref.float().abs().max()))
-        out.append(CornerGap(side, len(corners), total, mismatches, gap, scale))
+    for view in backend.text_views():
+        for side, build in (("positive", positive_template), ("negative", negative_template)):
+            if space.slots_of(side):
+                out.append(_view_gap(space, view, side, build, max(1, max_corners), seed))
     return out
+
+
+def _view_gap(space: SearchSpace, view, side: str, build, max_corners: int, seed: int) -> CornerGap:
+    template = build(space, view.tokenizer, view.max_length)
+    corners, total = _side_corners(space, side, max_corners, seed)
+    gap = scale = 0.0
+    mismatches = 0
+    for c in corners:
+        pair = space.render(c)
+        ids = view.tokenize([pair.prompt if side == "positive" else pair.negative_prompt])
+        mismatches += template.corner_ids(c) != ids[0].tolist()
+        ref = view.encode_ids(ids)
+        weights = torch.zeros(len(space.slots), max(space.sizes))
+        weights[torch.arange(len(c)), torch.tensor(c)] = 1.0
+        relaxed = encode_mixed(view, template, weights)
+        gap = max(gap, float((relaxed.float() - ref.float()).abs().max()))
+        scale = max(scale, float(ref.float().abs().max()))
+    return CornerGap(side, len(corners), total, mismatches, gap, scale, getattr(view, "name", "text encoder"))

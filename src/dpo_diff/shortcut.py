@@ -3,7 +3,9 @@
 Backpropagating through all T sampling steps costs memory linear in T (75 GB for SD v1.x at 50 steps). The
 shortcut: run steps ``[0, k)`` without grad, ``K`` grad-enabled steps from k, then jump to x0 in one step from the
 last model output (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), or sqrt(abar) x_t - sqrt(1 - abar) v for
-v-prediction), decode, and score with the judge. Memory and time of the backward pass do not depend on T.
+v-prediction; x0 = x_t - sigma v for flow matching), decode, and score with the judge. Memory and time of the
+backward pass do not depend on T. The loop's pieces come from the backend (:mod:`dpo_diff.backends.base`), so the
+same function serves every backbone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from dpo_diff.backends.diffusers_sd import Conditioning
+from dpo_diff.backends.base import Conditioning
 
 
 def shortcut_images(backend, text: Conditioning, seeds: Sequence[int], *, steps: int, guidance_scale: float,
@@ -31,10 +33,8 @@ def shortcut_images(backend, text: Conditioning, seeds: Sequence[int], *, steps:
     if not 0 <= start_step <= steps - grad_steps:
         raise ValueError(
             f"start_step must be in [0, steps - grad_steps] = [0, {steps - grad_steps}], got {start_step}")
-    n = len(seeds)
-    text = Conditioning(text.cond.expand(n, -1, -1),
-                        None if text.uncond is None else text.uncond.expand(n, -1, -1))
-    scheduler = backend.new_scheduler(steps)
+    text = text.expand(len(seeds))
+    scheduler = backend.new_scheduler(steps, height, width)
     latents = backend.initial_latents(seeds, scheduler, height, width)
     with torch.no_grad():  # 1. the prefix: no activations kept, whatever k is
         latents = backend.denoise(scheduler, latents, text, guidance_scale, range(start_step))
@@ -43,6 +43,6 @@ def shortcut_images(backend, text: Conditioning, seeds: Sequence[int], *, steps:
     last = start_step + grad_steps - 1
     t = scheduler.timesteps[last]
     out, x_t = backend.guided_prediction(scheduler, latents, t, text, guidance_scale)
-    x0 = backend.predict_x0(out, x_t, backend.alpha_bar(scheduler, t))
+    x0 = backend.x0_estimate(scheduler, out, x_t, last)
     return backend.decode(x0).float()
 

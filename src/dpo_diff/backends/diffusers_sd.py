@@ -8,16 +8,18 @@ No method sets the autograd mode: callers decide (see :mod:`dpo_diff.shortcut`).
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from dpo_diff.backends.base import Conditioning
+from dpo_diff.backends.text import TextView
 from dpo_diff.loading import ModelNotFoundError, resolve_model
 from dpo_diff.seeding import latent_generator
+
+__all__ = ["Conditioning", "DTYPES", "SCHEDULERS", "StableDiffusionBackend"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SCHEDULERS = ("ddim", "pndm", "euler", "dpm++", "model")
@@ -38,14 +40,6 @@ def _scheduler_class(name: str):
     return classes[name]
 
 
-@dataclass
-class Conditioning:
-    """Text conditioning for a batch: ``cond``/``uncond`` are ``Tensor[B, 77, D]`` (uncond unused without CFG)."""
-
-    cond: Tensor
-    uncond: Tensor | None
-
-
 class StableDiffusionBackend:
     """A frozen Stable Diffusion model (1.x or 2.x; epsilon, v- or sample-prediction).
 
@@ -60,8 +54,6 @@ class StableDiffusionBackend:
         if not hasattr(scheduler, "alphas_cumprod"):
             raise ValueError(
                 f"scheduler {type(scheduler).__name__} has no alphas_cumprod; the one-step x0 jump needs it")
-        self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
         self.unet = unet
         self.vae = vae
         self.device = torch.device(device)
@@ -81,15 +73,11 @@ class StableDiffusionBackend:
         self.prediction_type = self.new_scheduler().config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
-        if len(tokenizer) < 1000:
-            raise ValueError(
-                f"the tokenizer has only {len(tokenizer)} entries: its files are missing from the model folder "
-                f"(transformers then silently builds a placeholder tokenizer); add the tokenizer/ folder"
-            )
+        self.text = TextView(tokenizer, text_encoder, device=self.device)
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, model: str, *, device: str | torch.device = "cpu", dtype: str = "fp32",
+    def from_pretrained(cls, model: str, *, device: str | torch.device = "cpu", dtype: str | None = "fp32",
                         scheduler: str = "ddim") -> StableDiffusionBackend:
         """Load a diffusers Stable Diffusion folder or hub id (e.g. ``CompVis/stable-diffusion-v1-4``).
 
@@ -97,9 +85,11 @@ class StableDiffusionBackend:
             model: hub id or local folder with ``model_index.json``.
             device: ``"cuda"``, ``"cpu"``, ...
             dtype: one of ``fp32``, ``fp16``, ``bf16`` (fp16 on GPUs; the text gradient is loss-scaled, see
-                :mod:`dpo_diff.search.gradient`).
+                :mod:`dpo_diff.search.gradient`); ``None``: fp16 on CUDA, fp32 elsewhere.
             scheduler: one of :data:`SCHEDULERS` (``ddim`` default, as in the paper).
         """
+        if dtype is None:
+            dtype = "fp16" if torch.device(device).type == "cuda" else "fp32"
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
         if scheduler not in SCHEDULERS:
@@ -120,51 +110,76 @@ class StableDiffusionBackend:
 
     # ------------------------------------------------------------------ text
     @property
+    def tokenizer(self):
+        return self.text.tokenizer
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.text.encoder
+
+    @property
     def max_length(self) -> int:
-        return int(self.tokenizer.model_max_length)
+        return self.text.max_length
 
     @property
     def token_embedding(self) -> torch.nn.Embedding:
         """The token-embedding table the word mixtures are spliced into (through a forward hook)."""
-        return self.text_encoder.get_input_embeddings()
+        return self.text.token_embedding
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         """``LongTensor[B, 77]``, padded and truncated exactly as ``StableDiffusionPipeline.encode_prompt`` does."""
-        return self.tokenizer(list(texts), padding="max_length", max_length=self.max_length, truncation=True,
-                              return_tensors="pt").input_ids
+        return self.text.tokenize(texts)
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` including BOS and EOS (must be <= 77)."""
-        return len(self.tokenizer(text, truncation=False).input_ids)
+        return self.text.count_tokens(text)
+
+    def check_prompt(self, text: str) -> None:
+        """Raise :class:`~dpo_diff.relax.PromptTooLongError` for a prompt the text encoder cannot take."""
+        self.text.check_prompt(text)
+
+    def text_views(self) -> list[TextView]:
+        return [self.text]
 
     def encode_ids(self, input_ids: Tensor, *, embedding_hook: Callable | None = None) -> Tensor:
-        """Run the text encoder on ``input_ids[B, 77]`` -> ``Tensor[B, 77, D]`` (last hidden state).
-
-        ``embedding_hook`` (a forward hook for the token-embedding module) may replace token embeddings, which is how
-        the Gumbel-softmax mixtures go *through* the text encoder: transformers 5's ``CLIPTextModel.forward`` takes no
-        ``inputs_embeds``. EOS pooling still reads ``input_ids``, so callers keep the true EOS there.
-        """
-        mask = None
-        if getattr(self.text_encoder.config, "use_attention_mask", False):
-            mask = (input_ids != self.tokenizer.pad_token_id).long().to(self.device)
-        with self._hooked(embedding_hook):
-            return self.text_encoder(input_ids.to(self.device), attention_mask=mask)[0]
+        """Run the text encoder on ``input_ids[B, 77]`` -> ``Tensor[B, 77, D]`` (last hidden state); see
+        :meth:`TextView.run` for ``embedding_hook``."""
+        return self.text.encode_ids(input_ids, embedding_hook=embedding_hook)
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         return self.encode_ids(self.tokenize(texts))
 
-    @contextlib.contextmanager
-    def _hooked(self, hook: Callable | None) -> Iterator[None]:
-        handle = self.token_embedding.register_forward_hook(hook) if hook is not None else None
-        try:
-            yield
-        finally:
-            if handle is not None:
-                handle.remove()
+    def relaxed_conditioning(self, space, *, guidance_scale: float) -> Callable[[Tensor], Conditioning]:
+        """``f(weights)`` -> :class:`Conditioning` with the space's word mixtures through the text encoder.
+
+        Sides with slots are encoded from the Gumbel-softmax weights (:mod:`dpo_diff.relax`); a side without slots
+        is encoded once, exactly.
+        """
+        from dpo_diff.relax import encode_mixed, negative_template, positive_template
+
+        pos = positive_template(space, self.tokenizer, self.max_length)
+        neg = negative_template(space, self.tokenizer, self.max_length)
+        use_cfg = guidance_scale > 1
+        if neg.slots and not use_cfg:
+            raise ValueError("the space has negative-prompt slots but guidance_scale <= 1 disables the negative "
+                             "prompt; use guidance > 1")
+        with torch.no_grad():
+            fixed_cond = None if pos.slots else self.encode_text([space.prompt])
+            fixed_uncond = None if neg.slots or not use_cfg else self.encode_text([space.negative_prompt])
+
+        def encode(weights: Tensor) -> Conditioning:
+            cond = fixed_cond if fixed_cond is not None else encode_mixed(self, pos, weights)
+            uncond = None
+            if use_cfg:
+                uncond = fixed_uncond if fixed_uncond is not None else encode_mixed(self, neg, weights)
+            return Conditioning(cond, uncond)
+
+        return encode
 
     # ------------------------------------------------------------------ diffusion
-    def new_scheduler(self, num_steps: int | None = None):
-        """A fresh scheduler (schedulers are stateful: multistep solvers keep past outputs)."""
+    def new_scheduler(self, num_steps: int | None = None, height: int | None = None, width: int | None = None):
+        """A fresh scheduler (schedulers are stateful: multistep solvers keep past outputs). The image size does not
+        change an SD schedule (flow-matching backbones shift theirs by it)."""
         sched = self._scheduler_cls.from_config(self._scheduler_config)
         if num_steps is not None:
             sched.set_timesteps(num_steps, device=self.device)
@@ -222,6 +237,10 @@ class StableDiffusionBackend:
             return a.sqrt() * x_t - (1 - a).sqrt() * model_output
         return model_output
 
+    def x0_estimate(self, scheduler, model_output: Tensor, x_t: Tensor, step_index: int) -> Tensor:
+        """The shortcut's one-step x0 jump from the model output at step ``step_index`` of ``scheduler``."""
+        return self.predict_x0(model_output, x_t, self.alpha_bar(scheduler, scheduler.timesteps[step_index]))
+
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> images ``Tensor[B, 3, H, W]`` in [0, 1] (differentiable)."""
         latents = latents.to(self.dtype)
@@ -241,7 +260,7 @@ class StableDiffusionBackend:
     def sample(self, text: Conditioning, seeds: Sequence[int], *, steps: int = 50, guidance_scale: float = 7.5,
                height: int | None = None, width: int | None = None) -> Tensor:
         """Full sampler for a batch (one conditioning row per seed) -> images ``Tensor[B, 3, H, W]`` in [0, 1]."""
-        scheduler = self.new_scheduler(steps)
+        scheduler = self.new_scheduler(steps, height, width)
         latents = self.initial_latents(seeds, scheduler, height, width)
         latents = self.denoise(scheduler, latents, text, guidance_scale, range(len(scheduler.timesteps)))
         return self.decode(latents).float()

@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50)")
     p.add_argument("--guidance", type=float, default=None, help="guidance (default 7.5; the world's with --world)")
     p.add_argument("--scheduler", default="ddim")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="auto: the backbone's default (fp32 on CPU; fp16 for SD 1.x/2.x, bf16 for SDXL/SD 3/FLUX "
+                        "on GPUs)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, help="JSON file for the selected prompts")
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+    from dpo_diff.backends.base import load_backend
     from dpo_diff.hard_prompts import score_prompts, select
     from dpo_diff.judges.clip import ClipJudge
     from dpo_diff.loading import resolve_device
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     pset = read_prompt_set(args.prompts, column=args.column)  # before loading models: bad files fail fast
     print(pset.summary())
     device = resolve_device(args.device)
-    backend = StableDiffusionBackend.from_pretrained(model, device=device, dtype=args.dtype, scheduler=args.scheduler)
+    backend = load_backend(model, device=device, dtype=args.dtype, scheduler=args.scheduler)
     clip = ClipJudge.from_pretrained(judge, device=device)
     out = Path(args.out)
     cache = out.with_name(out.name + ".scores.jsonl")

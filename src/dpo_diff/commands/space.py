@@ -185,12 +185,12 @@ def _show(args: argparse.Namespace) -> int:
 
 def _gap_backend(model: str) -> Any:
     """The model's text side for the gap, or None (printed) when ``model`` is only a tokenizer."""
-    from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+    from dpo_diff.backends.base import UnsupportedModelError, load_backend
     from dpo_diff.loading import ModelNotFoundError
 
     try:
-        return StableDiffusionBackend.from_pretrained(model)
-    except ModelNotFoundError as e:
+        return load_backend(model)
+    except (ModelNotFoundError, UnsupportedModelError) as e:
         print(f"relaxation gap not measured: {str(e).splitlines()[0]}", file=sys.stderr)
         return None
 
@@ -203,7 +203,8 @@ def _gap_line(space: Any, backend: Any, corners: int) -> str:
         gaps = corner_gaps(space, backend, max_corners=corners)
     except PromptTooLongError as e:
         return f"relaxation: {e}"
-    parts = [f"{g.side} {g.max_abs:.3g} (scale {g.scale:.3g}; {g.corners}/{g.total} corners, "
+    named = len({g.encoder for g in gaps}) > 1  # several text encoders (SDXL, SD 3, FLUX): say which
+    parts = [f"{g.encoder + ' ' if named else ''}{g.side} {g.max_abs:.3g} (scale {g.scale:.3g}; {g.corners}/{g.total} corners, "
              f"{g.token_mismatches} tokenized differently)" for g in gaps]
     return "relaxation gap, max |one-hot relaxed - rendered text| of the text encoder: " + ("; ".join(parts) or
                                                                                            "no slots")

@@ -1,0 +1,95 @@
+"""One tokenizer + text encoder pair, exact and relaxed (shared by every backbone's adapter).
+
+A backbone with several text encoders (SDXL: two CLIPs; SD 3: two CLIPs and T5; FLUX: CLIP and T5) holds one
+:class:`TextView` per encoder. Each view tokenizes with its own tokenizer, so a word slot sits at that tokenizer's
+positions in that view's template (:mod:`dpo_diff.relax`), and the Gumbel-softmax mixtures go through every encoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from dpo_diff.relax import PromptTooLongError
+
+
+class TextView:
+    """A frozen text encoder with its tokenizer.
+
+    Args:
+        tokenizer: a transformers tokenizer (CLIP BPE, T5 SentencePiece, ...).
+        encoder: the text encoder module (weights already on ``device``).
+        device: where the encoder runs.
+        max_length: tokens per prompt (default: the tokenizer's ``model_max_length``).
+        min_vocab: a tokenizer smaller than this is a placeholder built from missing files (transformers then
+            silently maps every word to one id), which is refused.
+        name: for messages ("text encoder 2").
+    """
+
+    def __init__(self, tokenizer, encoder, *, device: torch.device, max_length: int | None = None,
+                 min_vocab: int = 1000, name: str = "text encoder") -> None:
+        if len(tokenizer) < min_vocab:
+            raise ValueError(
+                f"the {name}'s tokenizer has only {len(tokenizer)} entries: its files are missing from the model "
+                f"folder (transformers then silently builds a placeholder tokenizer); add the tokenizer folder"
+            )
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.device = device
+        self.name = name
+        self.max_length = int(max_length or tokenizer.model_max_length)
+
+    @property
+    def token_embedding(self) -> torch.nn.Embedding:
+        """The token-embedding table the word mixtures are spliced into (through a forward hook)."""
+        return self.encoder.get_input_embeddings()
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        """``LongTensor[B, max_length]``, padded and truncated as the diffusers pipelines do."""
+        return self.tokenizer(list(texts), padding="max_length", max_length=self.max_length, truncation=True,
+                              return_tensors="pt").input_ids
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` including the special tokens the tokenizer adds."""
+        return len(self.tokenizer(text, truncation=False).input_ids)
+
+    def check_prompt(self, text: str) -> None:
+        n = self.count_tokens(text)
+        if n > self.max_length:
+            raise PromptTooLongError(f"the prompt {text[:60]!r} has {n} tokens but the {self.name} takes "
+                                     f"{self.max_length}; shorten it")
+
+    def attention_mask(self, input_ids: Tensor) -> Tensor | None:
+        """The padding mask, for encoders configured to use one (SD 2.x-style CLIPs mostly do not)."""
+        if getattr(self.encoder.config, "use_attention_mask", False):
+            return (input_ids != self.tokenizer.pad_token_id).long().to(self.device)
+        return None
+
+    def run(self, input_ids: Tensor, *, embedding_hook: Callable | None = None, **kwargs):
+        """The encoder's raw output for ``input_ids`` (``kwargs`` go to its forward, e.g. output_hidden_states).
+
+        ``embedding_hook`` (a forward hook for the token-embedding module) may replace token embeddings, which is
+        how the Gumbel-softmax mixtures go *through* the text encoder: transformers 5's ``CLIPTextModel.forward``
+        takes no ``inputs_embeds``. EOS pooling still reads ``input_ids``, so callers keep the true EOS there.
+        """
+        with self.hooked(embedding_hook):
+            return self.encoder(input_ids.to(self.device), attention_mask=self.attention_mask(input_ids), **kwargs)
+
+    def encode_ids(self, input_ids: Tensor, *, embedding_hook: Callable | None = None) -> Tensor:
+        """Last hidden state ``Tensor[B, L, D]`` of ``input_ids[B, L]``."""
+        return self.run(input_ids, embedding_hook=embedding_hook)[0]
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        return self.encode_ids(self.tokenize(texts))
+
+    @contextlib.contextmanager
+    def hooked(self, hook: Callable | None) -> Iterator[None]:
+        handle = self.token_embedding.register_forward_hook(hook) if hook is not None else None
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
