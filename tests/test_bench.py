@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_diff.bench.results import load_records
+from dpo_diff.bench.results import load_records, without_wall_clock
 from dpo_diff.cli import main
 from dpo_diff.testing import assert_close_records
 
@@ -45,7 +45,7 @@ def with_out(args, out):
 
 def numbers(records):
     """Records without wall times, keyed by (prompt, method): what must be identical between runs."""
-    return {(r["prompt"], r["method"]): {k: v for k, v in r.items() if k != "seconds"} for r in records}
+    return {(r["prompt"], r["method"]): without_wall_clock(r) for r in records}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,10 @@ def test_every_method_on_every_prompt_at_equal_budget(full_run):
             assert r["cost"] == 0 and r["history"] == []
         else:
             assert 0 < r["cost"] <= 4 and r["budget"] == 4 and r["history"]
+            # The wall-clock view beside the cost view: the same best loss, reached at elapsed search seconds.
+            seconds = [t for t, _ in r["time_history"]]
+            assert seconds == sorted(seconds) and 0 < seconds[-1] <= r["search_seconds"] <= r["seconds"]
+            assert r["time_history"][-1][1] == pytest.approx(r["history"][-1][1]) and "evaluation" in r["timings"]
             assert r["best"]["prompt"] == r["prompt"]  # improve searches the negative prompt only
             # The method's prompt is kept only if it beat the user prompt on the search seeds.
             if r["best"]["negative_prompt"]:

@@ -24,8 +24,9 @@ def test_stats():
     assert curve == [0.8, 0.8, 0.8, 0.7, 0.7]
 
 
-def write_folder(out, per_method, faith=None, task="improve"):
-    """A benchmark folder written by hand: ``per_method[m][i]`` is prompt i's mean report loss."""
+def write_folder(out, per_method, faith=None, task="improve", timed=()):
+    """A benchmark folder written by hand: ``per_method[m][i]`` is prompt i's mean report loss; the methods in
+    ``timed`` carry the wall-clock fields (found at 2 s of a 3 s search), the others are records of older versions."""
     out.mkdir(parents=True, exist_ok=True)
     cfg = {"task": task, "budget": 4, "seeds": [0], "report_seeds": [5], "steps": 4, "guidance": 7.5,
            "model": "m", "judge": "j", "world": faith is not None, "methods": list(per_method)}
@@ -38,6 +39,9 @@ def write_folder(out, per_method, faith=None, task="improve"):
                    "user_report_losses": [user[i]], "user_search_losses": [user[i]], "cost": 0 if m == "user" else 4,
                    "seconds": 1.0, "history": [] if m == "user" else [[4, loss]], "images": {"user": [], "best": []},
                    "best": {"prompt": f"prompt {i}", "negative_prompt": ""}, "faithfulness": None}
+            if m in timed:
+                rec.update(search_seconds=3.0, timings={"evaluation": 2.5, "rerank": 0.5},
+                           time_history=[[2.0, loss]])
             if faith is not None:
                 rec["faithfulness"] = {"user": {"all_correct": faith["user"][i]}, "best": {"all_correct": faith[m][i]}}
             lines.append(json.dumps(rec))
@@ -63,6 +67,39 @@ def test_tables_from_known_numbers(tmp_path):
     # Attack: higher loss wins.
     att = analyse(write_folder(tmp_path / "a", {"user": [0.5, 0.5], "epo": [0.6, 0.4]}, task="attack"))
     assert {r.method: r.improved for r in att.rows}["epo"] == 0.5
+
+
+def test_report_shows_the_budget_and_the_wall_clock_view(tmp_path):
+    out = write_folder(tmp_path / "b", {"user": [1.0, 0.8], "epo": [0.9, 0.6], "hybrid": [0.8, 0.7]},
+                       timed=("user", "epo", "hybrid"))
+    data = analyse(out)
+    grid, epo = data.time_curves["epo"]
+    assert grid[0] == 0 and grid[-1] == 3.0  # up to the slowest search
+    assert epo[0] == pytest.approx(0.9) and epo[-1] == pytest.approx(0.75)  # the user prompt until 2 s, then found
+    assert epo[grid.index(1.5)] == pytest.approx(0.9) and data.time_curves["user"][1] == [0.9] * len(grid)
+    assert data.curves["epo"][1][-1] == pytest.approx(0.75)  # the same answer on the cost axis
+    paths = write_report(out)
+    md = paths["markdown"].read_text()
+    assert "| method | cost (gen) | search s | s / gen | gpo_gradient s | evaluation s | rerank s | job s |" in md
+    assert "| epo | 4.0 | 3.0 | 0.75 | 0.0 | 2.5 | 0.5 | 1.0 |" in md and "| user | 0.0 | 3.0 | - |" in md
+    assert "No time curve" not in md and "Left out" not in md
+    assert paths["time_curves"].stat().st_size > 10_000 and paths["curves"].stat().st_size > 10_000
+    page = paths["html"].read_text()
+    assert "id='time-curves'" in page and "id='curves'" in page and 'id="budget-views"' in page
+
+
+def test_report_of_records_without_seconds_keeps_the_budget_view(tmp_path):
+    old = write_folder(tmp_path / "old", {"user": [1.0, 0.8], "epo": [0.9, 0.6]})  # written by an older version
+    paths = write_report(old)
+    md = paths["markdown"].read_text()
+    assert "| epo | 4.0 | - | - | - | - | - | 1.0 |" in md and "No time curve" in md
+    assert "time_curves" not in paths and not (old / "curves_time.png").exists() and "curves" in paths
+    assert "id='time-curves'" not in paths["html"].read_text()
+    # Old and new records in one folder: the time view shows the methods it can place on the clock.
+    mixed = analyse(write_folder(tmp_path / "mixed", {"user": [1.0, 0.8], "epo": [0.9, 0.6], "gpo": [0.7, 0.7]},
+                                 timed=("gpo",)))
+    assert sorted(mixed.time_curves) == ["gpo", "user"] and sorted(mixed.curves) == ["epo", "gpo", "user"]
+    assert "Left out of the time curve" in write_report(mixed.out)["markdown"].read_text()
 
 
 def test_report_compares_only_prompts_every_method_finished(tmp_path, capsys):
@@ -107,9 +144,9 @@ def test_report_of_a_real_run_without_torch(bench_dir):
     assert "| user | " in out.stdout and "| gpo | " in out.stdout
     page = (bench_dir / "report.html").read_text()
     assert page.count("<img src='data:image/png;base64,") == 2 * 3 * 2  # prompts x (user + 2 methods) x seeds
-    assert "id='curves'" in page and 'id="results"' in page
+    assert "id='curves'" in page and "id='time-curves'" in page and 'id="results"' in page
     assert not re.search(r"(src|href)=['\"](https?:|file:|/)", page)  # self-contained
-    assert (bench_dir / "curves.png").stat().st_size > 10_000
+    assert (bench_dir / "curves.png").stat().st_size > 10_000 and (bench_dir / "curves_time.png").is_file()
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -140,4 +177,4 @@ def test_report_page_renders_in_headless_chromium(bench_dir, tmp_path):
     m = re.search(r'data-probe="([^"]*)"', dom)
     assert m, "the probe did not run"
     result = json.loads(m.group(1).replace("&quot;", '"'))
-    assert result == {"n": 13, "ok": 13, "rows": 3}  # 12 grid images + the curves; a row per method
+    assert result == {"n": 14, "ok": 14, "rows": 3}  # 12 grid images + the two curves; a row per method

@@ -1,4 +1,5 @@
-"""The self-contained HTML page of a benchmark report: tables, the loss-vs-budget figure and image grids.
+"""The self-contained HTML page of a benchmark report: tables, the loss-vs-budget and loss-vs-time figures and image
+grids.
 
 Everything is inlined (images as ``data:`` URIs, CSS in the page), so the file can be mailed or opened offline.
 Image grids show, per prompt, the user prompt's images and each method's on the same report seeds, with the
@@ -88,8 +89,10 @@ def _grid(data: Any, prompt: str) -> tuple[str, int]:
     return f"<h3>{html.escape(prompt)}</h3><table class='grid'>{''.join(body)}</table>", missing
 
 
-def render_html(data: Any, *, markdown_tables: tuple, curves_png: Path | None, grid_prompts: int = 12) -> str:
-    """The page for a :class:`dpo_diff.bench.report.ReportData`."""
+def render_html(data: Any, *, markdown_tables: tuple, curves_png: Path | None, grid_prompts: int = 12,
+                budget_views: tuple | None = None, time_png: Path | None = None) -> str:
+    """The page for a :class:`dpo_diff.bench.report.ReportData`; ``budget_views``: ``((header, cells), note)`` of
+    the cost-and-seconds table, ``time_png``: the loss-vs-time figure."""
     (main_h, main_c), (win_h, win_c) = markdown_tables
     cfg = data.config
     model = "shapes world" if cfg.get("world") else cfg.get("model", "")
@@ -113,9 +116,16 @@ def render_html(data: Any, *, markdown_tables: tuple, curves_png: Path | None, g
         "<h2>Win rates</h2>",
         _table(win_h, win_c, "wins"),
     ]
+    if budget_views is not None:
+        (views_h, views_c), note = budget_views
+        parts += ["<h2>Budget: cost charged and seconds measured</h2>", _table(views_h, views_c, "budget-views"),
+                  f"<p class='muted'>{html.escape(note)}</p>"]
     if curves_png is not None:
         parts += ["<h2>Best loss vs budget</h2>",
                   f"<img id='curves' src='{_data_uri(curves_png, thumb=10_000)}' alt='loss vs budget'>"]
+    if time_png is not None:
+        parts += ["<h2>Best loss vs wall-clock time</h2>",
+                  f"<img id='time-curves' src='{_data_uri(time_png, thumb=10_000)}' alt='loss vs time'>"]
     shown = data.prompts[:grid_prompts]
     parts.append(f"<h2>Images ({len(shown)} of {len(data.prompts)} prompts)</h2>")
     missing = 0

@@ -83,7 +83,7 @@ def models_for(cfg: BenchConfig) -> Models:
     """Load (once per process and config) the generator, judge and, for the world, the checker."""
     key = json.dumps({**cfg.to_dict(), "methods": None}, sort_keys=True, default=str)
     if key not in _MODELS:
-        from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+        from dpo_diff.backends.base import load_backend
         from dpo_diff.judges.clip import ClipJudge
         from dpo_diff.loading import resolve_device
 
@@ -94,8 +94,7 @@ def models_for(cfg: BenchConfig) -> Models:
 
             for kind in ("generator", "judge", "checker"):
                 verify_model_folder(kind)
-        backend = StableDiffusionBackend.from_pretrained(model, device=device, dtype=cfg.dtype,
-                                                         scheduler=cfg.scheduler)
+        backend = load_backend(model, device=device, dtype=cfg.dtype, scheduler=cfg.scheduler)
         clip = ClipJudge.from_pretrained(judge, device=device)
         checker = None
         if cfg.world:
@@ -144,13 +143,32 @@ def run_job(cfg: BenchConfig, job: Job, workdir: str | os.PathLike[str]) -> dict
         result = optimize(ocfg, space=space, backend=models.backend, judge=models.judge,
                           constraint=models.constraint(cfg, space), progress=False, resume=True,
                           extra_metrics=metric)
-    history = []
+    history, by_time = [], []
     search_file = workdir / "search.json"
+    sign = 1.0 if cfg.task == "improve" else -1.0
     if job.method not in ("user", "promptist") and search_file.is_file():
-        sign = 1.0 if cfg.task == "improve" else -1.0
         # (cost, best objective so far) -> (cost, best loss so far); entries before the first evaluation are NaN.
         history = [[c, sign * o] for c, o in json.loads(search_file.read_text())["history"] if o == o]
-    return make_record(cfg, job, result, history, time.perf_counter() - t0, extra)
+    if job.method not in ("user", "promptist"):
+        by_time = time_history(workdir / "progress.jsonl", sign)
+    return make_record(cfg, job, result, history, time.perf_counter() - t0, extra, by_time)
+
+
+def time_history(progress: Path, sign: float) -> list[list[float]]:
+    """``[elapsed search seconds, best loss so far]`` at each evaluation of ``progress.jsonl``: the wall-clock view
+    of the search beside ``history`` (the cost view). A resumed run's evaluations keep the seconds they were made
+    at."""
+    from dpo_diff.files import read_jsonl
+
+    if not progress.is_file():
+        return []
+    rows = read_jsonl(progress, lambda d: (float(d["elapsed_s"]), float(d["objective"])), what="evaluation",
+                      warn=False).records
+    out, best = [], float("inf")
+    for seconds, objective in sorted(rows):
+        best = min(best, objective)
+        out.append([seconds, sign * best])
+    return out
 
 
 def evaluate_fixed(ocfg, space: SearchSpace, best: PromptPair, models: Models, metric, method: str) -> dict[str, Any]:
@@ -196,9 +214,10 @@ def evaluate_fixed(ocfg, space: SearchSpace, best: PromptPair, models: Models, m
 
 
 def make_record(cfg: BenchConfig, job: Job, result: dict[str, Any], history: list, seconds: float,
-                extra: dict[str, Any]) -> dict[str, Any]:
+                extra: dict[str, Any], by_time: list | None = None) -> dict[str, Any]:
     """The results-file record of a finished job: everything the report needs, nothing that varies between runs of
-    the same command except ``seconds`` (wall time)."""
+    the same command except the wall-clock fields (``seconds``, ``search_seconds``, ``timings``, ``by_time`` as
+    ``time_history``)."""
     seeds, report = [str(s) for s in cfg.seeds], [str(s) for s in cfg.report_seeds]
     faith = None
     if "metrics" in result:
@@ -232,5 +251,10 @@ def make_record(cfg: BenchConfig, job: Job, result: dict[str, Any], history: lis
         "images": {"user": [f"{folder}/images/user_seed{s}.png" for s in report],
                    "best": [f"{folder}/images/best_seed{s}.png" for s in report]},
         "seconds": seconds,
+        # The wall-clock view of the budget (absent from records of older versions): search seconds as in
+        # result.json, wall seconds per phase, and the best loss by elapsed search seconds.
+        "search_seconds": result.get("search_seconds", 0.0),  # a baseline searches nothing
+        "timings": result.get("timings", {}),
+        "time_history": by_time or [],
         **({"extra": extra} if extra else {}),
     }

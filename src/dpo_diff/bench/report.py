@@ -1,10 +1,13 @@
 """Tables and curves of a benchmark folder: ``dpo-diff report DIR`` (no torch; matplotlib for the curves).
 
-Writes ``DIR/report.md`` (Markdown tables), ``DIR/curves.png`` (best loss vs budget) and ``DIR/report.html`` (a
-self-contained page: tables, curves and image grids, images inlined). Per method, over the prompts every listed
-method finished (a paired comparison): judge loss on the held-out report seeds (mean ± std over prompts, 95% t
-interval), its change against the user prompt, the share of prompts it improved, win rates against each other
-method, search cost and wall time, and ground-truth faithfulness where the world's checker measured it.
+Writes ``DIR/report.md`` (Markdown tables), ``DIR/curves.png`` (best loss vs budget), ``DIR/curves_time.png``
+(best loss vs elapsed search seconds) and ``DIR/report.html`` (a self-contained page: tables, curves and image grids,
+images inlined). Per method, over the prompts every listed method finished (a paired comparison): judge loss on the
+held-out report seeds (mean ± std over prompts, 95% t interval), its change against the user prompt, the share of
+prompts it improved, win rates against each other method, ground-truth faithfulness where the world's checker
+measured it, and both budget views: the cost a search was charged (full-generation equivalents) and the wall seconds
+it took, in total and by phase (records of older versions carry no per-evaluation seconds; only the time view leaves
+them out).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class ReportData:
     records: dict[tuple[str, str], dict[str, Any]]
     config: dict[str, Any]
     curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    time_curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # x: elapsed seconds
     skipped: str = ""  # unreadable lines of results.jsonl that were left out ("" when none)
 
     @property
@@ -94,31 +98,90 @@ def analyse(out: str | os.PathLike[str], methods: list[str] | None = None) -> Re
     data = ReportData(out, task, chosen, prompts, len(all_prompts) - len(prompts), rows, wins, by_key,
                       manifest["config"])
     data.curves = curves(data)
+    data.time_curves = time_curves(data)
     if results.skipped:
         data.skipped = f"{len(results.skipped)} unreadable line(s) of {RESULTS} skipped: {results.describe_skipped()}"
     return data
+
+
+def _mean_curve(data: ReportData, method: str, grid: list[float], key: str) -> list[float]:
+    """Mean over prompts of the best search-seed loss found by each point of ``grid``, with ``key`` the record's
+    ``[x, best loss]`` list (``history``: x in cost; ``time_history``: x in elapsed search seconds)."""
+    rows = []
+    for p in data.prompts:
+        r = data.records[(p, method)]
+        if r["history"]:
+            rows.append(best_so_far_curve(r[key], _mean(r["user_search_losses"]), grid, data.sign))
+        else:  # a baseline (or a space with nothing to search): its prompt's loss at every budget
+            rows.append([_mean(r["search_losses"])] * len(grid))
+    return [sum(col) / len(col) for col in zip(*rows)]
 
 
 def curves(data: ReportData) -> dict[str, tuple[list[float], list[float]]]:
     """Mean over prompts of the best search-seed loss found by each cost (a flat line for the baselines)."""
     budget = float(data.config.get("budget", 0)) or 1.0
     grid = [budget * i / 100 for i in range(101)]
-    out = {}
+    return {m: (grid, _mean_curve(data, m, grid, "history")) for m in data.methods}
+
+
+def _search_seconds(r: dict[str, Any]) -> float:
+    return float(r.get("search_seconds") or (r["time_history"][-1][0] if r.get("time_history") else 0.0))
+
+
+def untimed_methods(data: ReportData) -> list[str]:
+    """Methods with a search record that has no per-evaluation seconds (written before they were recorded)."""
+    return [m for m in data.methods
+            if any(data.records[(p, m)]["history"] and not data.records[(p, m)].get("time_history")
+                   for p in data.prompts)]
+
+
+def time_curves(data: ReportData) -> dict[str, tuple[list[float], list[float]]]:
+    """The wall-clock view of :func:`curves`: best loss by elapsed search seconds, up to the slowest search (a
+    finished search stays at its answer). Empty when no search record has per-evaluation seconds."""
+    untimed = set(untimed_methods(data))
+    timed = [m for m in data.methods if m not in untimed]
+    seconds = [_search_seconds(data.records[(p, m)]) for m in timed for p in data.prompts
+               if data.records[(p, m)]["history"]]
+    if not seconds:
+        return {}
+    horizon = max(seconds) or 1.0
+    grid = [horizon * i / 100 for i in range(101)]
+    return {m: (grid, _mean_curve(data, m, grid, "time_history")) for m in timed}
+
+
+PHASES = ("gpo_gradient", "evaluation", "rerank")  # the search's wall seconds by phase (Evaluator.timings)
+
+
+def budget_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
+    """Both budget views per method, means over the compared prompts: full-generation equivalents charged, and wall
+    seconds measured (the search, its phases, the whole job); "-" where older records lack the seconds."""
+    header = ["method", "cost (gen)", "search s", "s / gen", *(f"{ph} s" for ph in PHASES), "job s"]
+    cells = []
     for m in data.methods:
-        rows = []
-        for p in data.prompts:
-            r = data.records[(p, m)]
-            start = _mean(r["user_search_losses"])
-            if r["history"]:
-                rows.append(best_so_far_curve(r["history"], start, grid, data.sign))
-            else:  # a baseline (or a space with nothing to search): its prompt's loss at every budget
-                rows.append([_mean(r["search_losses"])] * len(grid))
-        out[m] = (grid, [sum(col) / len(col) for col in zip(*rows)])
-    return out
+        recs = [data.records[(p, m)] for p in data.prompts]
+        cost = _mean([r["cost"] for r in recs])
+        search = _mean([r["search_seconds"] for r in recs]) if all("search_seconds" in r for r in recs) else None
+        timed = all("timings" in r for r in recs)
+        phases = [_mean([r["timings"].get(ph, 0.0) for r in recs]) if timed else None for ph in PHASES]
+        per_gen = search / cost if search is not None and cost > 0 else None
+        cells.append([m, _f(cost, 1), _f(search, 1), _f(per_gen, 2), *(_f(x, 1) for x in phases),
+                      _f(_mean([r["seconds"] for r in recs]), 1)])
+    return header, cells
 
 
-def plot_curves(data: ReportData, path: Path) -> Path | None:
-    """Save the loss-vs-budget figure; ``None`` when matplotlib is missing."""
+VIEWS = {  # view -> (ReportData field, x label, title)
+    "budget": ("curves", "budget spent (full generations)", "best loss found vs budget"),
+    "time": ("time_curves", "elapsed search time (s, this machine)", "best loss found vs wall-clock time"),
+}
+
+
+def plot_curves(data: ReportData, path: Path, view: str = "budget") -> Path | None:
+    """Save the best-loss figure of one budget view (``budget`` or ``time``); ``None`` when matplotlib is missing
+    or the view has no curve."""
+    field_name, xlabel, title = VIEWS[view]
+    lines = getattr(data, field_name)
+    if not lines:
+        return None
     try:
         import matplotlib
 
@@ -127,14 +190,13 @@ def plot_curves(data: ReportData, path: Path) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for m in data.methods:
-        x, y = data.curves[m]
+    for m, (x, y) in lines.items():
         style = "--" if not data.records[(data.prompts[0], m)]["history"] else "-"
         ax.plot(x, y, style, label=m)
-    ax.set_xlabel("budget spent (full generations)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("best judge loss, search seeds")
     goal = "lower is better" if data.task == "improve" else "higher is better"
-    ax.set_title(f"{data.task}: best loss found vs budget ({len(data.prompts)} prompts, {goal})", fontsize=9)
+    ax.set_title(f"{data.task}: {title} ({len(data.prompts)} prompts, {goal})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -172,6 +234,23 @@ def win_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
+def budget_note(data: ReportData) -> str:
+    """What the budget table and the two curve figures measure (and what the time view had to leave out)."""
+    text = ("Cost: full-generation equivalents charged (the budget all methods share). Search s: wall seconds from "
+            "the start of the search (the user prompt's baseline on the search seeds included; a resumed run counts "
+            "its interrupted parts), by phase: gpo_gradient (GPO's forward and backward passes), evaluation (exact "
+            "scoring of candidates), rerank (re-scoring the best on validation seeds). s / gen: search seconds per "
+            "charged generation. Job s: the whole job, report seeds included. Seconds are this machine's and vary "
+            "with its load. curves.png: best loss vs cost; curves_time.png: best loss vs elapsed search seconds.")
+    untimed = untimed_methods(data)
+    if not data.time_curves:
+        text += " No time curve: these records carry no per-evaluation seconds (written by an older version)."
+    elif untimed:
+        text += (f" Left out of the time curve (records without per-evaluation seconds, from an older version): "
+                 f"{', '.join(untimed)}.")
+    return text
+
+
 def markdown(data: ReportData) -> str:
     def md(header: list[str], cells: list[list[str]]) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -200,6 +279,12 @@ def markdown(data: ReportData) -> str:
         "Win rate (share of prompts where the row's loss is better than the column's; ties count half):",
         "",
         md(*win_table(data)),
+        "",
+        "Both budget views: what each search was charged and what it took on the clock (means over prompts):",
+        "",
+        md(*budget_table(data)),
+        "",
+        budget_note(data),
     ]
     if data.skipped:
         text += ["", f"Warning: {data.skipped}."]
@@ -208,7 +293,8 @@ def markdown(data: ReportData) -> str:
 
 def write_report(out: str | os.PathLike[str], *, methods: list[str] | None = None,
                  grid_prompts: int = 12) -> dict[str, Path]:
-    """Write report.md, curves.png and report.html into ``out``; returns their paths."""
+    """Write report.md, curves.png, curves_time.png (when the records have seconds) and report.html into ``out``;
+    returns their paths."""
     from dpo_diff.bench.html import render_html
     from dpo_diff.space import atomic_write_text
 
@@ -218,7 +304,12 @@ def write_report(out: str | os.PathLike[str], *, methods: list[str] | None = Non
     png = plot_curves(data, data.out / "curves.png")
     if png is not None:
         paths["curves"] = png
+    time_png = plot_curves(data, data.out / "curves_time.png", view="time")
+    if time_png is not None:
+        paths["time_curves"] = time_png
     paths["html"] = data.out / "report.html"
     atomic_write_text(paths["html"], render_html(data, markdown_tables=(table_rows(data), win_table(data)),
-                                                 curves_png=png, grid_prompts=grid_prompts))
+                                                 curves_png=png, grid_prompts=grid_prompts,
+                                                 budget_views=(budget_table(data), budget_note(data)),
+                                                 time_png=time_png))
     return paths

@@ -38,6 +38,19 @@ _NUMBER_LISTS = ("report_losses", "user_report_losses", "search_losses", "user_s
 _REQUIRED = ("prompt", "method", *_NUMBER_LISTS, "cost", "seconds", "history", "best")
 
 
+# Fields that measure wall-clock time: they differ between two runs of the same command (everything else must not).
+WALL_CLOCK_FIELDS = ("seconds", "search_seconds", "timings")
+
+
+def without_wall_clock(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as a rerun of the same command must reproduce it: wall-clock fields dropped, the best loss by
+    elapsed seconds (``time_history``) kept as its losses only."""
+    out = {k: v for k, v in record.items() if k not in WALL_CLOCK_FIELDS}
+    if "time_history" in out:
+        out["time_history"] = [loss for _, loss in out["time_history"]]
+    return out
+
+
 def _check_record(r: dict[str, Any]) -> dict[str, Any]:
     """A results-file record with what the runner and the report need (else ``KeyError``/``TypeError``)."""
     missing = [k for k in _REQUIRED if k not in r]

@@ -1,7 +1,9 @@
-"""Report a benchmark folder (from 'dpo-diff bench'): Markdown tables, loss-vs-budget curves and an HTML page.
+"""Report a benchmark folder (from 'dpo-diff bench'): Markdown tables, loss-vs-budget and loss-vs-time curves and
+an HTML page.
 
-Writes DIR/report.md, DIR/curves.png and DIR/report.html (self-contained: open it offline or mail it) and prints the
-Markdown. Needs no torch; the curves need matplotlib (pip install 'dpo-diff[report]').
+Writes DIR/report.md, DIR/curves.png (best loss vs cost), DIR/curves_time.png (best loss vs elapsed search seconds)
+and DIR/report.html (self-contained: open it offline or mail it) and prints the Markdown. Needs no torch; the
+curves need matplotlib (pip install 'dpo-diff[report]').
 """
 
 from __future__ import annotations
