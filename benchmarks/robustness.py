@@ -187,26 +187,38 @@ def _per_prompt(records: list[dict], field: str) -> dict[tuple, dict[str, float]
     return {g: {p: statistics.mean(v) for p, v in d.items()} for g, d in acc.items()}
 
 
-def paired_lines(records: list[dict]) -> list[str]:
+def paired_advantage(pp: dict[tuple, dict[str, float]], task: str, method: str, variant: str, field: str,
+                     scale: float = 1.0):
+    """``(d, ci, p)``: per-prompt advantage of ``method`` over random search (positive: better), its 95% bootstrap
+    interval and Wilcoxon p-value, from :func:`_per_prompt` values of ``field``; ``None`` below 3 common prompts."""
     import numpy as np
+    from scipy import stats
+
+    vals, ref = pp.get((task, method, variant)), pp.get((task, "random", variant))
+    if not vals or not ref:
+        return None
+    common = sorted(set(vals) & set(ref))
+    if len(common) < 3:
+        return None
+    sign = (1 if task == "improve" else -1) * (1 if field == "best_report_loss" else -1)
+    d = np.array([sign * (ref[p] - vals[p]) * scale for p in common])
+    ci = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+                         random_state=np.random.default_rng(0)).confidence_interval
+    nonzero = d[d != 0]
+    return d, ci, stats.wilcoxon(nonzero).pvalue if len(nonzero) >= 3 else 1.0
+
+
+def paired_lines(records: list[dict]) -> list[str]:
     from scipy import stats
 
     out: list[tuple[str, float]] = []
     for field, unit, scale in (("best_report_loss", "loss", 1.0), ("best_faithful", "faithful points", 100.0)):
         pp = _per_prompt(records, field)
-        for (task, method, variant), vals in sorted(pp.items()):
-            ref = pp.get((task, "random", variant))
-            if method == "random" or not ref:
+        for task, method, variant in sorted(pp):
+            found = None if method == "random" else paired_advantage(pp, task, method, variant, field, scale)
+            if found is None:
                 continue
-            common = sorted(set(vals) & set(ref))
-            if len(common) < 3:
-                continue
-            sign = (1 if task == "improve" else -1) * (1 if field == "best_report_loss" else -1)
-            d = np.array([sign * (ref[p] - vals[p]) * scale for p in common])  # positive: method better
-            ci = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
-                                 random_state=np.random.default_rng(0)).confidence_interval
-            nonzero = d[d != 0]
-            p = stats.wilcoxon(nonzero).pvalue if len(nonzero) >= 3 else 1.0
+            d, ci, p = found
             out.append((f"{task} {method} vs random ({variant}), {unit}: advantage {d.mean():+.4f} "
                         f"[{ci.low:+.4f}, {ci.high:+.4f}] over {len(d)} prompts; better/tie/worse "
                         f"{int((d > 0).sum())}/{int((d == 0).sum())}/{int((d < 0).sum())}; Wilcoxon p", p))
