@@ -89,9 +89,66 @@ def versus_random(records: list[dict], task: str, method: str) -> list[str]:
     return lines
 
 
+def points(records: list[dict], task: str, method: str, value) -> dict[float, tuple[float, float, float]]:
+    """budget -> (mean cost charged, mean search seconds, mean and std across roots of the per-root mean of
+    ``value`` over prompts)."""
+    runs: dict[float, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r["task"] == task and r["method"] == method:
+            runs[r["budget"]][r["root"]].append(r)
+    out = {}
+    for budget, by_root in sorted(runs.items()):
+        per_root = [statistics.mean(value(r) for r in rs) for rs in by_root.values()]
+        every = [r for rs in by_root.values() for r in rs]
+        spread = statistics.stdev(per_root) if len(per_root) > 1 else 0.0
+        out[budget] = (statistics.mean(r["cost"] for r in every), statistics.mean(search_seconds(r) for r in every),
+                       statistics.mean(per_root), spread)
+    return out
+
+
+def plot(records: list[dict], task: str, path: Path) -> None:
+    """Δ loss and Δ faithfulness against both budget views: the cost charged and the search's wall seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHOD_ORDER if any(r["method"] == m and r["task"] == task for r in records)]
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6), dpi=100, sharey="row")
+    for row, label in enumerate(("Δ report loss", "Δ faithful (points)")):
+        for col, xlabel in enumerate(("budget charged (full generations)", "search wall seconds (1 CPU thread)")):
+            ax = axes[row][col]
+            for i, m in enumerate(methods):
+                pts = points(records, task, m, ROWS[label])
+                xs = [p[col] for p in pts.values()]
+                jitter = 1 + 0.02 * (i - 1.5)  # methods that tie exactly stay visible
+                ax.errorbar([x * jitter for x in xs], [p[2] for p in pts.values()],
+                            yerr=[p[3] for p in pts.values()], marker="o", capsize=3, label=m)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            if col == 0:
+                ax.set_xticks(sorted({r["budget"] for r in records if r["task"] == task}))
+            else:
+                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_ylabel(label)
+    axes[0][0].legend(fontsize=8)
+    prompts = len({r["prompt"] for r in records if r["task"] == task})
+    goal = "lower" if task == "improve" else "higher"
+    fig.suptitle(f"{task} ({goal} loss is better, higher faithfulness): mean ± std across root seeds, {prompts} "
+                 f"prompts; left: cost charged, right: wall seconds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("records", nargs="+", help="records.jsonl files of robustness runs with --budgets")
+    p.add_argument("--plot", default=None, help="write TASK's figure to this PNG path ({task} is replaced)")
     args = p.parse_args()
     records = [r for path in args.records for r in read_records(Path(path))]
     for task in sorted({r["task"] for r in records}):
@@ -99,6 +156,8 @@ def main() -> None:
         print(f"### {task} ({prompts} prompts; mean ± std across root seeds of the per-root mean over prompts)\n")
         print("\n".join(table(records, task)) + "\n")
         print("\n".join(versus_random(records, task, "hybrid")) + "\n")
+        if args.plot:
+            plot(records, task, Path(args.plot.format(task=task)))
     print("\n".join(paired_lines(records)))
 
 
