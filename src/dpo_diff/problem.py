@@ -99,15 +99,19 @@ class Problem:
 
     def losses(self, pairs: Sequence[PromptPair], seeds: Sequence[int],
                keep_images: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Spherical CLIP loss to the user prompt, ``Tensor[N, S]``, from the full sampler (and the images)."""
+        """The judge's loss to the user prompt, ``Tensor[N, S]``, from the full sampler (and the images); with an
+        objective, its ``J`` (:mod:`dpo_diff.judges.objective`)."""
+        from dpo_diff.judges.objective import judge_rows, judge_values
+
         rows = [(p, s) for p in pairs for s in seeds]
         losses, images = [], []
         for _, imgs in self._batches(rows):
             with torch.no_grad():
-                losses.append(self.judge.loss(imgs, self.user_prompt).cpu())
+                losses.append(judge_values(self.judge, imgs, self.user_prompt).cpu())  # [B] or [B, terms]
             if keep_images:
                 images.append(imgs.cpu())
-        out = torch.cat(losses).view(len(pairs), len(seeds)) if rows else torch.empty(len(pairs), len(seeds))
+        out = (judge_rows(self.judge, torch.cat(losses), len(pairs), seeds) if rows
+               else torch.empty(len(pairs), len(seeds)))
         return out, (torch.cat(images) if keep_images and images else None)
 
     @property

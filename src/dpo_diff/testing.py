@@ -1,7 +1,9 @@
 """Tiny random models for tests, examples and CPU smoke runs.
 
 :func:`save_tiny_sd` writes a complete ``StableDiffusionPipeline`` folder (real CLIP BPE tokenizer, 2-layer text
-encoder, small UNet and VAE) and :func:`save_tiny_clip` a ``CLIPModel`` folder with a ``preprocessor_config.json``.
+encoder, small UNet and VAE), :func:`save_tiny_clip` a ``CLIPModel`` folder with a ``preprocessor_config.json``,
+:func:`save_tiny_siglip` a ``SiglipModel`` folder (a tiny Unigram tokenizer built offline) and
+:func:`save_aesthetic_weights` an aesthetic-predictor weights file.
 Both are random (seeded) but load through exactly the same ``from_pretrained`` path as real models, so tests
 exercise the code users run. A Stable Diffusion v1.x-shaped UNet can be built for benchmarks with
 :func:`sd15_unet_config`.
@@ -85,6 +87,68 @@ def save_tiny_clip(path: str | Path, *, seed: int = 1, image_size: int = 32) -> 
     _copy_tokenizer(path)
     CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
                        ).save_pretrained(path)
+    return path
+
+
+TINY_VOCAB = ("a an the red green blue yellow purple orange white black gray circle square triangle diamond orb "
+              "star big small large tiny huge left right center centre on in of and background photo cat dog car "
+              "road snowy").split()
+
+
+def tiny_unigram_tokenizer():
+    """A small SentencePiece-style (Unigram, metaspace) fast tokenizer built offline with ``tokenizers``: whole
+    words of :data:`TINY_VOCAB`, single letters for anything else, ``<pad>``/``</s>``/``<unk>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    pieces = [(t, 0.0) for t in specials] + [("\u2581" + w, -1.0) for w in TINY_VOCAB]
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz,.'-"] + [("\u2581", -6.0)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=16)
+
+
+def save_tiny_siglip(path: str | Path, *, seed: int = 2, image_size: int = 32) -> Path:
+    """Save a tiny random ``SiglipModel`` folder with a Unigram tokenizer and a ``SiglipImageProcessor`` config."""
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    path = Path(path)
+    tok = tiny_unigram_tokenizer()
+    config = SiglipConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                         vocab_size=len(tok), max_position_embeddings=16, pad_token_id=0, eos_token_id=1,
+                         bos_token_id=1, projection_size=32),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=image_size, patch_size=8),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = SiglipModel(config)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(path)
+    return path
+
+
+def save_aesthetic_weights(path: str | Path, *, input_size: int = 16, seed: int = 3) -> Path:
+    """Save a random predictor in the LAION aesthetic predictor's layout (``layers.0/2/4/6/7``; widths scaled down
+    from 1024/128/64/16 to 32/16/8/4) as a ``torch.save``'d state dict."""
+    import torch
+
+    path = Path(path)
+    sizes = [input_size, 32, 16, 8, 4, 1]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        state = {}
+        for idx, (i, o) in zip((0, 2, 4, 6, 7), zip(sizes, sizes[1:])):
+            layer = torch.nn.Linear(i, o)
+            state[f"layers.{idx}.weight"], state[f"layers.{idx}.bias"] = layer.weight.data, layer.bias.data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
     return path
 
 

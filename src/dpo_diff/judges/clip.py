@@ -3,7 +3,14 @@
 DPO-Diff's objective (paper Eq. 1) is ``L = 2 * arcsin(|x - y| / 2)^2`` for unit CLIP embeddings x (image) and
 y (text), i.e. ``arccos(cos)^2 / 2``. Improve minimises it; attack maximises it. Preprocessing is a differentiable
 tensor version of ``CLIPImageProcessor``: resize the shortest side (bicubic, antialiased), centre-crop, normalise;
-images stay ``[B, 3, H, W]`` (the reference code transposed H and W instead of permuting channels).
+images stay ``[B, 3, H, W]`` (the reference code transposed H and W instead of permuting channels). The resize to the
+judge's own resolution (224 px for CLIP-class models) is part of the differentiable path, so the generator's images
+go to the judge at whatever size they are decoded.
+
+Every judge family (this one, :mod:`.siglip`, :mod:`.aesthetic`, :mod:`.checker`) offers the same call:
+``loss(images, texts) -> Tensor[B]`` (lower is better; differentiable in the images except the checker's), and the
+two halves :meth:`ClipJudge.features` / :meth:`ClipJudge.loss_from_features` so that judges on one backbone share
+one forward pass of a decoded image (:mod:`.objective`).
 """
 
 from __future__ import annotations
@@ -29,7 +36,52 @@ def spherical_loss(x: Tensor, y: Tensor) -> Tensor:
     return (x - y).norm(dim=-1).div(2).clamp(max=1.0).arcsin().pow(2).mul(2)
 
 
-class ClipJudge:
+class EmbeddingJudge:
+    """What CLIP-class judges share: unit image features from ``preprocess`` (each family's own), cached unit text
+    features, and the spherical loss between them. Subclasses set ``model``, ``tokenizer``, ``device``,
+    ``max_length`` and ``_text_cache`` and define ``preprocess``."""
+
+    text_attention_mask = True  # CLIP's text tower takes the mask; SigLIP's pools the last (padded) position
+
+    def image_features(self, images: Tensor) -> Tensor:
+        pixels = self.preprocess(images).to(self.model.dtype)
+        out = self.model.get_image_features(pixel_values=pixels)
+        feats = out.pooler_output if hasattr(out, "pooler_output") else out
+        return F.normalize(feats.float(), dim=-1)
+
+    @torch.no_grad()
+    def text_features(self, texts: Sequence[str]) -> Tensor:
+        """Unit text features ``Tensor[N, D]`` (cached per text)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=self.max_length, truncation=True,
+                                 return_tensors="pt")
+            mask = {"attention_mask": ids.attention_mask.to(self.device)} if self.text_attention_mask else {}
+            out = self.model.get_text_features(input_ids=ids.input_ids.to(self.device), **mask)
+            feats = out.pooler_output if hasattr(out, "pooler_output") else out
+            for t, f in zip(missing, F.normalize(feats.float(), dim=-1)):
+                self._text_cache[t] = f
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    @property
+    def backbone(self) -> object:
+        """What :meth:`features` depends on: judges with the same backbone share one image forward pass."""
+        return self
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.image_features(images)
+
+    def loss_from_features(self, features: Tensor, texts: Sequence[str] | str) -> Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return spherical_loss(features, self.text_features(texts))
+
+    def loss(self, images: Tensor, texts: Sequence[str] | str) -> Tensor:
+        """Spherical loss ``Tensor[B]`` of each image against its text (one text broadcasts)."""
+        return self.loss_from_features(self.image_features(images), texts)
+
+
+
+class ClipJudge(EmbeddingJudge):
     """A frozen ``transformers.CLIPModel`` scoring images against text.
 
     Args:
@@ -39,8 +91,11 @@ class ClipJudge:
 
     def __init__(self, model, tokenizer, *, image_size: int, mean: Sequence[float] = OPENAI_MEAN,
                  std: Sequence[float] = OPENAI_STD, resize: int | None = None, device: str | torch.device = "cpu",
-                 source: str = "") -> None:
+                 source: str = "", checkpointing: bool = False) -> None:
         self.model = model.to(device).eval().requires_grad_(False)
+        self.name = f"clip:{source}" if source else "clip"
+        if checkpointing:
+            enable_checkpointing(self.model)
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.resize = int(resize or image_size)
@@ -55,7 +110,7 @@ class ClipJudge:
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_JUDGE, *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> ClipJudge:
+                        dtype: torch.dtype = torch.float32, checkpointing: bool = False) -> ClipJudge:
         """Load any CLIP id or folder. The judge runs in fp32 by default so half-precision generators still get a
         finite, non-zero text gradient (the loss path is computed in fp32)."""
         import transformers
@@ -80,7 +135,8 @@ class ClipJudge:
                 resize = int(get("shortest_edge", None) or get("height", None) or image_size)
             except (OSError, ValueError):
                 pass  # CLIP checkpoints without a processor config use OpenAI's constants
-        return cls(clip, tok, image_size=image_size, mean=mean, std=std, resize=resize, device=device, source=model)
+        return cls(clip, tok, image_size=image_size, mean=mean, std=std, resize=resize, device=device, source=model,
+                   checkpointing=checkpointing)
 
     # ------------------------------------------------------------------ features
     def preprocess(self, images: Tensor) -> Tensor:
@@ -97,27 +153,17 @@ class ClipJudge:
         x = x[..., top : top + self.image_size, left : left + self.image_size]
         return (x - self.mean) / self.std
 
-    def image_features(self, images: Tensor) -> Tensor:
-        pixels = self.preprocess(images).to(self.model.dtype)
-        out = self.model.get_image_features(pixel_values=pixels)
-        feats = out.pooler_output if hasattr(out, "pooler_output") else out
-        return F.normalize(feats.float(), dim=-1)
+def enable_checkpointing(model) -> None:
+    """Gradient checkpointing of the vision tower: activations are recomputed in the backward pass instead of kept
+    (less memory for the shortcut gradient at 224+ px, one more forward pass of time).
 
-    @torch.no_grad()
-    def text_features(self, texts: Sequence[str]) -> Tensor:
-        """Unit text features ``Tensor[N, D]`` (cached per text)."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if missing:
-            ids = self.tokenizer(missing, padding="max_length", max_length=self.max_length, truncation=True,
-                                 return_tensors="pt")
-            out = self.model.get_text_features(input_ids=ids.input_ids.to(self.device),
-                                               attention_mask=ids.attention_mask.to(self.device))
-            feats = out.pooler_output if hasattr(out, "pooler_output") else out
-            for t, f in zip(missing, F.normalize(feats.float(), dim=-1)):
-                self._text_cache[t] = f
-        return torch.stack([self._text_cache[t] for t in texts])
-
-    def loss(self, images: Tensor, texts: Sequence[str] | str) -> Tensor:
-        """Spherical CLIP loss ``Tensor[B]`` of each image against its text (one text broadcasts)."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        return spherical_loss(self.image_features(images), self.text_features(texts))
+    transformers checkpoints only modules in training mode; the vision encoder is switched to it, which changes
+    nothing else because CLIP-class towers have no dropout at inference settings (checked here).
+    """
+    vision = getattr(model, "vision_model", model)
+    dropout = float(getattr(getattr(model.config, "vision_config", model.config), "attention_dropout", 0.0) or 0.0)
+    if dropout:
+        raise ValueError(f"gradient checkpointing needs a vision tower without dropout; this one has "
+                         f"attention_dropout={dropout}")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    vision.encoder.train()

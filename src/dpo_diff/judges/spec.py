@@ -1,0 +1,228 @@
+"""Judge and objective specs: parsing (no torch) and loading (the registry of judge families).
+
+A *judge spec* names one judge: ``KIND:SOURCE[key=value;key=value]``.
+
+* ``clip:openai/clip-vit-large-patch14`` - any transformers ``CLIPModel`` id or folder (PickScore v1 is one);
+* ``siglip:google/siglip-base-patch16-224`` - any transformers ``SiglipModel`` id or folder;
+* ``aesthetic:FILE[clip=openai/clip-vit-large-patch14]`` - the LAION aesthetic predictor (an MLP on unit CLIP
+  ViT-L/14 image embeddings) from a user-given weights file; ``clip=`` names its CLIP backbone;
+* ``checker`` - the shapes world's ground-truth checker (evaluation only: it has no gradient).
+
+``SOURCE`` may be ``world:judge`` or ``world:judge_b`` for the shapes world's bundled judges. Options:
+``checkpointing=1`` (gradient checkpointing of the vision tower: less memory for the shortcut gradient).
+
+An *objective spec* is a comma-separated list of terms, each a judge spec with a weight (``=W``, default 1) or a
+constraint (``<=+M``: the term's loss may rise at most ``M`` above the user prompt's on the same seeds)::
+
+    clip:openai/clip-vit-large-patch14=1,aesthetic:sac+logos+ava1-l14-linearMSE.pth=0.2
+    aesthetic:FILE=1,clip:openai/clip-vit-large-patch14<=+0.02
+
+Paths with commas, ``[`` or ``<=`` are not supported in specs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+JUDGE_KINDS = ("clip", "siglip", "aesthetic", "checker")
+DEFAULT_AESTHETIC_BACKBONE = "openai/clip-vit-large-patch14"
+_OPTIONS = {"clip": ("checkpointing",), "siglip": ("checkpointing",), "aesthetic": ("clip", "checkpointing"),
+            "checker": ()}
+_WEIGHT_RE = re.compile(r"^(?P<judge>.*?)(?:=(?P<weight>[-+0-9.eE]+))?$")
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """One judge: its family, where its weights are, and options (see the module docstring)."""
+
+    kind: str
+    source: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def option_dict(self) -> dict[str, str]:
+        return dict(self.options)
+
+    def __str__(self) -> str:
+        opts = f"[{';'.join(f'{k}={v}' for k, v in self.options)}]" if self.options else ""
+        return f"{self.kind}:{self.source}{opts}" if self.source else f"{self.kind}{opts}"
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: the kind and the last part of the source."""
+        if not self.source:
+            return self.kind
+        return f"{self.kind}:{self.source.rstrip('/').split('/')[-1]}"
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """A term of an objective: a weighted judge loss, or a constraint (``margin`` set, ``weight`` 0)."""
+
+    judge: JudgeSpec
+    weight: float = 1.0
+    margin: float | None = None  # constraint: term <= user prompt's + margin (same seeds)
+
+    @property
+    def is_constraint(self) -> bool:
+        return self.margin is not None
+
+    def __str__(self) -> str:
+        return f"{self.judge}<=+{self.margin:g}" if self.is_constraint else f"{self.judge}={self.weight:g}"
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    terms: tuple[TermSpec, ...] = field(default_factory=tuple)
+
+    def __str__(self) -> str:
+        return ",".join(map(str, self.terms))
+
+    @property
+    def weighted(self) -> tuple[TermSpec, ...]:
+        return tuple(t for t in self.terms if not t.is_constraint)
+
+    @property
+    def constraints(self) -> tuple[TermSpec, ...]:
+        return tuple(t for t in self.terms if t.is_constraint)
+
+
+def parse_judge(text: str) -> JudgeSpec:
+    """``KIND:SOURCE[opts]`` -> :class:`JudgeSpec` (raises ``ValueError`` saying what is allowed)."""
+    text = text.strip()
+    opts: list[tuple[str, str]] = []
+    if text.endswith("]") and "[" in text:
+        text, _, raw = text[:-1].partition("[")
+        for item in filter(None, (s.strip() for s in raw.split(";"))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"judge option {item!r} is not key=value (in {text}[{raw}])")
+            opts.append((key.strip(), value.strip()))
+    kind, _, source = text.partition(":")
+    kind, source = kind.strip().lower(), source.strip()
+    if kind not in JUDGE_KINDS:
+        raise ValueError(f"unknown judge kind {kind!r} in {text!r}; choose one of {', '.join(JUDGE_KINDS)} "
+                         f"(e.g. clip:openai/clip-vit-large-patch14)")
+    if kind != "checker" and not source:
+        raise ValueError(f"judge {text!r} needs a source: {kind}:HUB_ID_OR_FOLDER"
+                         + (" (aesthetic: the predictor's weights file)" if kind == "aesthetic" else ""))
+    if kind == "checker" and source:
+        raise ValueError(f"the checker takes no source (it is the shapes world's), got {text!r}")
+    bad = [k for k, _ in opts if k not in _OPTIONS[kind]]
+    if bad:
+        raise ValueError(f"unknown option(s) {bad} for {kind} judges; allowed: {', '.join(_OPTIONS[kind]) or 'none'}")
+    return JudgeSpec(kind, source, tuple(opts))
+
+
+def parse_judges(text: str | list[str] | tuple[str, ...] | None) -> tuple[JudgeSpec, ...]:
+    """A comma-separated list (or a list) of judge specs, e.g. for ``--eval-judges``."""
+    if not text:
+        return ()
+    items = text.split(",") if isinstance(text, str) else [s for t in text for s in t.split(",")]
+    return tuple(parse_judge(s) for s in items if s.strip())
+
+
+def parse_objective(text: str) -> ObjectiveSpec:
+    """``judge=W,judge<=+M,...`` -> :class:`ObjectiveSpec` (see the module docstring)."""
+    terms = []
+    for raw in (s.strip() for s in text.split(",")):
+        if not raw:
+            continue
+        if "<=" in raw:
+            judge, _, bound = raw.partition("<=")
+            try:
+                margin = float(bound.strip())
+            except ValueError:
+                raise ValueError(f"constraint {raw!r}: the bound after <= must be a number like +0.02") from None
+            if not (math.isfinite(margin) and margin >= 0):
+                raise ValueError(f"constraint {raw!r}: the margin must be >= 0 (the user prompt must be feasible), "
+                                 f"got {margin}")
+            terms.append(TermSpec(parse_judge(judge), 0.0, margin))
+            continue
+        m = _WEIGHT_RE.match(raw)
+        judge, weight = (m.group("judge"), m.group("weight")) if m and not raw.endswith("]") else (raw, None)
+        try:
+            w = 1.0 if weight is None else float(weight)
+        except ValueError:
+            raise ValueError(f"term {raw!r}: the weight after = must be a number") from None
+        if not math.isfinite(w) or w == 0:
+            raise ValueError(f"term {raw!r}: the weight must be a finite non-zero number, got {w}")
+        terms.append(TermSpec(parse_judge(judge), w))
+    if not terms:
+        raise ValueError(f"objective {text!r} has no term; e.g. clip:openai/clip-vit-large-patch14=1")
+    if not any(not t.is_constraint for t in terms):
+        raise ValueError(f"objective {text!r} has only constraints; give at least one weighted term")
+    if any(t.judge.kind == "checker" for t in terms):
+        raise ValueError("the checker has no gradient and is ground truth: use it in --eval-judges, not in an "
+                         "objective")
+    return ObjectiveSpec(tuple(terms))
+
+
+def resolve_source(source: str) -> str:
+    """``world:NAME`` -> the bundled shapes-world folder; anything else as given."""
+    if source.startswith("world:"):
+        from dpo_diff.world.paths import world_data_dir
+
+        name = source.split(":", 1)[1]
+        folder = world_data_dir() / name
+        if not folder.is_dir():
+            have = sorted(p.name for p in world_data_dir().iterdir() if p.name.startswith("judge"))
+            raise ValueError(f"the shapes world has no model {name!r}; it has {', '.join(have)}")
+        return str(folder)
+    return source
+
+
+def source_fingerprints(specs: list[JudgeSpec]) -> list[str]:
+    """Specs with local files replaced by content fingerprints (bench keys must change when weights do)."""
+    from dpo_diff.bench.config import model_fingerprint
+
+    out = []
+    for s in specs:
+        src = resolve_source(s.source) if s.source else ""
+        opts = {k: (model_fingerprint(v) if k == "clip" and Path(v).exists() else v) for k, v in s.options}
+        out.append(f"{s.kind}:{model_fingerprint(src) if src else ''}:{sorted(opts.items())}")
+    return out
+
+
+class JudgeRegistry:
+    """Loads judges once per (spec, device): an objective and its evaluators share loaded models (an aesthetic
+    predictor and a CLIP term on the same backbone share one CLIP model)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._loaded: dict[tuple[str, str], Any] = {}
+
+    def load(self, spec: JudgeSpec | str) -> Any:
+        spec = parse_judge(spec) if isinstance(spec, str) else spec
+        key = (str(spec), self.device)
+        if key not in self._loaded:
+            self._loaded[key] = self._build(spec)
+        return self._loaded[key]
+
+    def _build(self, spec: JudgeSpec) -> Any:
+        opts = spec.option_dict
+        ckpt = opts.get("checkpointing", "0").lower() in ("1", "true", "yes")
+        if spec.kind == "clip":
+            from dpo_diff.judges.clip import ClipJudge
+
+            judge = ClipJudge.from_pretrained(resolve_source(spec.source), device=self.device, checkpointing=ckpt)
+        elif spec.kind == "siglip":
+            from dpo_diff.judges.siglip import SiglipJudge
+
+            judge = SiglipJudge.from_pretrained(resolve_source(spec.source), device=self.device, checkpointing=ckpt)
+        elif spec.kind == "aesthetic":
+            from dpo_diff.judges.aesthetic import AestheticJudge
+
+            backbone_spec = JudgeSpec("clip", opts.get("clip", DEFAULT_AESTHETIC_BACKBONE),
+                                      (("checkpointing", "1"),) if ckpt else ())
+            judge = AestheticJudge.from_file(resolve_source(spec.source), self.load(backbone_spec))
+        else:
+            from dpo_diff.judges.checker import CheckerJudge
+
+            judge = CheckerJudge.load(device=self.device)
+        judge.name = str(spec)
+        return judge
