@@ -64,6 +64,10 @@ class OptimizeConfig:
     # seed-robust selection: re-rank the best 4 on 2 validation seeds (chosen above the search seeds when not given)
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))
     time_budget: float | None = None  # optional wall-clock limit of the search, seconds
+    # Weighted judge terms and constraints instead of `judge` (dpo_diff.judges.objective), e.g.
+    # "clip:openai/clip-vit-large-patch14=1,aesthetic:FILE=0.2"; None: the single CLIP judge `judge`.
+    objective: str | None = None
+    eval_judges: tuple[str, ...] = ()  # judges that score the final images but never the search (judges.spec)
 
     def __post_init__(self) -> None:
         from dpo_diff.problem import TASKS
@@ -77,6 +81,7 @@ class OptimizeConfig:
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be a positive number of seconds or None, got {self.time_budget}")
         self.seeds, self.report_seeds = tuple(self.seeds), tuple(self.report_seeds)
+        self.objective, self.eval_judges = normalised_judge_specs(self.objective, self.eval_judges)
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
         if self.method not in METHODS:
@@ -102,6 +107,7 @@ class OptimizeConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["seeds"], d["report_seeds"] = list(self.seeds), list(self.report_seeds)
+        d["eval_judges"] = list(self.eval_judges)
         d["selection"] = self.selection.to_dict()
         return d
 
@@ -113,6 +119,14 @@ class OptimizeConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OptimizeConfig:
         return from_known_keys(cls, d)
+
+
+def normalised_judge_specs(objective: str | None, eval_judges) -> tuple[str | None, tuple[str, ...]]:
+    """The objective and evaluator specs parsed (a bad spec fails before anything runs) and written canonically."""
+    from dpo_diff.judges.spec import parse_judges, parse_objective
+
+    evaluators = tuple(str(s) for s in parse_judges(list(eval_judges))) if eval_judges else ()
+    return (str(parse_objective(objective)) if objective else None), evaluators
 
 
 def select_target(space: SearchSpace, task: str, target: str) -> SearchSpace:
@@ -194,6 +208,7 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     with output_lock(out):
         prepare_folder(cfg, space, out, resume=resume, overwrite=overwrite)
         problem = load_problem(cfg, space, backend, judge, constraint)
+        calibrate_run(cfg, problem)
         searched = run_search(cfg, problem, full_space, out, resume=resume, progress=progress)
         return write_result(cfg, problem, full_space, searched, out, extra_metrics)
 
@@ -249,6 +264,11 @@ def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=No
     n_tok = backend.count_tokens(space.prompt)
     if n_tok > backend.max_length:
         raise ValueError(f"the prompt has {n_tok} tokens but the text encoder takes {backend.max_length}; shorten it")
+    if judge is None and cfg.objective:
+        from dpo_diff.judges.objective import Objective
+        from dpo_diff.judges.spec import shared_registry
+
+        judge = Objective.from_spec(cfg.objective, shared_registry(cfg.judge_device or cfg.device), task=cfg.task)
     if judge is None:
         from dpo_diff.judges.clip import ClipJudge
 
@@ -259,6 +279,37 @@ def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=No
         constraint = MeaningConstraint(cfg.similarity_model, cfg.similarity_threshold).accepts
     sampling = SamplingConfig(cfg.steps, cfg.guidance, cfg.height, cfg.width, cfg.batch_size)
     return Problem(space, Task(cfg.task), backend, judge, sampling, constraint)
+
+
+def calibrate_run(cfg: OptimizeConfig, problem) -> None:
+    """Normalise an objective against the user prompt on every seed the run scores (search, validation, report);
+    a single judge needs nothing."""
+    from dpo_diff.judges.objective import calibrate_objective
+
+    seeds = cfg.seeds + tuple(cfg.selection.validation_seeds) + cfg.report_seeds
+    calibrate_objective(problem, seeds, cfg.seeds)
+
+
+def final_judges(cfg: OptimizeConfig, problem, images, seeds_all: list[int]) -> dict[str, Any]:
+    """``judges`` (every optimized judge or term and every ``eval_judges`` evaluator on the user's and the answer's
+    images) and, with an objective, ``objective`` (its spec, calibration and whether the answer is feasible on the
+    report seeds) for ``result.json``."""
+    from dpo_diff.judges.evaluate import judge_table, load_eval_judges, objective_judges
+    from dpo_diff.judges.objective import Objective
+    from dpo_diff.judges.spec import shared_registry
+
+    n_all, n_s = len(seeds_all), len(cfg.seeds)
+    evaluators = load_eval_judges(cfg.eval_judges, shared_registry(cfg.judge_device or cfg.device))
+    out: dict[str, Any] = {"judges": judge_table(objective_judges(problem.judge), evaluators, images[:n_all],
+                                                 images[n_all:], problem.user_prompt, seeds_all, n_s)}
+    if isinstance(problem.judge, Objective):
+        import torch
+
+        with torch.no_grad():
+            values = problem.judge.term_losses(images[n_all + n_s:], problem.user_prompt).cpu()
+        feasible = problem.judge.feasible(values[None], list(cfg.report_seeds))
+        out["objective"] = {**problem.judge.to_dict(), "feasible_report": bool(feasible[0])}
+    return out
 
 
 def load_progress(path: Path) -> tuple[dict, float]:
@@ -411,6 +462,7 @@ def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _
     if extra_metrics is not None:
         n_all = len(seeds_all)
         result["metrics"] = extra_metrics(images[:n_all], images[n_all:], seeds_all)
+    result.update(final_judges(cfg, problem, images, seeds_all))
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 

@@ -67,6 +67,8 @@ class BenchConfig:
     epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))  # seed-robust
     time_budget: float | None = None  # wall-clock seconds per search job (equal-time comparisons on one machine)
+    objective: str | None = None  # weighted judge terms instead of `judge` (dpo_diff.judges.objective)
+    eval_judges: tuple[str, ...] = ()  # judges that score the answers but not the searches (cross-judge columns)
     device: str = "auto"  # auto: cuda when available (decided where each job runs)
     batch_size: int = 8
 
@@ -82,6 +84,7 @@ class BenchConfig:
         if self.time_budget is not None and not self.time_budget > 0:
             raise BenchError(f"time budget must be a positive number of seconds, got {self.time_budget}")
         self.methods, self.seeds, self.report_seeds = tuple(self.methods), tuple(self.seeds), tuple(self.report_seeds)
+        self._check_judges()
         if self.task not in TASKS:
             raise BenchError(f"unknown task {self.task!r}; choose one of {TASKS}")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -133,6 +136,7 @@ class BenchConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["methods"], d["seeds"], d["report_seeds"] = list(self.methods), list(self.seeds), list(self.report_seeds)
+        d["eval_judges"] = list(self.eval_judges)
         d["selection"] = self.selection.to_dict()
         return d
 
@@ -148,7 +152,27 @@ class BenchConfig:
         d["model"], d["judge"] = model_fingerprint(model), model_fingerprint(judge)
         if self.spaces:
             d["spaces"] = model_fingerprint(self.spaces)
+        # Present only when used, so the fingerprints of benchmarks without them stay what they were.
+        from dpo_diff.judges.spec import parse_judges, parse_objective, source_fingerprints
+
+        d.pop("objective", None), d.pop("eval_judges", None)
+        if self.objective:
+            terms = parse_objective(self.objective).terms
+            d["objective"] = [[f, t.weight, t.margin] for f, t in zip(source_fingerprints([t.judge for t in terms]),
+                                                                        terms)]
+        if self.eval_judges:
+            d["eval_judges"] = source_fingerprints(list(parse_judges(list(self.eval_judges))))
         return d
+
+    def _check_judges(self) -> None:
+        from dpo_diff.optimize import normalised_judge_specs
+
+        try:
+            self.objective, self.eval_judges = normalised_judge_specs(self.objective, self.eval_judges)
+        except ValueError as e:
+            raise BenchError(str(e)) from None
+        if "checker" in self.eval_judges and not self.world:
+            raise BenchError("the checker evaluator is the shapes world's ground truth: it needs --world")
 
     def method_settings(self, method: str) -> dict[str, Any]:
         """Settings that change only ``method``'s numbers (so changing GPO's does not invalidate EPO's results)."""

@@ -90,7 +90,8 @@ def _grid(data: Any, prompt: str) -> tuple[str, int]:
 
 
 def render_html(data: Any, *, markdown_tables: tuple, curves_png: Path | None, grid_prompts: int = 12,
-                budget_views: tuple | None = None, time_png: Path | None = None) -> str:
+                budget_views: tuple | None = None, time_png: Path | None = None,
+                cross_judge: tuple | None = None) -> str:
     """The page for a :class:`dpo_diff.bench.report.ReportData`; ``budget_views``: ``((header, cells), note)`` of
     the cost-and-seconds table, ``time_png``: the loss-vs-time figure."""
     (main_h, main_c), (win_h, win_c) = markdown_tables
@@ -120,6 +121,11 @@ def render_html(data: Any, *, markdown_tables: tuple, curves_png: Path | None, g
         (views_h, views_c), note = budget_views
         parts += ["<h2>Budget: cost charged and seconds measured</h2>", _table(views_h, views_c, "budget-views"),
                   f"<p class='muted'>{html.escape(note)}</p>"]
+    if cross_judge is not None:
+        from dpo_diff.bench.cross_judge import cross_judge_note
+
+        parts += ["<h2>Cross-judge evaluation</h2>", _table(*cross_judge, "cross-judge"),
+                  f"<p class='muted'>{html.escape(cross_judge_note(data))}</p>"]
     if curves_png is not None:
         parts += ["<h2>Best loss vs budget</h2>",
                   f"<img id='curves' src='{_data_uri(curves_png, thumb=10_000)}' alt='loss vs budget'>"]

@@ -95,7 +95,13 @@ def models_for(cfg: BenchConfig) -> Models:
             for kind in ("generator", "judge", "checker"):
                 verify_model_folder(kind)
         backend = load_backend(model, device=device, dtype=cfg.dtype, scheduler=cfg.scheduler)
-        clip = ClipJudge.from_pretrained(judge, device=device)
+        if cfg.objective:
+            from dpo_diff.judges.objective import Objective
+            from dpo_diff.judges.spec import shared_registry
+
+            clip = Objective.from_spec(cfg.objective, shared_registry(device), task=cfg.task)
+        else:
+            clip = ClipJudge.from_pretrained(judge, device=device)
         checker = None
         if cfg.world:
             from dpo_diff.world import load_checker
@@ -129,6 +135,7 @@ def run_job(cfg: BenchConfig, job: Job, workdir: str | os.PathLike[str]) -> dict
         batch_size=cfg.batch_size, height=cfg.height, width=cfg.width, out=str(workdir),
         similarity_threshold=None if cfg.world else cfg.similarity_threshold, similarity_model=cfg.similarity_model,
         gpo=cfg.gpo, epo=cfg.epo, selection=cfg.selection, time_budget=cfg.time_budget,
+        objective=cfg.objective, eval_judges=cfg.eval_judges,
     )
     extra: dict[str, Any] = {}
     if job.method in ("user", "promptist"):
@@ -176,7 +183,7 @@ def evaluate_fixed(ocfg, space: SearchSpace, best: PromptPair, models: Models, m
     :func:`~dpo_diff.optimize.optimize`."""
     import torch
 
-    from dpo_diff.optimize import _save_images, environment
+    from dpo_diff.optimize import _save_images, calibrate_run, environment, final_judges
     from dpo_diff.problem import Problem, SamplingConfig, Task
 
     out = Path(ocfg.out)
@@ -187,6 +194,7 @@ def evaluate_fixed(ocfg, space: SearchSpace, best: PromptPair, models: Models, m
     t0 = time.perf_counter()
     sampling = SamplingConfig(ocfg.steps, ocfg.guidance, ocfg.height, ocfg.width, ocfg.batch_size)
     problem = Problem(space, Task(ocfg.task), models.backend, models.judge, sampling)
+    calibrate_run(ocfg, problem)
     user = PromptPair(space.prompt, space.negative_prompt)
     seeds_all = list(ocfg.seeds) + list(ocfg.report_seeds)
     pairs = [user] if best == user else [user, best]
@@ -209,8 +217,22 @@ def evaluate_fixed(ocfg, space: SearchSpace, best: PromptPair, models: Models, m
     }
     if metric is not None:
         result["metrics"] = metric(images[:n_all], images[n_all:], seeds_all)
+    result.update(final_judges(ocfg, problem, images, seeds_all))
     atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def record_judges(result: dict[str, Any], report: list[str]) -> dict[str, Any]:
+    """Cross-judge fields of a record: per judge its role and the report-seed losses of the user prompt and the
+    answer (``judges``), and whether an objective's constraints hold on the report seeds (``feasible``)."""
+    out: dict[str, Any] = {}
+    if result.get("judges"):
+        out["judges"] = {name: {"role": j["role"], "user": [j["user"]["report_losses"][s] for s in report],
+                                "best": [j["best"]["report_losses"][s] for s in report]}
+                         for name, j in result["judges"].items()}
+    if "objective" in result:
+        out["feasible"] = result["objective"]["feasible_report"]
+    return out
 
 
 def make_record(cfg: BenchConfig, job: Job, result: dict[str, Any], history: list, seconds: float,
@@ -248,6 +270,7 @@ def make_record(cfg: BenchConfig, job: Job, result: dict[str, Any], history: lis
         "slots": result["slots"],
         "space_size": result["space_size"],
         "faithfulness": faith,
+        **record_judges(result, report),
         "images": {"user": [f"{folder}/images/user_seed{s}.png" for s in report],
                    "best": [f"{folder}/images/best_seed{s}.png" for s in report]},
         "seconds": seconds,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpo_diff.bench.cross_judge import cross_judge_note, cross_judge_table
 from dpo_diff.bench.results import RESULTS, load_bench
 from dpo_diff.bench.stats import Summary, best_so_far_curve, summarize, win_rate
 
@@ -286,6 +287,9 @@ def markdown(data: ReportData) -> str:
         "",
         budget_note(data),
     ]
+    cross = cross_judge_table(data)
+    if cross is not None:
+        text += ["", cross_judge_note(data), "", md(*cross)]
     if data.skipped:
         text += ["", f"Warning: {data.skipped}."]
     return "\n".join(text) + "\n"
@@ -311,5 +315,5 @@ def write_report(out: str | os.PathLike[str], *, methods: list[str] | None = Non
     atomic_write_text(paths["html"], render_html(data, markdown_tables=(table_rows(data), win_table(data)),
                                                  curves_png=png, grid_prompts=grid_prompts,
                                                  budget_views=(budget_table(data), budget_note(data)),
-                                                 time_png=time_png))
+                                                 time_png=time_png, cross_judge=cross_judge_table(data)))
     return paths

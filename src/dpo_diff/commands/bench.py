@@ -21,6 +21,7 @@ DEFAULT_METHODS = ",".join(("user", *reversed(METHODS)))  # user, random, epo, g
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from dpo_diff.commands.judge_args import add_judge_arguments
     from dpo_diff.commands.search_args import add_search_arguments
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -42,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "ground-truth checker for faithfulness")
     g.add_argument("--model", default="", help="Stable Diffusion hub id or local diffusers folder")
     g.add_argument("--judge", default="openai/clip-vit-base-patch32", help="CLIP hub id or local folder")
+    add_judge_arguments(g)
     g.add_argument("--space-kind", default=None, choices=("antonym", "synonym", "nplib", "hybrid"),
                    help="build spaces with the offline WordNet lexicon (default antonym for improve, synonym for "
                         "attack)")
@@ -73,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     from dpo_diff.bench.config import BenchConfig
+    from dpo_diff.commands.judge_args import eval_judge_specs
     from dpo_diff.commands.search_args import search_settings
     from dpo_diff.seeding import parse_seeds
 
@@ -90,7 +93,8 @@ def config_from_args(args: argparse.Namespace):
         guidance=7.5 if guidance is None else guidance, scheduler=args.scheduler, dtype=args.dtype,
         similarity_threshold=args.similarity_threshold or None, similarity_model=args.similarity_model,
         promptist_model=args.promptist_model, promptist_tokenizer=args.promptist_tokenizer,
-        **search_settings(args), device=args.device, batch_size=args.batch_size,
+        **search_settings(args), device=args.device, batch_size=args.batch_size, objective=args.objective,
+        eval_judges=eval_judge_specs(args.eval_judges),
     )
 
 

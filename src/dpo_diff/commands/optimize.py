@@ -11,6 +11,7 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from dpo_diff.commands.judge_args import add_judge_arguments
     from dpo_diff.commands.search_args import add_search_arguments
     from dpo_diff.search import METHODS
     from dpo_diff.space import SEARCH_TARGETS
@@ -23,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="slots to search (auto: negative for improve, positive for attack)")
     p.add_argument("--model", required=True, help="Stable Diffusion hub id or local diffusers folder")
     p.add_argument("--judge", default="openai/clip-vit-base-patch32", help="CLIP hub id or local folder")
+    add_judge_arguments(p)
     p.add_argument("--method", default="hybrid", choices=METHODS)
     p.add_argument("--budget", type=float, default=40.0, help="full-generation equivalents (default 40, as the paper)")
     p.add_argument("--seeds", default="0", help="image seeds for the search, e.g. 0,1,2")
@@ -48,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpo_diff.commands.judge_args import eval_judge_specs
     from dpo_diff.commands.search_args import search_settings
     from dpo_diff.loading import resolve_device
     from dpo_diff.optimize import OptimizeConfig, optimize
@@ -60,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
         report_seeds=parse_seeds(args.report_seeds) if args.report_seeds else (), seed=args.seed,
         steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, dtype=args.dtype, device=device,
         batch_size=args.batch_size, out=args.out, similarity_threshold=args.similarity_threshold or None,
-        similarity_model=args.similarity_model,
-        **search_settings(args),
+        similarity_model=args.similarity_model, objective=args.objective,
+        eval_judges=eval_judge_specs(args.eval_judges), **search_settings(args),
     )
     result = optimize(cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({k: result[k] for k in ("user_prompt", "best", "before", "after", "cost")}, indent=2))

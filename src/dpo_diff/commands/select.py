@@ -19,6 +19,8 @@ MAX_LOSS = math.pi**2 / 2  # the spherical CLIP loss 2 * arcsin(|x - y| / 2)^2 o
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from dpo_diff.commands.judge_args import add_judge_arguments
+
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--prompts", required=True, help="prompt file (any format 'dpo-diff bench' reads)")
     p.add_argument("--column", default=None, help="column of CSV/Parquet/JSONL files")
@@ -28,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", action="store_true", help="score with the bundled shapes-world generator and judge")
     p.add_argument("--model", default="", help="Stable Diffusion hub id or local folder")
     p.add_argument("--judge", default="openai/clip-vit-base-patch32", help="CLIP hub id or local folder")
+    add_judge_arguments(p, evaluators=False, objective_help=(
+        "score with a weighted sum of judge losses instead of --judge (raw, not normalised: every prompt is its own "
+        "user prompt; no constraints), e.g. 'clip:openai/clip-vit-large-patch14=1,aesthetic:FILE=0.2'; the "
+        "threshold is then in the sum's units"))
     p.add_argument("--seeds", default="0", help="image seeds to score on, e.g. 0,1,2")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50)")
     p.add_argument("--guidance", type=float, default=None, help="guidance (default 7.5; the world's with --world)")
@@ -47,7 +53,15 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     if args.max_prompts is not None and args.max_prompts < 1:
         raise ValueError(f"--max-prompts must be >= 1, got {args.max_prompts}")
-    if not (math.isfinite(args.threshold) and 0 <= args.threshold <= MAX_LOSS):
+    if getattr(args, "objective", None):
+        from dpo_diff.judges.spec import parse_objective
+
+        if parse_objective(args.objective).constraints:
+            raise ValueError("select scores each prompt on its own (no user prompt to stay near): drop the "
+                             "constraint terms (JUDGE<=+M) from --objective")
+        if not math.isfinite(args.threshold):
+            raise ValueError(f"--threshold must be a finite number, got {args.threshold}")
+    elif not (math.isfinite(args.threshold) and 0 <= args.threshold <= MAX_LOSS):
         raise ValueError(f"--threshold must be a judge loss between 0 and {MAX_LOSS:.3f} (the spherical CLIP loss's "
                          f"range; the paper uses 0.85), got {args.threshold}")
     out, prompts = Path(args.out), Path(args.prompts)
@@ -90,7 +104,13 @@ def run(args: argparse.Namespace) -> int:
     print(pset.summary())
     device = resolve_device(args.device)
     backend = load_backend(model, device=device, dtype=args.dtype, scheduler=args.scheduler)
-    clip = ClipJudge.from_pretrained(judge, device=device)
+    if args.objective:
+        from dpo_diff.judges.objective import Objective
+        from dpo_diff.judges.spec import shared_registry
+
+        clip = Objective.from_spec(args.objective, shared_registry(device), task=args.task)
+    else:
+        clip = ClipJudge.from_pretrained(judge, device=device)
     out = Path(args.out)
     cache = out.with_name(out.name + ".scores.jsonl")
 
@@ -100,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = {"model": "shapes-world" if args.world else model, "judge": "shapes-world" if args.world else judge,
                 "scheduler": args.scheduler, "dtype": args.dtype}
+    if args.objective:  # scores of another objective must not be reused from the cache
+        settings["objective"] = args.objective
     scores = score_prompts(pset.prompts, backend, clip, seeds, steps=steps, guidance=guidance,
                            batch_size=args.batch_size, cache=cache, settings=settings, on_score=on_score)
     sel = select(scores, args.task, args.threshold, args.max_prompts)  # EmptySelection (a ValueError) says why

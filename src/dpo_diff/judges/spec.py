@@ -226,3 +226,14 @@ class JudgeRegistry:
             judge = CheckerJudge.load(device=self.device)
         judge.name = str(spec)
         return judge
+
+
+_SHARED: dict[str, JudgeRegistry] = {}
+
+
+def shared_registry(device: str | None = "cpu") -> JudgeRegistry:
+    """One registry per device for the process: runs and bench jobs reuse judges loaded by earlier ones."""
+    key = str(device or "cpu")
+    if key not in _SHARED:
+        _SHARED[key] = JudgeRegistry(key)
+    return _SHARED[key]
