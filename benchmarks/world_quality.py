@@ -47,10 +47,10 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 class Judge:
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, folder: str | None = None) -> None:
         from dpo_diff.world import load_judge
 
-        self.model, self.tok, proc = load_judge(device=device)
+        self.model, self.tok, proc = load_judge(folder, device=device)
         self.mean = np.array(proc.image_mean, dtype=np.float32)
         self.std = np.array(proc.image_std, dtype=np.float32)
         self.device = device
@@ -138,7 +138,7 @@ def measure_seed(models, prompt_seed: int, image_seed: int, args) -> dict:
     report["per_prompt"]["judge_antonym_swap"] = [[float(match[i]), float(m)] for (i, _), m in zip(swaps, swapped)]
 
     # --- generator
-    for g in [float(x) for x in args.guidance.split(",")]:
+    for g in [float(x) for x in args.guidance.split(",") if x.strip()]:
         res = {}
         for name, ps in (("easy", easy), ("hard", hard)):
             gen = generate(pipe, ps, g, args.steps, image_seed)
@@ -259,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-easy", type=int, default=50)
     p.add_argument("--n-hard", type=int, default=51)
-    p.add_argument("--guidance", default="1,3,5,7.5")
+    p.add_argument("--guidance", default="1,3,5,7.5", help="guidance scales of the generator measurement; '' skips "
+                   "the generator (judge AUCs on rendered images only)")
+    p.add_argument("--judge", default=None, help="a judge folder to measure instead of the shipped judge (e.g. the "
+                   "second judge, src/dpo_diff/data/shapes_world/judge_b)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0, help="prompt-set and sampling seed (held-out seeds: not 0 in demos)")
     p.add_argument("--pool", choices=("v1", "eval"), default="v1",
@@ -298,10 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     from dpo_diff.world import load_checker, load_generator
 
     t0 = time.time()
-    models = (load_generator(device=args.device), load_checker(device=args.device), Judge(args.device))
-    guidance = [float(x) for x in args.guidance.split(",")]
+    models = (load_generator(device=args.device), load_checker(device=args.device), Judge(args.device, args.judge))
+    guidance = [float(x) for x in args.guidance.split(",") if x.strip()]
     settings = {"steps": args.steps, "pool": args.pool, "n_easy": args.n_easy, "n_hard": args.n_hard,
-                "guidance": guidance}
+                "guidance": guidance, **({"judge": args.judge} if args.judge else {})}
 
     if len(args.prompt_seed_list) == 1:  # the original single-seed report
         report = measure_seed(models, args.prompt_seed_list[0], image_seeds[0], args)

@@ -306,19 +306,38 @@ def perturb(scene: Scene, rng: np.random.Generator) -> Scene:
     return sample_scene(rng)
 
 
+# Judge architectures: "vit4" is the shipped judge; "vit8s" is a smaller, independently trained second judge (patch 8,
+# narrower towers, its own seed) used to evaluate searches optimized on the first one (cross-judge evaluation).
+JUDGE_ARCHS = {
+    "vit4": dict(text=dict(hidden_size=48, intermediate_size=192, num_hidden_layers=4, num_attention_heads=4),
+                 vision=dict(patch_size=4, hidden_size=96, intermediate_size=384, num_hidden_layers=4,
+                             num_attention_heads=4),
+                 projection_dim=64),
+    "vit8s": dict(text=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4),
+                  vision=dict(patch_size=8, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                              num_attention_heads=4),
+                  projection_dim=32),
+}
+
+
 def build_judge(args):
     from transformers import CLIPConfig, CLIPModel
 
+    arch = JUDGE_ARCHS[args.judge_arch]
+    proj = arch["projection_dim"]
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=48, intermediate_size=192, num_hidden_layers=4,
-                         num_attention_heads=4, max_position_embeddings=JUDGE_TEXT_LEN, bos_token_id=49406,
-                         eos_token_id=49407, pad_token_id=49407, projection_dim=64),
-        vision_config=dict(image_size=32, patch_size=4, hidden_size=96, intermediate_size=384, num_hidden_layers=4,
-                           num_attention_heads=4, num_channels=3, projection_dim=64),
-        projection_dim=64,
+        text_config=dict(vocab_size=49408, max_position_embeddings=JUDGE_TEXT_LEN, bos_token_id=49406,
+                         eos_token_id=49407, pad_token_id=49407, projection_dim=proj, **arch["text"]),
+        vision_config=dict(image_size=32, num_channels=3, projection_dim=proj, **arch["vision"]),
+        projection_dim=proj,
     )
     torch.manual_seed(args.seed + 7)  # the judge's own initialisation seed (the generator uses args.seed)
     return CLIPModel(cfg)
+
+
+def judge_out(args) -> Path:
+    """The exported judge's folder: the shipped judge, or ``--judge-out NAME`` under the world's data folder."""
+    return judge_path() if args.judge_out == "judge" else world_data_dir() / args.judge_out
 
 
 def train_judge(args) -> None:
@@ -326,7 +345,7 @@ def train_judge(args) -> None:
     model = build_judge(args).to(device)
     tok = TokenCache(load_tokenizer(JUDGE_TEXT_LEN), JUDGE_TEXT_LEN)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    ck = Ckpt(args.work, "judge")
+    ck = Ckpt(args.work, args.judge_out)
     state, step = ck.load(), 0
     if state:
         model.load_state_dict(state["model"])
@@ -386,11 +405,11 @@ def train_judge(args) -> None:
 def export_judge(args) -> None:
     from transformers import CLIPImageProcessor
 
-    state = Ckpt(args.work, "judge").load()
+    state = Ckpt(args.work, args.judge_out).load()
     model = build_judge(args)
     model.load_state_dict(state["model"])
     step = state["step"]
-    out = judge_path()
+    out = judge_out(args)
     if out.exists():
         shutil.rmtree(out)
     model.save_pretrained(out)
@@ -401,7 +420,10 @@ def export_judge(args) -> None:
         do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=JUDGE_MEAN, image_std=JUDGE_STD,
         do_convert_rgb=True,
     ).save_pretrained(out)
-    (out / "training_state.json").write_text(json.dumps({"steps": step, "seed": args.seed}) + "\n")
+    record = {"steps": step, "seed": args.seed}
+    if args.judge_arch != "vit4":  # the shipped judge's record stays as it was
+        record.update(arch=args.judge_arch, batch=args.judge_batch)
+    (out / "training_state.json").write_text(json.dumps(record) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -572,6 +594,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-steps", type=int, default=3000)
     p.add_argument("--judge-batch", type=int, default=128)
     p.add_argument("--judge-minutes", type=float, default=60)
+    p.add_argument("--judge-arch", default="vit4", choices=sorted(JUDGE_ARCHS),
+                   help="judge architecture (vit4: the shipped judge; vit8s: the smaller second judge)")
+    p.add_argument("--judge-out", default="judge", help="folder name of the exported judge under the world's data "
+                   "folder (and of its checkpoints under --work); the second judge: judge_b")
     p.add_argument("--gen-steps", type=int, default=3300)
     p.add_argument("--gen-lr", type=float, default=1e-3)
     p.add_argument("--gen-anneal-steps", type=int, default=600)
@@ -591,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_only:
         # Re-export every model whose checkpoint exists (e.g. after an interrupted run, or to refresh formats).
         for stage, fn in (("checker", export_checker), ("judge", export_judge), ("generator", export_generator)):
-            if Ckpt(args.work, stage).path.exists():
+            if Ckpt(args.work, args.judge_out if stage == "judge" else stage).path.exists():
                 fn(args)
                 log(f"exported {stage}")
         return 0
