@@ -267,3 +267,20 @@ def test_constraints_need_a_calibrated_objective():
     obj = _objective("clip:a=1,clip:b<=+0.1", [1.0, 1.0])
     with pytest.raises(ValueError, match="calibrated"):
         obj.loss(_grey(0.5), "p")
+
+
+# ---------------------------------------------------------------------------------------------------- the shapes world
+def test_the_checker_is_an_evaluation_judge_and_the_second_world_judge_loads(registry):
+    from dpo_diff.world.prompts import scene_for_prompt
+    from dpo_diff.world.render import render_batch
+
+    prompt = "a big red circle in the center"
+    image = _as_tensor(render_batch([scene_for_prompt(prompt, np.random.default_rng(0))]))
+    checker = registry.load("checker")
+    assert checker.loss(image, prompt).tolist() == [0.0]
+    assert checker.loss(image, "a big blue square in the center").tolist() == [1.0]
+    first, second = registry.load("clip:world:judge"), registry.load("clip:world:judge_b")
+    assert second.model.config.vision_config.patch_size != first.model.config.vision_config.patch_size
+    assert second.loss(image, prompt) < second.loss(image, "a big blue square in the center")
+    with pytest.raises(ValueError, match="has no model 'judge_z'"):
+        registry.load("clip:world:judge_z")
