@@ -25,6 +25,13 @@ def tiny_sd_v(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> str:
+    from dpo_diff.testing_sdxl import save_tiny_sdxl
+
+    return str(save_tiny_sdxl(tmp_path_factory.mktemp("models") / "sdxl"))
+
+
+@pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> str:
     from dpo_diff.testing import save_tiny_clip
 
@@ -43,3 +50,25 @@ def judge(tiny_clip):
     from dpo_diff.judges.clip import ClipJudge
 
     return ClipJudge.from_pretrained(tiny_clip)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> str:
+    from dpo_diff.testing_flow import save_tiny_sd3
+
+    return str(save_tiny_sd3(tmp_path_factory.mktemp("models") / "sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory) -> str:
+    """FLUX.1-dev-shaped: the guidance embedding and the resolution-dependent shift."""
+    from dpo_diff.testing_flow import save_tiny_flux
+
+    return str(save_tiny_flux(tmp_path_factory.mktemp("models") / "flux-dev", variant="dev"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell(tmp_path_factory) -> str:
+    from dpo_diff.testing_flow import save_tiny_flux
+
+    return str(save_tiny_flux(tmp_path_factory.mktemp("models") / "flux-schnell", variant="schnell", seed=1))

@@ -115,6 +115,18 @@ class PromptTemplate:
         """``(vocab LongTensor[V], probs Tensor[..., N, V])``: for each of the ``N = max_length - mix_start``
         positions from ``mix_start`` on, the probability of each token id under independent slot choices with
         probabilities ``weights[..., S, O_max]`` (rows indexed by space slot). Differentiable in ``weights``."""
+        emitted, _ = self._expected_layout(weights)
+        vocab = sorted(emitted)
+        return torch.tensor(vocab, dtype=torch.long), torch.stack([emitted[t] for t in vocab], -1)
+
+    def eos_probs(self, weights: Tensor) -> Tensor:
+        """``Tensor[..., N]``: the probability that EOS sits at each position from ``mix_start`` on (one-hot at a
+        corner). Pooled text vectors (CLIP's hidden state at EOS) are relaxed as this mixture of positions, since a
+        pad token equal to EOS (SD 3's CLIP-L) makes EOS unreadable from :meth:`token_probs`."""
+        return self._expected_layout(weights)[1]
+
+    def _expected_layout(self, weights: Tensor) -> tuple[dict[int, Tensor], Tensor]:
+        """Per token id, its probability at each position from ``mix_start`` on; and EOS's position distribution."""
         n = self.max_length - self.mix_start
         batch = weights.shape[:-2]
         pad = nn.functional.pad
@@ -148,8 +160,7 @@ class PromptTemplate:
             end = end + shift(dist[..., s, :], len(tail))  # where EOS lands
         emit([self.eos_id], end)
         emit([self.pad_id], pad(torch.cumsum(end, -1)[..., : n - 1], (1, 0)))
-        vocab = sorted(emitted)
-        return torch.tensor(vocab, dtype=torch.long), torch.stack([emitted[t] for t in vocab], -1)
+        return emitted, end[..., :n]
 
     def mix(self, weights: Tensor, table: Tensor) -> Tensor:
         """Expected token embeddings ``Tensor[..., N, D]`` of positions ``mix_start:`` (``table``: the embedding
@@ -158,15 +169,32 @@ class PromptTemplate:
         return probs @ table[vocab.to(table.device)].to(probs.dtype)
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    """Token ids of ``text`` without BOS/EOS."""
+def _ids(tokenizer, text: str, glued: bool = False) -> list[int]:
+    """Token ids of ``text`` without BOS/EOS.
+
+    ``glued``: the text continues the word before it (no space between, e.g. ", on grass" after a slot). A
+    SentencePiece tokenizer (T5) marks every word start with "▁", so tokenized alone such a piece would begin with
+    a spurious "▁" (", on" gives "▁," but "dog, on" gives "▁dog" ","): it is tokenized after a one-letter
+    word and that word's tokens are dropped. CLIP's BPE needs no context (it splits at spaces and punctuation).
+    """
     if not text.strip():
         return []
+    if glued and not text[0].isspace() and _marks_word_starts(tokenizer):
+        context = _ids(tokenizer, "a")
+        ids = _ids(tokenizer, "a" + text)
+        if ids[: len(context)] == context:
+            return ids[len(context) :]
     return list(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
 
-def _slot_tokens(tokenizer, slot_index: int, options: Sequence[str]) -> SlotTokens:
-    ids = [_ids(tokenizer, o) for o in options]
+def _marks_word_starts(tokenizer) -> bool:
+    """Whether the tokenizer marks word starts SentencePiece-style ("▁word"), as T5's does."""
+    ids = tokenizer("a", add_special_tokens=False).input_ids
+    return bool(ids) and str(tokenizer.convert_ids_to_tokens(ids[0])).startswith("▁")
+
+
+def _slot_tokens(tokenizer, slot_index: int, options: Sequence[str], glued: bool = False) -> SlotTokens:
+    ids = [_ids(tokenizer, o, glued) for o in options]
     width = max(1, max(len(x) for x in ids))
     pad = tokenizer.pad_token_id
     table = torch.full((len(ids), width), pad, dtype=torch.long)
@@ -198,10 +226,11 @@ def _hold_merging_tails(tokenizer, pieces: list[Piece], texts: dict[int, Sequenc
 
 def _finish(tokenizer, pieces: list[Piece], max_length: int, what: str,
             joins: list[tuple[int, ...]] | None = None, tails: list[tuple[int, ...]] | None = None) -> PromptTemplate:
-    """Lay out BOS, the fixed tokens before the first slot, and the relaxed rest; refuse what cannot fit."""
+    """Lay out BOS (T5 has none), the fixed tokens before the first slot, and the relaxed rest; refuse what cannot
+    fit."""
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     first = next((i for i, p in enumerate(pieces) if isinstance(p, SlotTokens)), len(pieces))
-    prefix = [bos] + [t for p in pieces[:first] for t in p]
+    prefix = ([] if bos is None else [bos]) + [t for p in pieces[:first] for t in p]
     template = PromptTemplate(torch.tensor(prefix), [p for p in pieces if isinstance(p, SlotTokens) and p.slot >= 0],
                               pieces[first:], len(prefix), joins or [(), ()], tails or [(), ()], eos, pad)
     # The longest layout over every choice (a small search over states), also the placeholder ids: never EOS, so
@@ -219,7 +248,8 @@ def _finish(tokenizer, pieces: list[Piece], max_length: int, what: str,
         best = grown
     longest, starts = max(((seq + list(template.tails[s]), st) for s, (seq, st) in best.items()),
                           key=lambda x: len(x[0]))
-    seq = prefix + [i if i != eos else bos for i in longest] + [eos]
+    filler = pad if bos is None else bos  # placeholder ids are overwritten by the mixture; never EOS
+    seq = prefix + [i if i != eos else filler for i in longest] + [eos]
     if len(seq) > max_length:
         widths = {st.slot: int(st.option_ids.shape[1]) for st in template.slots}
         raise PromptTooLongError(
@@ -245,11 +275,12 @@ def positive_template(space: SearchSpace, tokenizer, max_length: int = 77) -> Pr
     for i in pos_slots:
         slot = space.slots[i]
         w = words[slot.position]
-        pieces.append(_ids(tokenizer, space.prompt[cursor : w.start]))
+        pieces.append(_ids(tokenizer, space.prompt[cursor : w.start], glued=cursor > 0))
         options = [w.text, *(_match_case(w.text, o) for o in slot.options[1:])]
-        pieces.append(_slot_tokens(tokenizer, i, options))
+        glued = w.start > 0 and not space.prompt[w.start - 1].isspace()
+        pieces.append(_slot_tokens(tokenizer, i, options, glued))
         cursor = w.end
-    pieces.append(_ids(tokenizer, space.prompt[cursor:]))
+    pieces.append(_ids(tokenizer, space.prompt[cursor:], glued=cursor > 0))
     return _finish(tokenizer, [p for p in pieces if p != []], max_length, "prompt")
 
 
@@ -259,7 +290,7 @@ def negative_template(space: SearchSpace, tokenizer, max_length: int = 77) -> Pr
     The separator belongs to the term it precedes and is written only when some term comes before it, so an empty
     option contributes nothing at all, exactly as :meth:`SearchSpace.render` joins the terms.
     """
-    comma = _ids(tokenizer, ",")
+    comma = _ids(tokenizer, ",", glued=True)  # the separator is glued to the term before it
     fixed = space.negative_prompt.strip()
     pieces: list[SlotTokens] = [_slot_tokens(tokenizer, -1, [fixed])] if fixed else []
     pieces += [_slot_tokens(tokenizer, i, space.slots[i].options) for i in space.slots_of("negative")]
@@ -446,18 +477,24 @@ def corner_gaps(space: SearchSpace, backend, *, max_corners: int = 64, seed: int
 
 
 def _view_gap(space: SearchSpace, view, side: str, build, max_corners: int, seed: int) -> CornerGap:
-    template = build(space, view.tokenizer, view.max_length)
+    from dpo_diff.relax_chunks import encode_side, side_templates, template_chunks
+
+    # A view that chunks long prompts (SD/SDXL CLIPs) gets chunked templates and texts (dpo_diff.relax_chunks).
+    template = side_templates(space, view)[side] if getattr(view, "chunks", False) else build(
+        space, view.tokenizer, view.max_length)
+    n = template_chunks(template)
     corners, total = _side_corners(space, side, max_corners, seed)
     gap = scale = 0.0
     mismatches = 0
     for c in corners:
         pair = space.render(c)
-        ids = view.tokenize([pair.prompt if side == "positive" else pair.negative_prompt])
+        text = pair.prompt if side == "positive" else pair.negative_prompt
+        ids = view.tokenize([text], n) if n > 1 else view.tokenize([text])
         mismatches += template.corner_ids(c) != ids[0].tolist()
         ref = view.encode_ids(ids)
         weights = torch.zeros(len(space.slots), max(space.sizes))
         weights[torch.arange(len(c)), torch.tensor(c)] = 1.0
-        relaxed = encode_mixed(view, template, weights)
+        relaxed = encode_side(view, template, weights)
         gap = max(gap, float((relaxed.float() - ref.float()).abs().max()))
         scale = max(scale, float(ref.float().abs().max()))
     return CornerGap(side, len(corners), total, mismatches, gap, scale, getattr(view, "name", "text encoder"))

@@ -1,0 +1,152 @@
+"""Tiny random flow-matching pipelines for tests, examples and CPU smoke runs: SD 3.x and FLUX.1 shapes.
+
+:func:`save_tiny_sd3` writes a complete ``StableDiffusion3Pipeline`` folder (two CLIP text encoders with
+projection, a T5 encoder, a one-layer MMDiT, a one-block VAE) and :func:`save_tiny_flux` a ``FluxPipeline`` folder
+(CLIP + T5, a one-layer FLUX transformer, dev-style with the guidance embedding or schnell-style without). Both use
+the shipped CLIP BPE and :func:`tiny_t5_tokenizer`, a small SentencePiece-style Unigram tokenizer built in memory
+(never a download), and load through the same ``from_pretrained`` path as the real models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+T5_WORDS = (
+    "a an the of on in at and with to red green blue yellow purple orange white black gray grey brown pink dark "
+    "light big small large tiny huge circle square triangle diamond orb star cat dog fox car truck van road snowy "
+    "sunny dry snow sand water grass photo picture painting blurry low quality ugly bad sea golden hound puppy "
+    "crimson left right center background forest house tree sky sun moon bright deep"
+).split()
+"""Whole-word pieces of the tiny T5 tokenizer; other words split into suffixes and single letters (multi-piece)."""
+T5_SUBWORDS = ("er", "ers", "ing", "ed", "s", "es", "ly", "ness", "retriev", "un", "re")
+
+
+def tiny_t5_tokenizer(model_max_length: int = 512):
+    """A small T5-style fast tokenizer built offline with ``tokenizers``: a Unigram model over ``"▁"``-marked words
+    (SentencePiece's word-start marker), subwords and single characters, NFKC normalisation, whitespace split then
+    Metaspace (as T5's own ``tokenizer.json``), ``<pad>`` = 0, ``</s>`` = 1 appended to every text, no BOS."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers import decoders as dec
+    from transformers import T5TokenizerFast
+
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pieces = specials + [("\u2581" + w, -2.0) for w in T5_WORDS]
+    pieces += [(s, -4.0) for s in T5_SUBWORDS] + [("\u2581" + s, -5.0) for s in T5_SUBWORDS]
+    pieces += [(c, -6.0) for c in letters + ",.!?'-()"] + [("\u2581" + c, -7.0) for c in letters + ",.!?"]
+    pieces += [("\u2581", -8.0)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")])
+    tok.decoder = dec.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, extra_ids=0, pad_token="<pad>", eos_token="</s>",
+                           unk_token="<unk>", model_max_length=model_max_length)
+
+
+def _clip_tokenizer(pad_token: str | None = None):
+    from transformers import CLIPTokenizer
+
+    from dpo_diff.resources import clip_tokenizer_path
+
+    kwargs = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer.from_pretrained(str(clip_tokenizer_path()), **kwargs)
+
+
+def _clip_text(hidden: int, projection: int | None, seed: int):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=hidden,
+                            intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
+                            max_position_embeddings=77, projection_dim=projection or hidden, hidden_act="gelu")
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def _t5(d_model: int, vocab: int, seed: int):
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0,
+                                   eos_token_id=1, decoder_start_token_id=0, feed_forward_proj="gated-gelu"))
+
+
+def _vae(latent_channels: int, size: int, seed: int, *, scaling: float, shift: float | None):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                         latent_channels=latent_channels, norm_num_groups=4,
+                         sample_size=size, scaling_factor=scaling, shift_factor=shift, use_quant_conv=False,
+                         use_post_quant_conv=False)
+
+
+def save_tiny_sd3(path: str | Path, *, seed: int = 0, sample_size: int = 16, dynamic_shift: bool = False) -> Path:
+    """Save a tiny random ``StableDiffusion3Pipeline`` folder (``sample_size`` px; VAE factor 1, patch size 1).
+
+    CLIP-L and CLIP-G stand-ins (hidden 32, projection 32: pooled 64), T5 with d_model 64 (the CLIP hidden states,
+    concatenated to 64, are zero-padded to T5's width as the pipeline does). The scheduler shifts by 3.0 as SD 3.5's
+    does; ``dynamic_shift`` switches to the resolution-dependent shift (``mu``) instead.
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    path = Path(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(sample_size=sample_size, patch_size=1, in_channels=4, num_layers=1,
+                                            attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                                            caption_projection_dim=32, pooled_projection_dim=64, out_channels=4,
+                                            pos_embed_max_size=sample_size * 2)
+        te, te2 = _clip_text(32, 32, seed + 1), _clip_text(32, 32, seed + 2)
+        t5_tok = tiny_t5_tokenizer()
+        te3 = _t5(64, len(t5_tok), seed + 3)
+        vae = _vae(4, sample_size, seed + 4, scaling=1.5305, shift=0.0609)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=dynamic_shift,
+                                            base_image_seq_len=16, max_image_seq_len=1024)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=sched, vae=vae, text_encoder=te,
+                                    tokenizer=_clip_tokenizer(), text_encoder_2=te2,
+                                    tokenizer_2=_clip_tokenizer(pad_token="!"), text_encoder_3=te3,
+                                    tokenizer_3=t5_tok)
+    pipe.save_pretrained(path)
+    return path
+
+
+def save_tiny_flux(path: str | Path, *, seed: int = 0, sample_size: int = 16, variant: str = "dev") -> Path:
+    """Save a tiny random ``FluxPipeline`` folder (``sample_size`` px: the VAE's ``sample_size``, factor 1).
+
+    ``variant="dev"``: the guidance embedding and the resolution-dependent timestep shift (FLUX.1-dev's scheduler
+    config); ``"schnell"``: neither (FLUX.1-schnell's). CLIP (hidden 32, pooled 32) and T5 (d_model 32).
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    if variant not in ("dev", "schnell"):
+        raise ValueError(f"variant must be 'dev' or 'schnell', got {variant!r}")
+    path = Path(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                             pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                             guidance_embeds=variant == "dev")
+        te = _clip_text(32, None, seed + 1)
+        t5_tok = tiny_t5_tokenizer()
+        te2 = _t5(32, len(t5_tok), seed + 2)
+        vae = _vae(1, sample_size, seed + 3, scaling=0.3611, shift=0.1159)
+    if variant == "dev":
+        sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=16, max_image_seq_len=1024)
+    else:
+        sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    pipe = FluxPipeline(scheduler=sched, vae=vae, text_encoder=te, tokenizer=_clip_tokenizer(), text_encoder_2=te2,
+                        tokenizer_2=t5_tok, transformer=transformer)
+    pipe.save_pretrained(path)
+    return path

@@ -1,0 +1,98 @@
+"""The shortcut text gradient on SD 3.x and FLUX.1 (tiny models): it reaches every slot's logits through *every* text
+encoder, on the positive and the negative side (FLUX's negative side through true CFG), and the memory it keeps for
+backward does not grow with the number of sampling steps."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpo_diff.backends.base import load_backend
+from dpo_diff.problem import Problem, SamplingConfig, Task
+from dpo_diff.relax import WordMixture
+from dpo_diff.space import space_from_substitutes
+
+SPACE = space_from_substitutes("a red dog, on green grass", {"dog": ["golden retriever", "cat"]},
+                               {"red": ["blue", "light blue"], "grass": ["sand"]})
+
+
+def _per_encoder_gradients(backend, judge, space, guidance: float, monkeypatch):
+    """``{(encoder name, side): grad of the loss w.r.t. the weights through that encoder only}``."""
+    import dpo_diff.relax as relax
+
+    recorded = []
+    hook_for = relax.mixture_hook
+
+    def recording(template, weights):
+        hook = hook_for(template, weights)
+
+        def wrapped(module, inputs, output):
+            out = hook(module, inputs, output)
+            recorded.append((module, template, out))
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(relax, "mixture_hook", recording)
+    problem = Problem(space, Task("improve"), backend, judge, SamplingConfig(steps=4, guidance_scale=guidance))
+    weights = WordMixture(space.sizes).sample_weights(1.0, torch.Generator().manual_seed(0)).detach()
+    weights.requires_grad_()
+    loss = problem.relaxation()(weights, (0,), start_step=1, grad_steps=1).sum()
+    outputs = [out for _, _, out in recorded]
+    grads_out = torch.autograd.grad(loss, outputs, retain_graph=True, allow_unused=True)
+    names = {id(v.token_embedding): v.name for v in backend.text_views()}
+    result = {}
+    for (module, template, out), g in zip(recorded, grads_out):
+        assert g is not None, "an encoder's mixed embeddings do not reach the loss"
+        side = "positive" if template.slot_indices and space.slots[template.slot_indices[0]].target == "positive" \
+            else "negative"
+        (result[names[id(module)], side],) = torch.autograd.grad(out, weights, g, retain_graph=True)
+    return result
+
+
+@pytest.mark.parametrize("which, guidance, encoders", [
+    ("tiny_sd3", 4.0, ("CLIP-L", "CLIP-G", "T5")),
+    ("tiny_flux", 4.0, ("CLIP", "T5")),  # negative slots through true CFG
+])
+def test_gradient_reaches_every_slot_through_every_encoder(which, guidance, encoders, judge, request, monkeypatch):
+    backend = load_backend(request.getfixturevalue(which))
+    grads = _per_encoder_gradients(backend, judge, SPACE, guidance, monkeypatch)
+    assert set(grads) == {(e, s) for e in encoders for s in ("positive", "negative")}
+    for (encoder, side), g in grads.items():
+        for i in SPACE.slots_of(side):
+            row = g[i, : SPACE.slots[i].size]
+            assert (row != 0).all(), f"slot {i} ({side}) gets no gradient through {encoder}: {row.tolist()}"
+
+
+def test_flux_positive_slots_without_cfg_and_negative_slots_need_true_cfg(tiny_flux_schnell, judge, monkeypatch):
+    backend = load_backend(tiny_flux_schnell)
+    attack = space_from_substitutes("a red dog, on green grass", {"dog": ["golden retriever", "cat"]})
+    grads = _per_encoder_gradients(backend, judge, attack, 1.0, monkeypatch)
+    assert set(grads) == {("CLIP", "positive"), ("T5", "positive")}
+    assert all((g[0, :3] != 0).all() for g in grads.values())
+    with pytest.raises(ValueError, match="negative-prompt slots.*true classifier-free guidance.*true_cfg_scale"):
+        backend.relaxed_conditioning(SPACE, guidance_scale=1.0)
+
+
+def _memory_benchmark():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "shortcut_memory.py"
+    spec = importlib.util.spec_from_file_location("shortcut_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("which", ["tiny_sd3", "tiny_flux"])
+def test_shortcut_memory_is_flat_in_the_number_of_steps(which, judge, request):
+    """Bytes saved for backward by one GPO iteration at 4 and 16 steps (k = 15/50 of the steps, one grad step)."""
+    bench = _memory_benchmark()
+    backend = load_backend(request.getfixturevalue(which))
+    problem = Problem(SPACE, Task("improve"), backend, judge, SamplingConfig())
+    few, many = (bench.one_iteration(problem, steps, "shortcut")[0] for steps in (4, 16))
+    full = bench.one_iteration(problem, 4, "full")[0]
+    assert few > 0 and many / few <= 1.05, (few, many)
+    # Backprop through all 4 steps keeps more (on tiny models the text encoders' share is large, so not 4x).
+    assert full > 1.2 * few, (full, few)
