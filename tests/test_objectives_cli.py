@@ -72,6 +72,18 @@ def test_weighted_objective_with_a_constraint_and_evaluators(judges, space_file,
                               f"{judges['siglip']},{judges['clip']}", "--method", "hybrid", "--resume")) == 0
 
 
+def test_attack_maximises_the_objective_under_a_constraint(judges, space_file, tiny_sd, tmp_path):
+    out = tmp_path / "attack"
+    objective = f"{judges['clip']}=1,{judges['aesthetic']}<=+0.05"
+    assert main(optimize_args(space_file, tiny_sd, out, "--task", "attack", "--similarity-threshold", "0",
+                              "--objective", objective, "--method", "random")) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["objective"]["sign"] == -1.0
+    after, before = result["after"]["search_losses"]["0"], result["before"]["search_losses"]["0"]
+    assert after >= before - 1e-6  # attack keeps the user prompt unless an answer raised J
+    assert after < 100  # never an infeasible answer (those carry -1000 for attack)
+
+
 def test_eval_judges_beside_the_plain_clip_judge(judges, space_file, tiny_sd, tiny_clip, tmp_path):
     out = tmp_path / "plain"
     assert main(optimize_args(space_file, tiny_sd, out, "--judge", tiny_clip, "--method", "random",
@@ -94,10 +106,14 @@ def bench_run(judges, tiny_sd, tmp_path_factory):
     prompts = root / "prompts.txt"
     prompts.write_text("a red dog on the grass\na blue car on a snowy road\n")
     out = root / "out"
-    objective = f"{judges['clip']}=1,{judges['aesthetic']}=0.2"
+    from dpo_diff.testing import save_tiny_clip
+
+    other_clip = save_tiny_clip(root / "clip2", seed=5)  # an evaluator the searches never see
+    objective = f"{judges['clip']}=1,{judges['aesthetic']}=0.2,{judges['siglip']}<=+0.5"
     args = ["bench", "--prompts", str(prompts), "--model", tiny_sd, "--methods", "user,random,hybrid", "--steps",
             "4", "--budget", "4", "--gpo-iterations", "2", "--seeds", "0", "--report-seeds", "5,6", "--device", "cpu",
-            "--space-kind", "antonym", "--objective", objective, "--eval-judges", judges["siglip"], "--out", str(out)]
+            "--space-kind", "antonym", "--objective", objective, "--eval-judges", f"clip:{other_clip}",
+            "--out", str(out)]
     assert main(args) == 0
     return out, args
 
@@ -117,7 +133,8 @@ def test_bench_records_carry_every_judge_and_the_report_shows_cross_judge_column
     text = (out / "report.md").read_text()
     assert "Cross-judge evaluation" in text
     header = next(line for line in text.splitlines() if line.startswith("| method | Δ optimized"))
-    assert "Δ siglip:siglip (eval)" in header and "Δ clip:clip" in header and "gain carries over" in header
+    assert "Δ clip:clip2 (eval)" in header and "Δ siglip:siglip" in header and "gain carries over" in header
+    assert "feasible" in header
     assert "cross-judge" in (out / "report.html").read_text()
 
 
