@@ -39,6 +39,8 @@ def test_objective_spec_parses_weights_options_and_constraints():
     assert spec.terms[2].is_constraint and spec.terms[2].margin == pytest.approx(0.02)
     assert [t.judge.kind for t in spec.weighted] == ["clip", "aesthetic"]
     assert parse_objective(str(spec)) == spec  # the saved form reads back the same
+    precise = parse_objective("clip:x=0.123456789,clip:y<=+0.0123456789")
+    assert parse_objective(str(precise)) == precise
     assert parse_objective("clip:x").terms[0].weight == 1.0
     assert parse_judges("checker,clip:world:judge_b") == (parse_judge("checker"), parse_judge("clip:world:judge_b"))
 

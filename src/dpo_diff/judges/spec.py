@@ -72,7 +72,8 @@ class TermSpec:
         return self.margin is not None
 
     def __str__(self) -> str:
-        return f"{self.judge}<=+{self.margin:g}" if self.is_constraint else f"{self.judge}={self.weight:g}"
+        # repr: the saved spec must read back to the same floats (":g" would round 0.1234567 to 0.123457)
+        return f"{self.judge}<=+{self.margin!r}" if self.is_constraint else f"{self.judge}={self.weight!r}"
 
 
 @dataclass(frozen=True)
