@@ -52,7 +52,7 @@ def test_each_judge_type_drives_optimize(kind, judges, space_file, tiny_sd, tmp_
     assert result["objective"]["feasible_report"] is True
 
 
-def test_weighted_objective_with_a_constraint_and_evaluators(judges, space_file, tiny_sd, tmp_path):
+def test_weighted_objective_with_a_constraint_and_evaluators(judges, space_file, tiny_sd, tmp_path, capsys):
     out = tmp_path / "mixed"
     objective = f"{judges['clip']}=1,{judges['aesthetic']}=0.5,{judges['siglip']}<=+0.01"
     assert main(optimize_args(space_file, tiny_sd, out, "--objective", objective, "--eval-judges",
@@ -67,6 +67,8 @@ def test_weighted_objective_with_a_constraint_and_evaluators(judges, space_file,
     # the chosen answer satisfies the constraint on the search seeds (or is the user prompt itself)
     siglip = next(j for n, j in result["judges"].items() if n.startswith("siglip"))
     assert siglip["best"]["search_losses"]["0"] <= siglip["user"]["search_losses"]["0"] + 0.01 + 1e-6
+    printed = capsys.readouterr().out
+    assert "judges (mean loss on the report seeds" in printed and "constraints hold on the report seeds" in printed
     # resuming the same configuration is accepted (specs are saved canonically)
     assert main(optimize_args(space_file, tiny_sd, out, "--objective", objective, "--eval-judges",
                               f"{judges['siglip']},{judges['clip']}", "--method", "hybrid", "--resume")) == 0

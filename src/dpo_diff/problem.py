@@ -54,6 +54,9 @@ class SamplingConfig:
     width: int | None = None
     batch_size: int = 8
     """Rows (candidate x seed) per UNet batch for full-sampler evaluation; halves automatically on OOM."""
+    grad_checkpointing: bool = False
+    """Gradient checkpointing of the shortcut's grad-enabled denoiser calls and VAE decode (same gradient, less
+    memory; :func:`~dpo_diff.shortcut.shortcut_images`)."""
 
     def __post_init__(self) -> None:
         if self.steps < 2:
@@ -134,7 +137,7 @@ class Problem:
         def loss(weights: Tensor, seeds: Sequence[int], *, start_step: int, grad_steps: int) -> Tensor:
             images = shortcut_images(self.backend, encode(weights), seeds, steps=sc.steps,
                                      guidance_scale=sc.guidance_scale, start_step=start_step, grad_steps=grad_steps,
-                                     height=sc.height, width=sc.width)
+                                     height=sc.height, width=sc.width, checkpointing=sc.grad_checkpointing)
             return self.judge.loss(images, self.user_prompt)
 
         return loss

@@ -73,7 +73,7 @@ class StableDiffusionBackend:
         self.prediction_type = self.new_scheduler().config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
-        self.text = TextView(tokenizer, text_encoder, device=self.device)
+        self.text = TextView(tokenizer, text_encoder, device=self.device, chunks=True)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -88,13 +88,7 @@ class StableDiffusionBackend:
                 :mod:`dpo_diff.search.gradient`); ``None``: fp16 on CUDA, fp32 elsewhere.
             scheduler: one of :data:`SCHEDULERS` (``ddim`` default, as in the paper).
         """
-        if dtype is None:
-            dtype = "fp16" if torch.device(device).type == "cuda" else "fp32"
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
-        _quiet_imports()
+        dtype = load_settings(device, dtype, scheduler, cuda_dtype="fp16")
         from diffusers import StableDiffusionPipeline
 
         path, local_only = resolve_model(model, "Stable Diffusion model", "model_index.json")
@@ -131,7 +125,7 @@ class StableDiffusionBackend:
         return self.text.tokenize(texts)
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` including BOS and EOS (must be <= 77)."""
+        """Tokens of ``text`` including BOS and EOS (over 77: encoded in chunks, :mod:`dpo_diff.relax_chunks`)."""
         return self.text.count_tokens(text)
 
     def check_prompt(self, text: str) -> None:
@@ -153,25 +147,27 @@ class StableDiffusionBackend:
         """``f(weights)`` -> :class:`Conditioning` with the space's word mixtures through the text encoder.
 
         Sides with slots are encoded from the Gumbel-softmax weights (:mod:`dpo_diff.relax`); a side without slots
-        is encoded once, exactly.
+        is encoded once, exactly. Long prompts: both sides in the same number of chunks (:mod:`dpo_diff.relax_chunks`).
         """
-        from dpo_diff.relax import encode_mixed, negative_template, positive_template
+        from dpo_diff.relax_chunks import encode_side, side_templates, template_chunks
 
-        pos = positive_template(space, self.tokenizer, self.max_length)
-        neg = negative_template(space, self.tokenizer, self.max_length)
+        templates = side_templates(space, self.text)
+        pos, neg = templates["positive"], templates["negative"]
         use_cfg = guidance_scale > 1
         if neg.slots and not use_cfg:
             raise ValueError("the space has negative-prompt slots but guidance_scale <= 1 disables the negative "
                              "prompt; use guidance > 1")
+        n = template_chunks(pos)
         with torch.no_grad():
-            fixed_cond = None if pos.slots else self.encode_text([space.prompt])
-            fixed_uncond = None if neg.slots or not use_cfg else self.encode_text([space.negative_prompt])
+            fixed_cond = None if pos.slots else self.encode_ids(self.text.tokenize([space.prompt], n))
+            fixed_uncond = (None if neg.slots or not use_cfg
+                            else self.encode_ids(self.text.tokenize([space.negative_prompt], n)))
 
         def encode(weights: Tensor) -> Conditioning:
-            cond = fixed_cond if fixed_cond is not None else encode_mixed(self, pos, weights)
+            cond = fixed_cond if fixed_cond is not None else encode_side(self.text, pos, weights)
             uncond = None
             if use_cfg:
-                uncond = fixed_uncond if fixed_uncond is not None else encode_mixed(self, neg, weights)
+                uncond = fixed_uncond if fixed_uncond is not None else encode_side(self.text, neg, weights)
             return Conditioning(cond, uncond)
 
         return encode
@@ -204,13 +200,17 @@ class StableDiffusionBackend:
         cfg = guidance_scale > 1 and text.uncond is not None
         model_input = torch.cat([latents] * 2) if cfg else latents
         model_input = scheduler.scale_model_input(model_input, t)
-        hidden = torch.cat([text.uncond, text.cond]) if cfg else text.cond
-        out = self.unet(model_input, t, encoder_hidden_states=hidden, return_dict=False)[0]
+        out = self.unet_call(model_input, t, text, cfg)
         if cfg:
             out_uncond, out_text = out.chunk(2)
             out = out_uncond + guidance_scale * (out_text - out_uncond)
             model_input = model_input.chunk(2)[0]
         return out, model_input
+
+    def unet_call(self, model_input: Tensor, t: Tensor, text: Conditioning, cfg: bool) -> Tensor:
+        """The UNet's output for ``model_input`` (rows ``[uncond, cond]`` under classifier-free guidance)."""
+        hidden = torch.cat([text.uncond, text.cond]) if cfg else text.cond
+        return self.unet(model_input, t, encoder_hidden_states=hidden, return_dict=False)[0]
 
     def alpha_bar(self, scheduler, t: Tensor | float) -> float:
         """Cumulative signal level abar_t of the training schedule at (possibly fractional) timestep ``t``."""
@@ -269,13 +269,54 @@ class StableDiffusionBackend:
     def generate(self, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int], *,
                  steps: int = 50, guidance_scale: float = 7.5, height: int | None = None,
                  width: int | None = None) -> Tensor:
-        """Images for exact prompt texts, one per ``(prompt, negative_prompt, seed)`` row."""
+        """Images for exact prompt texts, one per ``(prompt, negative_prompt, seed)`` row.
+
+        Long prompts: a row's prompt and negative prompt are padded to the same chunk count, and rows of different
+        counts run in separate batches, so a row's image never depends on the other rows.
+        """
         if not (len(prompts) == len(negative_prompts) == len(seeds)):
             raise ValueError("prompts, negative_prompts and seeds must have the same length")
-        cond = self.encode_text(prompts)
-        uncond = self.encode_text(negative_prompts) if guidance_scale > 1 else None
-        return self.sample(Conditioning(cond, uncond), seeds, steps=steps, guidance_scale=guidance_scale,
-                           height=height, width=width)
+        use_cfg = guidance_scale > 1
+
+        def one_group(rows: list[int], n: int) -> Tensor:
+            cond = self.encode_ids(self.text.tokenize([prompts[i] for i in rows], n))
+            uncond = self.encode_ids(self.text.tokenize([negative_prompts[i] for i in rows], n)) if use_cfg else None
+            return self.sample(Conditioning(cond, uncond), [seeds[i] for i in rows], steps=steps,
+                               guidance_scale=guidance_scale, height=height, width=width)
+
+        return by_chunk_count([self.text], prompts, negative_prompts if use_cfg else None, one_group)
+
+
+def load_settings(device: str | torch.device, dtype: str | None, scheduler: str, cuda_dtype: str) -> str:
+    """Check ``from_pretrained``'s dtype and scheduler names, quiet the library imports, and return the dtype name
+    (``None``: ``cuda_dtype`` on CUDA, fp32 elsewhere)."""
+    if dtype is None:
+        dtype = cuda_dtype if torch.device(device).type == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
+    _quiet_imports()
+    return dtype
+
+
+def by_chunk_count(views: Sequence[TextView], prompts: Sequence[str], negative_prompts: Sequence[str] | None,
+                   run: Callable[[list[int], int], Tensor]) -> Tensor:
+    """Call ``run(rows, n)`` once per chunk count ``n`` (the most any view needs for a row's prompt or negative
+    prompt) and put the images back in row order; one call when every row fits one chunk."""
+    counts = [max(v.chunk_count(t) for v in views for t in (p, *([] if negative_prompts is None else [q])))
+              for p, q in zip(prompts, negative_prompts or prompts)]
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(counts):
+        groups.setdefault(n, []).append(i)
+    if len(groups) <= 1:
+        return run(list(range(len(prompts))), counts[0] if counts else 1)
+    out: list[Tensor] = [torch.empty(0)] * len(prompts)
+    for n, rows in groups.items():
+        images = run(rows, n)
+        for j, i in enumerate(rows):
+            out[i] = images[j:j + 1]
+    return torch.cat(out)
 
 
 def _quiet_imports() -> None:

@@ -49,6 +49,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def judge_lines(result: dict) -> list[str]:
+    """One line per judge of the result: mean report-seed loss of the user prompt and of the answer."""
+    judges = result.get("judges", {})
+    if len(judges) < 2 and "objective" not in result:
+        return []  # the single judge's numbers are the before/after above
+    lines = ["judges (mean loss on the report seeds, user -> answer; lower is better):"]
+    for name, j in judges.items():
+        user, best = (list(j[w]["report_losses"].values()) for w in ("user", "best"))
+        if user:
+            lines.append(f"  {j['role']:9s} {name}: {sum(user) / len(user):.4f} -> {sum(best) / len(best):.4f}")
+    if "objective" in result:
+        lines.append(f"  constraints hold on the report seeds: {result['objective']['feasible_report']}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from dpo_diff.commands.judge_args import eval_judge_specs
     from dpo_diff.commands.search_args import search_settings
@@ -70,5 +85,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: result[k] for k in ("user_prompt", "best", "before", "after", "cost")}, indent=2))
     if result["note"]:
         print(result["note"])
+    for line in judge_lines(result):
+        print(line)
     print(f"results in {args.out}")
     return 0
