@@ -6,6 +6,8 @@ peak memory; then the ratios 100-step / 25-step (target for the shortcut: <= 1.0
 
     python benchmarks/shortcut_memory.py                       # tiny random SD on the CPU (seconds)
     python benchmarks/shortcut_memory.py --arch sd15 --device cuda --dtype fp16   # SD v1.x shapes, 512 px
+    python benchmarks/shortcut_memory.py --arch sd3     # SD 3.x / FLUX.1 (--arch flux): tiny on the CPU, and
+    python benchmarks/shortcut_memory.py --arch flux --device cuda --dtype bf16 --full-steps ''  # full size on CUDA
 
 ``--json PATH`` also writes the rows as JSON (``scripts/gpu_suite.sh`` reads it).
 
@@ -73,7 +75,9 @@ def one_iteration(problem, steps: int, mode: str) -> tuple[int, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="tiny", choices=("tiny", "sd15"))
+    parser.add_argument("--arch", default="tiny", choices=("tiny", "sd15", "sd3", "flux"))
+    parser.add_argument("--size", default=None, choices=("tiny", "full"),
+                        help="sd3/flux: tiny test model or full shapes (default: full on CUDA, tiny elsewhere)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--steps", default="25,50,100")
@@ -87,8 +91,15 @@ def main() -> None:
     from dpo_diff.space import space_from_substitutes
     from dpo_diff.testing import random_backend, save_tiny_clip
 
-    backend = random_backend(args.arch, args.device, args.dtype)
-    judge = ClipJudge.from_pretrained(str(save_tiny_clip(tempfile.mkdtemp(), image_size=224 if args.arch == "sd15"
+    if args.arch in ("sd3", "flux"):
+        from dpo_diff.testing_flow import random_flow_backend
+
+        args.size = args.size or ("full" if args.device.startswith("cuda") else "tiny")
+        backend = random_flow_backend(args.arch, args.device, args.dtype, args.size)
+    else:
+        backend = random_backend(args.arch, args.device, args.dtype)
+    big = args.arch == "sd15" or args.size == "full"
+    judge = ClipJudge.from_pretrained(str(save_tiny_clip(tempfile.mkdtemp(), image_size=224 if big
                                                             else 32)), device=args.device)
     space = space_from_substitutes("a red car on a snowy road", {"car": ["truck", "van"]},
                                    {"red": ["blue", "green"], "snowy": ["sunny", "dry"]})

@@ -55,6 +55,17 @@ def _clip_tokenizer(pad_token: str | None = None):
     return CLIPTokenizer.from_pretrained(str(clip_tokenizer_path()), **kwargs)
 
 
+def _add_bpe_files(folder: Path) -> None:
+    """Put the vocab.json/merges.txt beside the saved tokenizer.json, as in the real models' folders (what
+    :func:`dpo_diff.tokenization.load_tokenizer` reads)."""
+    import shutil
+
+    from dpo_diff.resources import clip_tokenizer_path
+
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(clip_tokenizer_path() / name, folder / name)
+
+
 def _clip_text(hidden: int, projection: int | None, seed: int):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -116,6 +127,8 @@ def save_tiny_sd3(path: str | Path, *, seed: int = 0, sample_size: int = 16, dyn
                                     tokenizer_2=_clip_tokenizer(pad_token="!"), text_encoder_3=te3,
                                     tokenizer_3=t5_tok)
     pipe.save_pretrained(path)
+    _add_bpe_files(path / "tokenizer")
+    _add_bpe_files(path / "tokenizer_2")
     return path
 
 
@@ -149,4 +162,83 @@ def save_tiny_flux(path: str | Path, *, seed: int = 0, sample_size: int = 16, va
     pipe = FluxPipeline(scheduler=sched, vae=vae, text_encoder=te, tokenizer=_clip_tokenizer(), text_encoder_2=te2,
                         tokenizer_2=t5_tok, transformer=transformer)
     pipe.save_pretrained(path)
+    _add_bpe_files(path / "tokenizer")
     return path
+
+
+def random_flow_backend(arch: str, device: str = "cpu", dtype: str = "fp32", size: str = "tiny"):
+    """A flow-matching backend with random weights, for benchmarks where costs, not values, matter.
+
+    ``arch``: ``sd3`` or ``flux``. ``size="tiny"``: the test models above (16 px), loaded from a saved folder;
+    ``"full"``: SD 3.5 medium shapes (2.5 B MMDiT with dual attention, CLIP-L, CLIP-G, T5-XXL; 1024 px) or FLUX.1-dev
+    shapes (12 B transformer, CLIP-L, T5-XXL; 1024 px), built directly in ``dtype`` on ``device``; the T5 tokenizer
+    is the tiny one (memory depends on ``max_sequence_length`` tokens, not on the vocabulary).
+    """
+    import tempfile
+
+    from dpo_diff.backends.base import load_backend
+
+    if arch not in ("sd3", "flux") or size not in ("tiny", "full"):
+        raise ValueError(f"arch must be 'sd3' or 'flux' and size 'tiny' or 'full', got {arch!r}, {size!r}")
+    if size == "tiny":
+        save = save_tiny_sd3 if arch == "sd3" else save_tiny_flux
+        return load_backend(str(save(Path(tempfile.mkdtemp()) / arch)), device=device, dtype=dtype)
+    return _full_backend(arch, device, dtype)
+
+
+def _full_backend(arch: str, device: str, dtype: str):
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from dpo_diff.backends.flow import DTYPES
+
+    torch_dtype = DTYPES[dtype]
+
+    def clip(hidden: int, layers: int, heads: int, ff: int, projection: bool):
+        config = CLIPTextConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                intermediate_size=ff, projection_dim=hidden, vocab_size=49408,
+                                max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                                pad_token_id=49407, hidden_act="gelu" if hidden > 768 else "quick_gelu")
+        return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+    t5_tok = tiny_t5_tokenizer()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)  # build in the target dtype: FLUX's 12 B parameters in fp32 would be 48 GB
+    try:
+        with torch.device(device):
+            t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                                         num_heads=64, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+                                         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+            vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=16, layers_per_block=2,
+                                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                                sample_size=1024, use_quant_conv=False, use_post_quant_conv=False,
+                                scaling_factor=1.5305 if arch == "sd3" else 0.3611,
+                                shift_factor=0.0609 if arch == "sd3" else 0.1159)
+            if arch == "sd3":
+                transformer = SD3Transformer2DModel(
+                    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                    pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384, qk_norm="rms_norm",
+                    dual_attention_layers=tuple(range(13)))
+                encoders = [clip(768, 12, 12, 3072, True), clip(1280, 32, 20, 5120, True), t5]
+            else:
+                transformer = FluxTransformer2DModel(
+                    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                    axes_dims_rope=(16, 56, 56))
+                encoders = [clip(768, 12, 12, 3072, False), t5]
+    finally:
+        torch.set_default_dtype(previous)
+    if arch == "sd3":
+        from dpo_diff.backends.sd3 import StableDiffusion3Backend
+
+        sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        toks = [_clip_tokenizer(), _clip_tokenizer(pad_token="!"), t5_tok]
+        return StableDiffusion3Backend(toks, encoders, transformer, vae, sched, device=device, dtype=torch_dtype)
+    from dpo_diff.backends.flux import FluxBackend
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                            max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    return FluxBackend([_clip_tokenizer(), t5_tok], encoders, transformer, vae, sched, device=device,
+                       dtype=torch_dtype)

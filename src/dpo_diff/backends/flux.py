@@ -87,6 +87,17 @@ class FluxBackend(FlowMatchingBackend):
                    pipe.vae, pipe.scheduler, device=device, dtype=torch_dtype, scheduler_name=scheduler, source=model,
                    max_sequence_length=max_sequence_length, embedded_guidance=embedded_guidance)
 
+    def generate(self, prompts, negative_prompts, seeds, *, steps: int = 28, guidance_scale: float = 1.0,
+                 height: int | None = None, width: int | None = None) -> Tensor:
+        """Images for exact prompt texts; a negative prompt needs true CFG (``guidance_scale > 1``): FLUX.1 would
+        silently ignore it, so a search over negative prompts would compare identical images."""
+        given = next((n for n in negative_prompts if n.strip()), None)
+        if given is not None and not guidance_scale > 1:
+            raise ValueError(f"negative prompt {given[:60]!r} given with guidance_scale {guidance_scale}: FLUX.1 is "
+                             f"guidance-distilled and uses negative prompts only with {self.negative_needs}")
+        return super().generate(prompts, negative_prompts, seeds, steps=steps, guidance_scale=guidance_scale,
+                                height=height, width=width)
+
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         step = self.vae_scale_factor * 2  # latents are packed into 2x2 patches
         if height % step or width % step:
