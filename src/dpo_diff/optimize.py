@@ -50,12 +50,13 @@ class OptimizeConfig:
     steps: int = 50
     guidance: float = 7.5
     scheduler: str = "ddim"
-    dtype: str = "fp32"
+    dtype: str = "auto"
     device: str = "cpu"
     judge_device: str | None = None
     batch_size: int = 8
     height: int | None = None
     width: int | None = None
+    grad_checkpointing: bool = False  # recompute the shortcut's grad-enabled UNet calls and decode in backward
     out: str = "runs/optimize"
     similarity_threshold: float | None = 0.9  # meaning constraint on rewritten prompts (positive slots); None: off
     similarity_model: str | None = None  # sentence-embedding model (None: offline all-MiniLM-L6-v2)
@@ -257,13 +258,10 @@ def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=No
     from dpo_diff.problem import Problem, SamplingConfig, Task
 
     if backend is None:
-        from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+        from dpo_diff.backends.base import load_backend
 
-        backend = StableDiffusionBackend.from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype,
-                                                         scheduler=cfg.scheduler)
-    n_tok = backend.count_tokens(space.prompt)
-    if n_tok > backend.max_length:
-        raise ValueError(f"the prompt has {n_tok} tokens but the text encoder takes {backend.max_length}; shorten it")
+        backend = load_backend(cfg.model, device=cfg.device, dtype=cfg.dtype, scheduler=cfg.scheduler)
+    backend.check_prompt(space.prompt)
     if judge is None and cfg.objective:
         from dpo_diff.judges.objective import Objective
         from dpo_diff.judges.spec import shared_registry
@@ -277,7 +275,8 @@ def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=No
 
     if constraint is None and meaning_constraint_applies(space, cfg.similarity_threshold):
         constraint = MeaningConstraint(cfg.similarity_model, cfg.similarity_threshold).accepts
-    sampling = SamplingConfig(cfg.steps, cfg.guidance, cfg.height, cfg.width, cfg.batch_size)
+    sampling = SamplingConfig(cfg.steps, cfg.guidance, cfg.height, cfg.width, cfg.batch_size,
+                              grad_checkpointing=cfg.grad_checkpointing)
     return Problem(space, Task(cfg.task), backend, judge, sampling, constraint)
 
 

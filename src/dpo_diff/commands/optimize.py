@@ -33,9 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--scheduler", default="ddim", help="ddim | pndm | euler | dpm++ | model")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="auto: the backbone's default (fp32 on CPU; fp16 for SD 1.x/2.x, bf16 for SDXL/SD 3/FLUX "
+                        "on GPUs)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=8, help="candidate x seed rows per UNet batch")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute the shortcut gradient's UNet calls and VAE decode in backward: same gradient, "
+                        "less memory (SDXL at 1024 px), about one more forward per GPO step")
     add_search_arguments(p)
     p.add_argument("--similarity-threshold", type=float, default=0.9,
                    help="meaning constraint for rewritten prompts (positive slots): minimum sentence-embedding "
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         report_seeds=parse_seeds(args.report_seeds) if args.report_seeds else (), seed=args.seed,
         steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, dtype=args.dtype, device=device,
         batch_size=args.batch_size, out=args.out, similarity_threshold=args.similarity_threshold or None,
-        similarity_model=args.similarity_model, objective=args.objective,
+        similarity_model=args.similarity_model, objective=args.objective, grad_checkpointing=args.grad_checkpointing,
         eval_judges=eval_judge_specs(args.eval_judges), **search_settings(args),
     )
     result = optimize(cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
