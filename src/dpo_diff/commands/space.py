@@ -141,7 +141,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _warn_long_prompts(prompts: list[str], tokenizer: Any) -> None:
-    """Warn about prompts the text encoder cannot take whole (``optimize`` refuses them)."""
+    """Warn about prompts the text encoder cannot take whole (chunked for SD/SDXL, refused by other backbones)."""
     limit = int(getattr(tokenizer, "model_max_length", 77) or 77)
     if limit > 10_000:  # "unbounded" placeholder of tokenizers without a configured length
         limit = 77
@@ -149,7 +149,8 @@ def _warn_long_prompts(prompts: list[str], tokenizer: Any) -> None:
         n = len(tokenizer(prompt, truncation=False).input_ids)
         if n > limit:
             print(f"warning: {prompt[:60]!r}{'...' if len(prompt) > 60 else ''} has {n} tokens but the text "
-                  f"encoder takes {limit}; 'dpo-diff optimize' will refuse it: shorten it", file=sys.stderr)
+                  f"encoder takes {limit}: SD 1.x/2.x and SDXL encode it in chunks of {limit - 2} tokens (as compel "
+                  f"and the web UIs do), other backbones' 'dpo-diff optimize' will refuse it", file=sys.stderr)
 
 
 def _tokenizer(model: str | None) -> Any:
