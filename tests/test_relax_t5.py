@@ -48,6 +48,26 @@ def test_t5_template_layout(tiny_flux):
     assert len(retriever) >= 3  # a multi-piece option ("▁golden", "▁retriev", "er")
 
 
+@pytest.mark.parametrize("whitespace_split", [True, False])
+def test_corner_ids_with_either_t5_pre_tokenizer(whitespace_split):
+    """With or without splitting at whitespace before Metaspace (a trailing space of a fixed piece would otherwise
+    become its own "▁" token), every corner of both sides lays out as its rendered text's tokens."""
+    from dpo_diff.testing_flow import tiny_t5_tokenizer
+
+    tok = tiny_t5_tokenizer(whitespace_split=whitespace_split)
+    assert tok("a ", add_special_tokens=False).input_ids != tok("a", add_special_tokens=False).input_ids or \
+        whitespace_split
+    odd = SearchSpace("a  Red dog,on green grass!", BASE.slots, "blurry.")  # double space, glued comma, "!"
+    for space in (SPACE, odd):
+        for side, build in (("positive", positive_template), ("negative", negative_template)):
+            template = build(space, tok, 64)
+            for c in _corners(space, side):
+                pair = space.render(c)
+                text = pair.prompt if side == "positive" else pair.negative_prompt
+                want = tok([text], padding="max_length", max_length=64).input_ids[0]
+                assert template.corner_ids(c) == want, (side, text)
+
+
 @pytest.mark.parametrize("which", ["tiny_sd3", "tiny_flux"])
 def test_every_corner_encodes_as_its_text_through_every_encoder(which, request):
     """cond, pooled, uncond and uncond_pooled of the relaxed conditioning at every one-hot corner equal the exact

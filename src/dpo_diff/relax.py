@@ -175,15 +175,19 @@ def _ids(tokenizer, text: str, glued: bool = False) -> list[int]:
     ``glued``: the text continues the word before it (no space between, e.g. ", on grass" after a slot). A
     SentencePiece tokenizer (T5) marks every word start with "▁", so tokenized alone such a piece would begin with
     a spurious "▁" (", on" gives "▁," but "dog, on" gives "▁dog" ","): it is tokenized after a one-letter
-    word and that word's tokens are dropped. CLIP's BPE needs no context (it splits at spaces and punctuation).
+    word and that word's tokens are dropped. Spaces around a SentencePiece piece are dropped: a space before a word
+    is its "▁", which the next piece writes itself (a trailing "a " would otherwise give "▁a" "▁" where the
+    tokenizer does not split at whitespace first). CLIP's BPE needs neither (it splits at spaces and punctuation).
     """
     if not text.strip():
         return []
-    if glued and not text[0].isspace() and _marks_word_starts(tokenizer):
-        context = _ids(tokenizer, "a")
-        ids = _ids(tokenizer, "a" + text)
-        if ids[: len(context)] == context:
-            return ids[len(context) :]
+    if _marks_word_starts(tokenizer):
+        if glued and not text[0].isspace():
+            context = _ids(tokenizer, "a")
+            ids = _ids(tokenizer, "a" + text.rstrip())
+            if ids[: len(context)] == context:
+                return ids[len(context) :]
+        text = text.strip()
     return list(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
 

@@ -21,10 +21,11 @@ T5_WORDS = (
 T5_SUBWORDS = ("er", "ers", "ing", "ed", "s", "es", "ly", "ness", "retriev", "un", "re")
 
 
-def tiny_t5_tokenizer(model_max_length: int = 512):
+def tiny_t5_tokenizer(model_max_length: int = 512, whitespace_split: bool = True):
     """A small T5-style fast tokenizer built offline with ``tokenizers``: a Unigram model over ``"▁"``-marked words
     (SentencePiece's word-start marker), subwords and single characters, NFKC normalisation, whitespace split then
-    Metaspace (as T5's own ``tokenizer.json``), ``<pad>`` = 0, ``</s>`` = 1 appended to every text, no BOS."""
+    Metaspace (as transformers' ``T5TokenizerFast``; ``whitespace_split=False``: Metaspace alone, as some converted
+    ``tokenizer.json`` files have it), ``<pad>`` = 0, ``</s>`` = 1 appended to every text, no BOS."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from tokenizers import decoders as dec
     from transformers import T5TokenizerFast
@@ -37,8 +38,9 @@ def tiny_t5_tokenizer(model_max_length: int = 512):
     pieces += [("\u2581", -8.0)]
     tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
     tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")])
+    metaspace = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), metaspace]) if whitespace_split
+                         else metaspace)
     tok.decoder = dec.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", 1)])
