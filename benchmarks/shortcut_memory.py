@@ -8,6 +8,12 @@ peak memory; then the ratios 100-step / 25-step (target for the shortcut: <= 1.0
     python benchmarks/shortcut_memory.py --arch sd15 --device cuda --dtype fp16   # SD v1.x shapes, 512 px
     python benchmarks/shortcut_memory.py --arch sd3     # SD 3.x / FLUX.1 (--arch flux): tiny on the CPU, and
     python benchmarks/shortcut_memory.py --arch flux --device cuda --dtype bf16 --full-steps ''  # full size on CUDA
+    python benchmarks/shortcut_memory.py --arch sdxl --grad-checkpointing   # SDXL: tiny on the CPU, and SDXL-base
+    python benchmarks/shortcut_memory.py --arch sdxl --device cuda --dtype bf16 --steps 50 --full-steps '' \
+        --grad-checkpointing      # shapes at 1024 px on CUDA (target: one GPO iteration <= 20 GB peak)
+
+``--grad-checkpointing`` recomputes the grad-enabled denoiser calls and the decode in backward
+(:func:`dpo_diff.shortcut.shortcut_images`); ``--compare-checkpointing`` measures the shortcut both ways.
 
 ``--json PATH`` also writes the rows as JSON (``scripts/gpu_suite.sh`` reads it).
 
@@ -24,32 +30,11 @@ import time
 import torch
 
 
-class SavedBytes:
-    """Counts the bytes of tensors autograd keeps for backward (storage deduplicated)."""
-
-    def __init__(self) -> None:
-        self.seen: set[int] = set()
-        self.bytes = 0
-
-    def pack(self, t: torch.Tensor):
-        try:
-            key = t.untyped_storage().data_ptr()
-            if key not in self.seen:
-                self.seen.add(key)
-                self.bytes += t.untyped_storage().nbytes()
-        except RuntimeError:
-            pass
-        return t
-
-    @staticmethod
-    def unpack(t):
-        return t
-
-
-def one_iteration(problem, steps: int, mode: str) -> tuple[int, float, int]:
+def one_iteration(problem, steps: int, mode: str, checkpointing: bool = False) -> tuple[int, float, int]:
     from dpo_diff.relax import WordMixture
+    from dpo_diff.shortcut import SavedTensorBytes
 
-    problem.sampling = type(problem.sampling)(steps=steps, guidance_scale=7.5)
+    problem.sampling = type(problem.sampling)(steps=steps, guidance_scale=7.5, grad_checkpointing=checkpointing)
     relaxed = problem.relaxation()
     mixture = WordMixture(problem.space.sizes)
     weights = mixture.sample_weights(1.0, torch.Generator().manual_seed(0))
@@ -58,9 +43,8 @@ def one_iteration(problem, steps: int, mode: str) -> tuple[int, float, int]:
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    counter = SavedBytes()
     t0 = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+    with SavedTensorBytes() as counter:
         if mode == "shortcut":
             loss = relaxed(weights, (0,), start_step=k, grad_steps=1).mean()
         else:  # the full gradient: every step grad-enabled, decode the final latents
@@ -75,9 +59,13 @@ def one_iteration(problem, steps: int, mode: str) -> tuple[int, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="tiny", choices=("tiny", "sd15", "sd3", "flux"))
+    parser.add_argument("--arch", default="tiny", choices=("tiny", "sd15", "sdxl", "sd3", "flux"))
     parser.add_argument("--size", default=None, choices=("tiny", "full"),
-                        help="sd3/flux: tiny test model or full shapes (default: full on CUDA, tiny elsewhere)")
+                        help="sdxl/sd3/flux: tiny test model or full shapes (default: full on CUDA, tiny elsewhere)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="checkpoint the grad-enabled denoiser calls and the decode (shortcut and full modes)")
+    parser.add_argument("--compare-checkpointing", action="store_true",
+                        help="also run the shortcut with checkpointing toggled (mode 'shortcut+ckpt' or 'shortcut')")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--steps", default="25,50,100")
@@ -96,6 +84,11 @@ def main() -> None:
 
         args.size = args.size or ("full" if args.device.startswith("cuda") else "tiny")
         backend = random_flow_backend(args.arch, args.device, args.dtype, args.size)
+    elif args.arch == "sdxl":
+        from dpo_diff.testing_sdxl import random_sdxl_backend
+
+        args.size = args.size or ("full" if args.device.startswith("cuda") else "tiny")
+        backend = random_sdxl_backend(args.device, args.dtype, args.size)
     else:
         backend = random_backend(args.arch, args.device, args.dtype)
     big = args.arch == "sd15" or args.size == "full"
@@ -106,20 +99,23 @@ def main() -> None:
     problem = Problem(space, Task("improve"), backend, judge, SamplingConfig())
     one_iteration(problem, 4, "shortcut")  # warm-up
     print(f"arch={args.arch} device={args.device} dtype={args.dtype}")
-    print(f"{'mode':10s} {'steps':>5s} {'saved MB':>10s} {'seconds':>8s} {'peak MB':>9s}")
+    print(f"{'mode':13s} {'steps':>5s} {'saved MB':>10s} {'seconds':>8s} {'peak MB':>9s}")
     results: dict[tuple[str, int], tuple[int, float, int]] = {}
     full_steps = [int(s) for s in args.full_steps.split(",") if s]
-    for mode, step_list in (("shortcut", [int(s) for s in args.steps.split(",")]), ("full", full_steps)):
-        for steps in step_list:
+    ckpt = args.grad_checkpointing
+    plan = [("shortcut", ckpt), *([("shortcut", not ckpt)] if args.compare_checkpointing else []), ("full", ckpt)]
+    for mode, checkpointing in plan:
+        name = mode + ("+ckpt" if checkpointing else "")  # e.g. "shortcut+ckpt"
+        for steps in full_steps if mode == "full" else [int(s) for s in args.steps.split(",")]:
             try:
-                r = one_iteration(problem, steps, mode)
+                r = one_iteration(problem, steps, mode, checkpointing)
             except torch.OutOfMemoryError:
-                print(f"{mode:10s} {steps:5d}   out of memory")
+                print(f"{name:13s} {steps:5d}   out of memory")
                 torch.cuda.empty_cache()
                 continue
-            results[mode, steps] = r
-            print(f"{mode:10s} {steps:5d} {r[0] / 2**20:10.1f} {r[1]:8.3f} {r[2] / 2**20:9.1f}")
-    for mode in ("shortcut", "full"):
+            results[name, steps] = r
+            print(f"{name:13s} {steps:5d} {r[0] / 2**20:10.1f} {r[1]:8.3f} {r[2] / 2**20:9.1f}")
+    for mode in dict.fromkeys(m for m, _ in results):
         steps = sorted(s for m, s in results if m == mode)
         if len(steps) >= 2:
             lo, hi = results[mode, steps[0]], results[mode, steps[-1]]
@@ -129,9 +125,16 @@ def main() -> None:
         rows = [{"mode": m, "steps": st, "saved_bytes": r[0], "seconds": r[1], "peak_bytes": r[2] or None}
                 for (m, st), r in results.items()]
         with open(args.json, "w") as f:
-            json.dump({"arch": args.arch, "device": args.device, "dtype": args.dtype, "rows": rows}, f, indent=1)
-    if ("shortcut", 50) in results and ("full", 50) in results:
-        s, f = results["shortcut", 50], results["full", 50]
+            json.dump({"arch": args.arch, "device": args.device, "dtype": args.dtype, "size": args.size,
+                       "rows": rows}, f, indent=1)
+    suffix = "+ckpt" if ckpt else ""
+    both = {s for m, s in results if m == "shortcut+ckpt"} & {s for m, s in results if m == "shortcut"}
+    for s_steps in sorted(both):
+        plain, low = results["shortcut", s_steps], results["shortcut+ckpt", s_steps]
+        print(f"checkpointing at {s_steps} steps: saved bytes x{low[0] / plain[0]:.3f}, time x{low[1] / plain[1]:.2f}"
+              + (f", peak x{low[2] / plain[2]:.3f}" if plain[2] else ""))
+    if ("shortcut" + suffix, 50) in results and ("full" + suffix, 50) in results:
+        s, f = results["shortcut" + suffix, 50], results["full" + suffix, 50]
         print(f"at 50 steps the shortcut saves {f[0] / s[0]:.1f}x less for backward and runs "
               f"{f[1] / s[1]:.1f}x faster")
 

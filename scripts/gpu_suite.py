@@ -7,8 +7,9 @@ Steps (SD v1.x architecture at 512 px with random weights: costs do not depend o
 2. ``benchmarks/shortcut_memory.py`` per dtype: one GPO iteration's saved bytes, time and peak at 25/50/100 steps.
 3. ``benchmarks/eval_throughput.py`` per dtype: batched vs one-at-a-time evaluation; hybrid at budget 40.
 4. ``dpo-diff optimize --method hybrid`` on the random weights saved in ``save_pretrained`` layout (first dtype).
-5. ``benchmarks/shortcut_memory.py --arch sd3`` and ``--arch flux``: one GPO iteration's peak at 50 steps for SD 3.5
-   medium and FLUX.1-dev shapes (1024 px, bf16, random weights; FLUX with true CFG, as its improve task needs).
+5. ``benchmarks/shortcut_memory.py --arch sdxl``, ``--arch sd3`` and ``--arch flux``: one GPO iteration's peak at
+   50 steps for SDXL-base (with ``--grad-checkpointing``), SD 3.5 medium and FLUX.1-dev shapes (1024 px, bf16,
+   random weights; FLUX with true CFG, as its improve task needs).
 
 Targets: one GPO iteration <= 8 GB peak; batched evaluation >= 3.5x the one-at-a-time scheme; hybrid at budget 40
 <= 20 s per prompt at 50 steps. On a GPU the report goes to ``docs/gpu.md``. ``--dry`` (or ``DRY=1``) runs the same
@@ -32,8 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
 TARGETS = {"gpo_peak_gb": 8.0, "batched_ratio": 3.5, "hybrid_s": 20.0, "gpo_unit_ratio": 1.2, "sd3_peak_gb": 24.0,
-           "flux_peak_gb": 40.0}
+           "flux_peak_gb": 40.0, "sdxl_peak_gb": 20.0}
 FLOW_ARCHS = ("sd3", "flux")  # SD 3.5 medium and FLUX.1-dev shapes
+BIG_ARCHS = {"sdxl": "shortcut+ckpt", **{a: "shortcut" for a in FLOW_ARCHS}}  # 1024 px backbones: the mode measured
 PROMPT = "a red car on a snowy road"
 
 
@@ -115,9 +117,10 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         "--report-seeds", "100", "--batch-size", str(sz["batch_size"]), "--out", str(work / "optimize"),
         "--overwrite", "--quiet",
     ], sz["timeout"], env={"HF_HUB_OFFLINE": "1"}))
-    for arch in FLOW_ARCHS:  # full shapes in bf16 on a GPU (fp16 overflows them); the tiny models in dry mode
+    for arch, mode in BIG_ARCHS.items():  # full shapes in bf16 on a GPU (fp16 overflows them); tiny models in dry mode
         mem = ["--steps", "4,8", "--full-steps", "4", "--dtype", "fp32"] if args.dry else [
             "--steps", "50", "--full-steps", "", "--dtype", "bf16", "--size", "full"]
+        mem += ["--grad-checkpointing"] if mode.endswith("+ckpt") else []
         steps.append(Step(f"shortcut_memory {arch}", [
             py, "benchmarks/shortcut_memory.py", "--arch", arch, "--device", args.device, *mem,
             "--json", str(work / f"memory_{arch}.json")], sz["timeout"] * 0.75))
@@ -183,9 +186,9 @@ def collect(work: Path, dtypes: list[str]) -> dict:
         out[d]["gpo_batched_ratio"] = thr.get("gpo_batched_ratio")
     if dtypes:  # the flow backbones run in bf16 only: their numbers go to that column
         col = "bf16" if "bf16" in out else dtypes[0]
-        for arch in FLOW_ARCHS:
+        for arch, mode in BIG_ARCHS.items():
             rows = {r["steps"]: r for r in (_read_json(work / f"memory_{arch}.json") or {}).get("rows", [])
-                    if r["mode"] == "shortcut"}
+                    if r["mode"] == mode}
             out[col][f"{arch}_peak"] = rows[max(rows)]["peak_bytes"] if rows else None
     res = _read_json(work / "optimize" / "result.json") or {}
     if dtypes:
@@ -225,6 +228,8 @@ def summary(numbers: dict, steps: list[Step], dry: bool) -> str:
          TARGETS["gpo_unit_ratio"], False),
         ("hybrid, budget 40, one prompt (benchmark)", "hybrid_s", "s", TARGETS["hybrid_s"], False),
         ("hybrid, budget 40, `dpo-diff optimize` search time", "cli_hybrid_s", "s", TARGETS["hybrid_s"], False),
+        ("SDXL GPO iteration peak, 1024 px, grad checkpointing (benchmark)", "sdxl_peak", "gb",
+         TARGETS["sdxl_peak_gb"] * GIB, False),
         ("SD 3.5 medium GPO iteration peak, 1024 px (benchmark)", "sd3_peak", "gb", TARGETS["sd3_peak_gb"] * GIB,
          False),
         ("FLUX.1-dev GPO iteration peak, 1024 px, true CFG (benchmark)", "flux_peak", "gb",

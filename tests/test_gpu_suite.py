@@ -38,8 +38,8 @@ def test_the_gpu_plan_covers_every_step_at_sd15_sizes(suite, tmp_path):
     steps = suite.plan(suite.parse_args([], environ={}), tmp_path)
     names = [s.name for s in steps]
     assert names == ["pytest -m gpu", "shortcut_memory fp16", "eval_throughput fp16", "shortcut_memory bf16",
-                     "eval_throughput bf16", "save random model", "optimize hybrid fp16", "shortcut_memory sd3",
-                     "shortcut_memory flux"]
+                     "eval_throughput bf16", "save random model", "optimize hybrid fp16", "shortcut_memory sdxl",
+                     "shortcut_memory sd3", "shortcut_memory flux"]
     argv = {s.name: s.argv for s in steps}
     assert argv["pytest -m gpu"][-5:-3] == ["-m", "gpu"]
     for name in names[1:6]:
@@ -47,9 +47,10 @@ def test_the_gpu_plan_covers_every_step_at_sd15_sizes(suite, tmp_path):
     opt = argv["optimize hybrid fp16"]
     for flag, value in (("--method", "hybrid"), ("--budget", "40"), ("--steps", "50"), ("--device", "cuda")):
         assert opt[opt.index(flag) + 1] == value
-    for arch in ("sd3", "flux"):
+    for arch in ("sdxl", "sd3", "flux"):
         mem = argv[f"shortcut_memory {arch}"]
         assert mem[mem.index("--arch") + 1] == arch and mem[mem.index("--size") + 1] == "full" and "bf16" in mem
+        assert ("--grad-checkpointing" in mem) == (arch == "sdxl")
     assert suite.parse_args([], environ={}).deadline <= 8 * 60  # the whole suite is bounded by the deadline
 
 

@@ -99,3 +99,19 @@ def sdxl_components(device: str = "cpu", dtype: str = "bf16") -> dict:
                                    steps_offset=1, timestep_spacing="leading")
     return dict(tokenizer=tok, text_encoder=text, tokenizer_2=tok_2, text_encoder_2=text_2, unet=unet, vae=vae,
                 scheduler=sched)
+
+
+def random_sdxl_backend(device: str = "cpu", dtype: str = "fp32", size: str = "tiny"):
+    """An SDXL backend with random weights: ``tiny`` (16 px, saved and loaded as a folder) or ``full`` (SDXL-base
+    shapes, 1024 px, built directly on ``device``), for benchmarks where costs, not values, matter."""
+    import tempfile
+
+    from dpo_diff.backends.diffusers_sd import DTYPES
+    from dpo_diff.backends.sdxl import StableDiffusionXLBackend
+
+    if size == "tiny":
+        return StableDiffusionXLBackend.from_pretrained(str(save_tiny_sdxl(Path(tempfile.mkdtemp()) / "sdxl")),
+                                                        device=device, dtype=dtype)
+    if size != "full":
+        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+    return StableDiffusionXLBackend(**sdxl_components(device, dtype), device=device, dtype=DTYPES[dtype])
