@@ -96,3 +96,25 @@ def test_shortcut_memory_is_flat_in_the_number_of_steps(which, judge, request):
     assert few > 0 and many / few <= 1.05, (few, many)
     # Backprop through all 4 steps keeps more (on tiny models the text encoders' share is large, so not 4x).
     assert full > 1.2 * few, (full, few)
+
+
+@pytest.mark.parametrize("which, scheduler", [("tiny_sd3", "heun"), ("tiny_flux", "euler")])
+def test_gradient_checkpointing_gives_the_same_gradient(which, scheduler, judge, request):
+    """``SamplingConfig.grad_checkpointing`` recomputes the transformer calls (K = 2) and the decode in backward."""
+    from dpo_diff.shortcut import SavedTensorBytes
+
+    backend = load_backend(request.getfixturevalue(which), scheduler=scheduler)
+    results = []
+    for checkpointing in (False, True):
+        sampling = SamplingConfig(steps=5, guidance_scale=4.0, grad_checkpointing=checkpointing)
+        relaxed = Problem(SPACE, Task("improve"), backend, judge, sampling).relaxation()
+        mix = WordMixture(SPACE.sizes)
+        with SavedTensorBytes() as saved:
+            loss = relaxed(mix.sample_weights(1.0, torch.Generator().manual_seed(0)), (0,), start_step=1,
+                           grad_steps=2).sum()
+        loss.backward()
+        results.append((mix.logits.grad, saved.bytes))
+    (plain, plain_bytes), (ckpt, ckpt_bytes) = results
+    assert plain.abs().max() > 0
+    torch.testing.assert_close(ckpt, plain, atol=1e-6, rtol=1e-5)
+    assert ckpt_bytes < plain_bytes  # the text encoders' share (kept either way) is large on tiny models

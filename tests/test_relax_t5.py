@@ -85,6 +85,22 @@ def test_every_corner_encodes_as_its_text_through_every_encoder(which, request):
                 torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5, msg=lambda m: f"{pair}: {m}")
 
 
+@pytest.mark.parametrize("which", ["tiny_sd3", "tiny_flux"])
+def test_batched_mixtures_are_independent_rows(which, request):
+    """Weights ``[B, S, O]`` (several Gumbel samples in one pass) give row b equal to the conditioning of weights[b],
+    the pooled vectors included."""
+    backend = load_backend(request.getfixturevalue(which))
+    encode = backend.relaxed_conditioning(SPACE, guidance_scale=4.0)
+    mix, gen = WordMixture(SPACE.sizes), torch.Generator().manual_seed(0)
+    weights = torch.stack([mix.sample_weights(1.0, gen) for _ in range(3)])
+    with torch.no_grad():
+        batched = encode(weights)
+        for b in range(3):
+            row = encode(weights[b])
+            for name in ("cond", "pooled", "uncond", "uncond_pooled"):
+                torch.testing.assert_close(getattr(batched, name)[b], getattr(row, name)[0], atol=1e-5, rtol=1e-5)
+
+
 def test_corner_gaps_per_encoder_and_what_the_context_fixes(tiny_sd3, monkeypatch):
     import dpo_diff.relax as relax
 

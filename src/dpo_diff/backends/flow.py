@@ -103,8 +103,8 @@ class ClipView(TextView):
             pooled = out.text_embeds if projection is not None else out.pooler_output
             return hidden, pooled
         last = out.last_hidden_state[:, mix_start:]
-        eos = eos.to(last.device, torch.float32)
-        pooled = torch.einsum("...n,bnd->bd", eos, last.float()).to(last.dtype)
+        eos = eos.to(last.device, torch.float32).reshape(-1, last.shape[1], 1)  # [1 or B, N, 1]: a row per mixture
+        pooled = (eos * last.float()).sum(-2).to(last.dtype)
         return hidden, (projection(pooled) if projection is not None else pooled)
 
 
