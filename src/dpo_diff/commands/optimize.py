@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="root seed of the search's random streams")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--scheduler", default="ddim", help="ddim | pndm | euler | dpm++ | model")
+    p.add_argument("--scheduler", default="ddim", help="ddim | pndm | euler | dpm++ | model; on SD 3 and FLUX (flow "
+                   "matching): ddim = euler (flow-matching Euler) | heun (SD 3) | model")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="auto: the backbone's default (fp32 on CPU; fp16 for SD 1.x/2.x, bf16 for SDXL/SD 3/FLUX "
                         "on GPUs)")
