@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-seeds", default="1000,1001,1002", help="held-out seeds for before/after numbers")
     p.add_argument("--seed", type=int, default=0, help="root seed of the search's random streams")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--guidance", type=float, default=7.5,
+                   help="classifier-free guidance scale (FLUX: the pipeline's true_cfg_scale; > 1 is needed for "
+                        "negative prompts, i.e. improve; 1 for attack without CFG)")
     p.add_argument("--scheduler", default="ddim", help="ddim | pndm | euler | dpm++ | model; on SD 3 and FLUX (flow "
                    "matching): ddim = euler (flow-matching Euler) | heun (SD 3) | model")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
