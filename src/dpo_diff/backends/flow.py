@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from dpo_diff.backends.base import Conditioning
+from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
 from dpo_diff.backends.text import TextView
 from dpo_diff.seeding import latent_generator
 
@@ -260,14 +261,9 @@ class FlowMatchingBackend:
         """The shortcut's one-step x0 jump from the velocity at step ``step_index``: ``x0 = x_t - sigma v``."""
         return x0_from_velocity(x_t, model_output, sigma_at(scheduler, step_index))
 
-    def denoise(self, scheduler, latents: Tensor, text: Conditioning, guidance_scale: float,
-                step_range: range) -> Tensor:
-        """Run scheduler steps ``step_range`` (indices into ``scheduler.timesteps``); grad mode is the caller's."""
-        for i in step_range:
-            t = scheduler.timesteps[i]
-            out, _ = self.guided_prediction(scheduler, latents, t, text, guidance_scale)
-            latents = scheduler.step(out, t, latents, return_dict=False)[0]
-        return latents
+    # The loop and the full sampler are the SD backend's: they only call the pieces above.
+    denoise = StableDiffusionBackend.denoise
+    sample = StableDiffusionBackend.sample
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> images ``Tensor[B, 3, H, W]`` in [0, 1] (differentiable; VAE scaling and shift undone)."""
@@ -275,15 +271,6 @@ class FlowMatchingBackend:
         latents = latents.to(self.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
         images = self.vae.decode(latents, return_dict=False)[0]
         return (images / 2 + 0.5).clamp(0, 1)
-
-    @torch.no_grad()
-    def sample(self, text: Conditioning, seeds: Sequence[int], *, steps: int, guidance_scale: float,
-               height: int | None = None, width: int | None = None) -> Tensor:
-        """Full sampler for a batch (one conditioning row per seed) -> images ``Tensor[B, 3, H, W]`` in [0, 1]."""
-        scheduler = self.new_scheduler(steps, height, width)
-        latents = self.initial_latents(seeds, scheduler, height, width)
-        latents = self.denoise(scheduler, latents, text, guidance_scale, range(len(scheduler.timesteps)))
-        return self.decode(latents).float()
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int], *,
