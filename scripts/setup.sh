@@ -11,5 +11,5 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION:-2.13.0}"
 fi
-.venv/bin/pip install -q -e ".[lexicon,report,prompts,ray,dev]"
+.venv/bin/pip install -q -e ".[lexicon,report,prompts,ray,ui,dev]"
 echo "dpo-diff is installed in .venv ($(.venv/bin/python -c 'import dpo_diff; print(dpo_diff.__version__)'))"

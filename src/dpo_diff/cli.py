@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "select": ("dpo_diff.commands.select", "score user prompts and keep the hard ones (the paper's prompt selection)"),
     "bench": ("dpo_diff.commands.bench", "benchmark methods on a prompt set at equal budget (resumable, Ray)"),
     "report": ("dpo_diff.commands.report", "tables, curves and an HTML page of a benchmark folder"),
+    "ui": ("dpo_diff.commands.ui", "a local web app: run searches in the browser, browse runs and benchmarks"),
 }
 
 

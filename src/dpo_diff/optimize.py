@@ -188,13 +188,16 @@ class _Searched:
 
 def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=None, judge=None,
              constraint=None, progress: bool = True, resume: bool = False, overwrite: bool = False,
-             extra_metrics: Callable[[Any, Any, list[int]], dict[str, Any]] | None = None) -> dict[str, Any]:
+             extra_metrics: Callable[[Any, Any, list[int]], dict[str, Any]] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Run DPO-Diff for one prompt and write the output folder. Returns the ``result.json`` content.
 
     ``backend``/``judge`` may be passed to reuse loaded models across prompts; otherwise they are loaded from
     ``cfg.model``/``cfg.judge``. ``resume`` reuses the evaluations in ``progress.jsonl`` of the same folder.
     ``extra_metrics(user_images, best_images, seeds)`` adds measurements of the final images (e.g. the shapes
-    world's ground-truth faithfulness) to the result under ``"metrics"``. One process at a time may write a folder:
+    world's ground-truth faithfulness) to the result under ``"metrics"``. ``should_stop`` (e.g. a UI's cancel
+    button) is asked between evaluations: once true the search stops, the best so far is kept and reported as usual,
+    and the result says ``"cancelled": true``. One process at a time may write a folder:
     another one gets :class:`~dpo_diff.files.OutputLockedError` naming this one's pid.
     """
     from dpo_diff.files import output_lock
@@ -210,7 +213,8 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         prepare_folder(cfg, space, out, resume=resume, overwrite=overwrite)
         problem = load_problem(cfg, space, backend, judge, constraint)
         calibrate_run(cfg, problem)
-        searched = run_search(cfg, problem, full_space, out, resume=resume, progress=progress)
+        searched = run_search(cfg, problem, full_space, out, resume=resume, progress=progress,
+                              should_stop=should_stop)
         return write_result(cfg, problem, full_space, searched, out, extra_metrics)
 
 
@@ -355,7 +359,7 @@ def load_gpo_state(path: Path) -> dict[str, Any] | None:
 
 
 def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path, *, resume: bool,
-               progress: bool) -> _Searched:
+               progress: bool, should_stop: Callable[[], bool] | None = None) -> _Searched:
     """Search, saving every evaluation to ``progress.jsonl`` and the best so far to ``best.json`` as they come."""
     from tqdm.auto import tqdm
 
@@ -402,7 +406,7 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
     result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
                     epo=cfg.epo, selection=cfg.selection, on_evaluation=on_eval, on_iteration=on_iter,
                     preloaded=preloaded, gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
-                    time_budget=cfg.time_budget)
+                    time_budget=cfg.time_budget, should_stop=should_stop)
     bar.close()
     atomic_write_text(out / "search.json", result.to_json() + "\n")
     rows = result.extra.get("selection", {}).get("candidates")
@@ -457,6 +461,7 @@ def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _
         "full_space_slots": len(full_space.slots),
         "search_notes": search_notes(searched),
         "timings": dict(searched.timings) if searched else {},  # wall seconds per phase (this process's part)
+        "cancelled": bool(searched and searched.extra.get("cancelled")),  # stopped early: best so far
     }
     if extra_metrics is not None:
         n_all = len(seeds_all)

@@ -34,7 +34,7 @@ def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequ
            on_evaluation: Callable[[Evaluation], None] | None = None,
            on_iteration: Callable[[GradientState], None] | None = None,
            preloaded: dict | None = None, gpo_resume: dict[str, Any] | None = None,
-           time_budget: float | None = None) -> SearchResult:
+           time_budget: float | None = None, should_stop: Callable[[], bool] | None = None) -> SearchResult:
     """Search ``problem.space`` for the candidate minimising the task objective within ``budget``.
 
     Args:
@@ -48,6 +48,8 @@ def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequ
         preloaded: evaluations from an interrupted run, reused without generating again.
         gpo_resume: the GPO checkpoint of an interrupted run (continued exactly instead of re-learned).
         time_budget: optional wall-clock limit in seconds for the search.
+        should_stop: cancellation check asked between evaluations; once true the search returns its best so far
+            (after at least one evaluation), skips re-ranking and records ``extra["cancelled"] = True``.
 
     Raises:
         NothingToSearch: the space has no slot with a second option.
@@ -63,7 +65,7 @@ def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequ
     selection = (selection or SelectionConfig()).resolved(seeds)
     top = selection.top_for(budget)
     evaluator = Evaluator(problem, tuple(seeds), budget - selection.reserve(budget), on_evaluation,
-                          dict(preloaded or {}), time_budget=time_budget)
+                          dict(preloaded or {}), time_budget=time_budget, should_stop=should_stop)
     if problem.space.num_candidates * len(seeds) <= evaluator.budget + 1e-9:
         result = enumerate_space(problem, evaluator, method)
     elif method == "gpo":
@@ -75,7 +77,9 @@ def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequ
         result = evolution_search(problem, evaluator, epo, seed=seed)
     else:
         result = random_search(problem, evaluator, seed=seed)
-    if top:
+    if evaluator.cancelled:
+        result.extra["cancelled"] = True  # re-ranking would spend more after the user said stop
+    elif top:
         apply_selection(result, rerank(problem, evaluator, selection, top), evaluator)
     elif selection.active:
         result.extra["selection"] = {"validation_seeds": list(selection.validation_seeds), "cost": 0.0,
@@ -88,8 +92,12 @@ def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequ
 def enumerate_space(problem, evaluator: Evaluator, method: str) -> SearchResult:
     """Every candidate of a space that fits the budget, in order: no method can do better, none is left to luck."""
     everything = list(itertools.product(*(range(n) for n in problem.space.sizes)))
+    # In chunks of one sampler batch of candidates: the rows batch exactly as in one call (the same numbers), and
+    # progress is saved and a time budget or a cancel takes effect between chunks, not only after the last one.
+    step = max(1, getattr(getattr(problem, "sampling", None), "batch_size", 8))
     try:
-        evaluator.evaluate(everything, source="enumeration")
+        for i in range(0, len(everything), step):
+            evaluator.evaluate(everything[i : i + step], source="enumeration")
     except BudgetExhausted:
         pass
     return finish(method, evaluator, {"enumerated": True})

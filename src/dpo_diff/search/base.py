@@ -61,6 +61,9 @@ class Evaluator:
             budget as an uninterrupted one.
         time_budget: optional wall-clock limit in seconds (``bench --time-budget``): once spent, nothing more is
             afforded, so methods can be compared at equal time on one machine as well as at equal cost.
+        should_stop: optional cancellation check (e.g. a ``threading.Event``'s ``is_set`` from a UI's cancel
+            button), asked between evaluations: once true, nothing more is afforded, as when ``time_budget`` is
+            spent, and the search returns its best so far.
 
     ``timings`` accumulates wall-clock seconds per phase (``gpo_gradient``: GPO forward and backward passes,
     ``evaluation``: exact full-sampler scoring) beside the cost in full-generation equivalents.
@@ -78,6 +81,7 @@ class Evaluator:
     started: float = field(default_factory=time.perf_counter)
     time_budget: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    should_stop: Callable[[], bool] | None = None
 
     def __post_init__(self) -> None:
         if not self.budget > 0 or not math.isfinite(self.budget):
@@ -97,10 +101,18 @@ class Evaluator:
         return float(len(self.seeds))
 
     @property
+    def cancelled(self) -> bool:
+        """``should_stop`` asked the search to stop."""
+        return self.should_stop is not None and bool(self.should_stop())
+
+    @property
     def out_of_time(self) -> bool:
-        """The wall-clock budget is spent (never before a first evaluation: a search always returns an answer)."""
-        return (self.time_budget is not None and bool(self.evaluations)
-                and time.perf_counter() - self.started >= self.time_budget)
+        """The wall-clock budget is spent or the search was cancelled (never before a first evaluation: a search
+        always returns an answer)."""
+        if not self.evaluations:
+            return False
+        return self.cancelled or (self.time_budget is not None
+                                  and time.perf_counter() - self.started >= self.time_budget)
 
     def can_afford(self, cost: float) -> bool:
         return cost <= self.remaining + 1e-9 and not self.out_of_time
