@@ -116,3 +116,46 @@ def test_a_slot_in_the_second_chunk_gets_gradients(backend, judge):
                          grad_steps=1).sum().backward()
     for i, n in enumerate(space.sizes):  # every slot sits past token 100, in the second chunk
         assert (mix.logits.grad[i, :n] != 0).all(), (space.slots[i], mix.logits.grad[i])
+
+
+def _relaxed_vs_exact_prediction(backend, space, corner):
+    """One guided denoiser call with the relaxed conditioning at ``corner`` and with the exact one (its own chunks)."""
+    from dpo_diff.backends.base import Conditioning
+
+    pair = space.render(corner)
+    n = max(backend.text.chunk_count(pair.prompt), backend.text.chunk_count(pair.negative_prompt))
+    with torch.no_grad():
+        relaxed = backend.relaxed_conditioning(space, guidance_scale=5.0)(WordMixture(space.sizes).one_hot(corner))
+        if hasattr(backend, "encode_prompts"):  # SDXL: pooled vectors too
+            exact = Conditioning(*backend.encode_prompts([pair.prompt], n)[:1],
+                                 *backend.encode_negatives([pair.negative_prompt], n)[:1],
+                                 backend.encode_prompts([pair.prompt], n)[1],
+                                 backend.encode_negatives([pair.negative_prompt], n)[1])
+        else:
+            exact = Conditioning(backend.encode_ids(backend.text.tokenize([pair.prompt], n)),
+                                 backend.encode_ids(backend.text.tokenize([pair.negative_prompt], n)))
+        sched = backend.new_scheduler(4)
+        latents = backend.initial_latents([0], sched)
+        t = sched.timesteps[1]
+        return (backend.guided_prediction(sched, latents, t, relaxed, 5.0)[0],
+                backend.guided_prediction(sched, latents, t, exact, 5.0)[0], relaxed, n)
+
+
+def test_corners_with_fewer_chunks_mask_the_missing_ones(backend, tiny_sdxl):
+    """STRADDLE's relaxation has two chunks; at its default corner (one chunk) the second is hidden from
+    cross-attention, so the denoiser sees exactly the one-chunk prompt; at its longest corner both are visible.
+    Between corners the second chunk is visible with the probability that the prompt needs it."""
+    from dpo_diff.backends.sdxl import StableDiffusionXLBackend
+
+    space = space_for(STRADDLE, "")
+    longest = tuple(1 if s.target == "positive" and s.word == "dog" else 0 for s in space.slots)
+    for model in (backend, StableDiffusionXLBackend.from_pretrained(tiny_sdxl)):
+        for corner, chunks in ((space.default, 1), (longest, 2)):
+            relaxed_out, exact_out, relaxed, n = _relaxed_vs_exact_prediction(model, space, corner)
+            mask = relaxed.key_mask  # None: every chunk fully visible
+            assert n == chunks and (mask is None if chunks == 2 else mask[0].tolist() == [1.0] * 77 + [0.0] * 77)
+            torch.testing.assert_close(relaxed_out, exact_out, atol=1e-5, rtol=1e-5)
+    soft = WordMixture(space.sizes).sample_weights(1.0, torch.Generator().manual_seed(0))
+    mask = backend.relaxed_conditioning(space, guidance_scale=5.0)(soft).key_mask
+    p_longest = float(soft[0, 1].detach())  # only "golden retriever" needs the second chunk
+    torch.testing.assert_close(mask[0, 77:], torch.full((77,), p_longest))

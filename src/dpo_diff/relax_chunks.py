@@ -9,9 +9,10 @@ prompt's chunk count and vice versa, as those tools do; a pooled vector (SDXL) c
 The relaxation (:class:`ChunkedTemplate`) lays the expected token sequence of :class:`~dpo_diff.relax.PromptTemplate`
 into the same chunks: a slot's option length shifts the later tokens, across chunk boundaries too, and every chunk's
 EOS and padding move with the content. So each one-hot corner encodes exactly as its rendered text, in every chunk.
-Where the corners of a space need different chunk counts, the relaxation keeps the largest and the shorter corners
-see trailing empty chunks (the cross-attention sees them; :func:`~dpo_diff.relax.corner_gaps` encodes texts with
-the same count).
+Where the corners of a space need different chunk counts, the relaxation keeps the largest and :func:`key_mask`
+hides a chunk from cross-attention with the probability that no side needs it: at a corner that needs fewer chunks
+the denoiser sees exactly its own chunks (:func:`~dpo_diff.relax.corner_gaps` compares the text encoder's states,
+the texts padded with empty chunks to the relaxation's count).
 """
 
 from __future__ import annotations
@@ -145,10 +146,37 @@ class ChunkedTemplate:
             rows.append(chunk + add)
         return vocab, torch.cat(rows, -2)
 
+    def chunk_probs(self, weights: Tensor) -> Tensor:
+        """``Tensor[..., chunks]``: the probability that the side's own text needs chunk j (1 for the first)."""
+        per = self.length - 2
+        cdf = torch.cumsum(self.stream_probs(weights)[2], -1)
+        return torch.cat([torch.ones_like(cdf[..., :1]), 1 - cdf[..., per:-1:per]], -1)
+
     def mix(self, weights: Tensor, table: Tensor) -> Tensor:
         """Expected token embeddings ``Tensor[..., chunks * length, D]`` (``table`` on the weights' device)."""
         vocab, probs = self.token_probs(weights)
         return probs @ table[vocab.to(table.device)].to(probs.dtype)
+
+
+def key_mask(sides: Sequence[PromptTemplate | ChunkedTemplate], weights: Tensor) -> Tensor | None:
+    """Cross-attention visibility ``Tensor[rows, chunks * length]`` of the relaxed chunks, or ``None`` when every
+    chunk is always there.
+
+    Exact generation gives a row as many chunks as its prompt or negative prompt (``sides``: those guidance uses)
+    needs; the relaxation keeps the most any corner needs. A chunk is visible with the probability that some side
+    needs it (sides choose independently), so at a one-hot corner the chunks it lacks are masked out exactly. The
+    mask carries no gradient (the UNet turns it into an additive bias of -10000 (1 - m)).
+    """
+    chunked = [t for t in sides if isinstance(t, ChunkedTemplate)]
+    if not chunked:
+        return None
+    absent = 1.0
+    for t in chunked:
+        absent = absent * (1 - t.chunk_probs(weights.detach().float()))
+    visible = (1 - absent).repeat_interleave(chunked[0].length, -1)
+    if bool((visible == 1).all()):
+        return None
+    return visible.reshape(-1, visible.shape[-1])
 
 
 def first_chunk_eos(template: PromptTemplate | ChunkedTemplate, weights: Tensor) -> Tensor:

@@ -48,13 +48,16 @@ class Conditioning:
 
     ``cond``/``uncond``: the token-level embeddings ``Tensor[B, L, D]`` the denoiser cross-attends to (``uncond``:
     the negative prompt's, ``None`` without classifier-free guidance). ``pooled``/``uncond_pooled``: a pooled text
-    vector ``Tensor[B, P]`` for backbones that take one (SDXL, SD 3, FLUX); ``None`` for SD 1.x/2.x.
+    vector ``Tensor[B, P]`` for backbones that take one (SDXL, SD 3, FLUX); ``None`` for SD 1.x/2.x. ``key_mask``:
+    ``Tensor[B, L]`` in [0, 1], how visible each token of ``cond``/``uncond`` is to cross-attention (a long prompt's
+    relaxation: the probability that its chunk exists, :func:`dpo_diff.relax_chunks.key_mask`); ``None``: all.
     """
 
     cond: Tensor
     uncond: Tensor | None
     pooled: Tensor | None = None
     uncond_pooled: Tensor | None = None
+    key_mask: Tensor | None = None
 
     def expand(self, n: int) -> Conditioning:
         """Broadcast batch-1 rows to ``n`` rows (rows already of batch ``n`` stay as they are)."""
@@ -63,7 +66,7 @@ class Conditioning:
             return None if x is None else x.expand(n, *x.shape[1:])
 
         return replace(self, cond=grow(self.cond), uncond=grow(self.uncond), pooled=grow(self.pooled),
-                       uncond_pooled=grow(self.uncond_pooled))
+                       uncond_pooled=grow(self.uncond_pooled), key_mask=grow(self.key_mask))
 
 
 class TextViewLike(Protocol):

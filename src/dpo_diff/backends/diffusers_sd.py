@@ -149,7 +149,7 @@ class StableDiffusionBackend:
         Sides with slots are encoded from the Gumbel-softmax weights (:mod:`dpo_diff.relax`); a side without slots
         is encoded once, exactly. Long prompts: both sides in the same number of chunks (:mod:`dpo_diff.relax_chunks`).
         """
-        from dpo_diff.relax_chunks import encode_side, side_templates, template_chunks
+        from dpo_diff.relax_chunks import encode_side, key_mask, side_templates, template_chunks
 
         templates = side_templates(space, self.text)
         pos, neg = templates["positive"], templates["negative"]
@@ -168,7 +168,8 @@ class StableDiffusionBackend:
             uncond = None
             if use_cfg:
                 uncond = fixed_uncond if fixed_uncond is not None else encode_side(self.text, neg, weights)
-            return Conditioning(cond, uncond)
+            mask = key_mask([pos, neg] if use_cfg else [pos], weights)
+            return Conditioning(cond, uncond, key_mask=None if mask is None else mask.to(cond.device))
 
         return encode
 
@@ -210,7 +211,8 @@ class StableDiffusionBackend:
     def unet_call(self, model_input: Tensor, t: Tensor, text: Conditioning, cfg: bool) -> Tensor:
         """The UNet's output for ``model_input`` (rows ``[uncond, cond]`` under classifier-free guidance)."""
         hidden = torch.cat([text.uncond, text.cond]) if cfg else text.cond
-        return self.unet(model_input, t, encoder_hidden_states=hidden, return_dict=False)[0]
+        return self.unet(model_input, t, encoder_hidden_states=hidden, encoder_attention_mask=unet_key_mask(text, cfg),
+                         return_dict=False)[0]
 
     def alpha_bar(self, scheduler, t: Tensor | float) -> float:
         """Cumulative signal level abar_t of the training schedule at (possibly fractional) timestep ``t``."""
@@ -285,6 +287,15 @@ class StableDiffusionBackend:
                                guidance_scale=guidance_scale, height=height, width=width)
 
         return by_chunk_count([self.text], prompts, negative_prompts if use_cfg else None, one_group)
+
+
+def unet_key_mask(text: Conditioning, cfg: bool) -> Tensor | None:
+    """The UNet's ``encoder_attention_mask`` for ``text.key_mask`` (visibility p): m = 1 + log(p) / 10000, so the
+    bias the UNet adds to the attention logits, -10000 (1 - m), is log p (down to -10000: hidden)."""
+    if text.key_mask is None:
+        return None
+    m = 1 + text.key_mask.clamp_min(0).log().clamp_min(-1e4) / 1e4
+    return torch.cat([m, m]) if cfg else m
 
 
 def load_settings(device: str | torch.device, dtype: str | None, scheduler: str, cuda_dtype: str) -> str:

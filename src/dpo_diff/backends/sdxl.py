@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from dpo_diff.backends.base import Conditioning
-from dpo_diff.backends.diffusers_sd import DTYPES, StableDiffusionBackend, by_chunk_count, load_settings
+from dpo_diff.backends.diffusers_sd import DTYPES, StableDiffusionBackend, by_chunk_count, load_settings, unet_key_mask
 from dpo_diff.backends.text import TextView
 from dpo_diff.loading import ModelNotFoundError, resolve_model
 
@@ -130,7 +130,7 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
         ``1 - q``, q = the probability that every negative slot picks an empty option: zeros at the corner whose
         negative prompt is empty (as the pipeline), the mixture's encoding at every other corner.
         """
-        from dpo_diff.relax_chunks import first_chunk_eos, side_inputs, side_templates, template_chunks
+        from dpo_diff.relax_chunks import first_chunk_eos, key_mask, side_inputs, side_templates, template_chunks
 
         t1, t2 = side_templates(space, self.text), side_templates(space, self.text_2)
         n = template_chunks(t1["positive"])
@@ -163,7 +163,8 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
                     keep = (1 - q).reshape(-1)
                     uncond = uncond * keep[:, None, None].to(uncond.dtype)
                     uncond_pooled = uncond_pooled * keep[:, None].to(uncond_pooled.dtype)
-            return Conditioning(cond, uncond, pooled, uncond_pooled)
+            mask = key_mask([t1["positive"], t1["negative"]] if use_cfg else [t1["positive"]], weights)
+            return Conditioning(cond, uncond, pooled, uncond_pooled, None if mask is None else mask.to(cond.device))
 
         return encode
 
@@ -179,7 +180,7 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
         hidden = torch.cat([text.uncond, text.cond]) if cfg else text.cond
         pooled = torch.cat([text.uncond_pooled, text.pooled]) if cfg else text.pooled
         time_ids = self.time_ids(model_input, hidden.dtype).expand(model_input.shape[0], -1)
-        return self.unet(model_input, t, encoder_hidden_states=hidden,
+        return self.unet(model_input, t, encoder_hidden_states=hidden, encoder_attention_mask=unet_key_mask(text, cfg),
                          added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}, return_dict=False)[0]
 
     def decode(self, latents: Tensor) -> Tensor:
