@@ -11,6 +11,7 @@ from dpo_diff.backends.sdxl import StableDiffusionXLBackend
 from dpo_diff.relax import WordMixture, _side_corners, corner_gaps
 from dpo_diff.shortcut import SavedTensorBytes, shortcut_images
 from dpo_diff.space import SearchSpace, space_from_substitutes
+from dpo_diff.testing import record_scheduler_steps
 
 PROMPT, NEGATIVE, SEED, STEPS = "a red dog", "blurry", 3, 5
 SPACE = space_from_substitutes(
@@ -25,20 +26,22 @@ def xl(tiny_sdxl) -> StableDiffusionXLBackend:
     return StableDiffusionXLBackend.from_pretrained(tiny_sdxl)
 
 
-def sdxl_pipeline(path: str, backend: StableDiffusionXLBackend):
+@pytest.fixture(scope="module")
+def xl_pipe(tiny_sdxl):
+    """The diffusers pipeline of the same folder; tests give it their backend's scheduler."""
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(path, add_watermarker=False)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = backend.new_scheduler()
     return pipe
 
 
 @pytest.mark.parametrize("scheduler", ["model", "ddim"])  # SDXL's own Euler, and DDIM from its config
-def test_own_loop_reproduces_the_sdxl_pipeline(tiny_sdxl, scheduler):
+def test_own_loop_reproduces_the_sdxl_pipeline(tiny_sdxl, xl_pipe, scheduler):
     backend = StableDiffusionXLBackend.from_pretrained(tiny_sdxl, scheduler=scheduler)
     assert type(backend.text_2.encoder).__name__ == "CLIPTextModelWithProjection"
-    pipe = sdxl_pipeline(tiny_sdxl, backend)
+    pipe = xl_pipe
+    pipe.scheduler = backend.new_scheduler()
     # (our negative prompt, the pipeline's, guidance): "" is no negative prompt (zeros: force_zeros_for_empty_prompt)
     for ours_neg, pipe_neg, g in ((NEGATIVE, NEGATIVE, 5.0), ("", None, 5.0), ("", None, 1.0)):
         gens = [torch.Generator().manual_seed(3), torch.Generator().manual_seed(7)]
@@ -55,33 +58,28 @@ def test_own_loop_reproduces_the_sdxl_pipeline(tiny_sdxl, scheduler):
     torch.testing.assert_close(mixed[1:], ref, atol=1e-5, rtol=0)
 
 
-def test_empty_negative_prompt_without_force_zeros_encodes_the_empty_text(tiny_sdxl):
+def test_empty_negative_prompt_without_force_zeros_encodes_the_empty_text(tiny_sdxl, xl_pipe):
     backend = StableDiffusionXLBackend.from_pretrained(tiny_sdxl, scheduler="model")
     backend.force_zeros_for_empty_prompt = False
-    pipe = sdxl_pipeline(tiny_sdxl, backend)
-    pipe.register_to_config(force_zeros_for_empty_prompt=False)
-    ref = pipe(PROMPT, num_inference_steps=3, guidance_scale=5.0, generator=torch.Generator().manual_seed(1),
-               output_type="pt").images
+    xl_pipe.scheduler = backend.new_scheduler()
+    xl_pipe.register_to_config(force_zeros_for_empty_prompt=False)
+    try:
+        ref = xl_pipe(PROMPT, num_inference_steps=3, guidance_scale=5.0, generator=torch.Generator().manual_seed(1),
+                      output_type="pt").images
+    finally:
+        xl_pipe.register_to_config(force_zeros_for_empty_prompt=True)
     torch.testing.assert_close(backend.generate([PROMPT], [""], [1], steps=3, guidance_scale=5.0), ref, atol=1e-5,
                                rtol=0)
 
 
 @pytest.mark.parametrize("scheduler", ["model", "ddim"])
-def test_x0_jump_equals_the_schedulers_pred_original_sample(tiny_sdxl, scheduler):
-    """The latents entering the grad stage are the pipeline's after k steps, and the decoded x0 is the decoded
-    ``pred_original_sample`` of step k + K - 1 (with the pooled vectors and add_time_ids)."""
+def test_x0_jump_equals_the_schedulers_pred_original_sample(tiny_sdxl, xl_pipe, scheduler):
+    """The decoded x0 jump after k no-grad and K grad steps is the decoded ``pred_original_sample`` of the
+    pipeline's step k + K - 1 (with the pooled vectors and add_time_ids)."""
     backend = StableDiffusionXLBackend.from_pretrained(tiny_sdxl, scheduler=scheduler)
-    pipe = sdxl_pipeline(tiny_sdxl, backend)
-    entering, x0 = [], []
-    step = pipe.scheduler.step
-
-    def recording_step(model_output, timestep, sample, *args, return_dict=True, **kwargs):
-        entering.append(sample.clone())
-        out = step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
-        x0.append(out.pred_original_sample)
-        return out if return_dict else (out.prev_sample,)
-
-    pipe.scheduler.step = recording_step
+    pipe = xl_pipe
+    pipe.scheduler = backend.new_scheduler()
+    _, x0 = record_scheduler_steps(pipe.scheduler)
     pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=5.0,
          generator=torch.Generator().manual_seed(SEED), output_type="latent")
     cond, pooled = backend.encode_prompts([PROMPT])
@@ -169,12 +167,12 @@ def test_shortcut_memory_is_flat_in_the_number_of_steps(xl, judge):
     assert saved[4] > 0 and saved[16] <= 1.05 * saved[4], saved
 
 
-def test_dtype_auto_and_load_backend(tiny_sdxl):
+def test_dtype_auto_and_load_backend(tiny_sdxl, xl):
     from dpo_diff.backends.base import load_backend
 
-    backend = load_backend(tiny_sdxl, dtype="auto")
-    assert isinstance(backend, StableDiffusionXLBackend) and backend.dtype == torch.float32
-    assert backend.force_zeros_for_empty_prompt and backend.text_2.tokenizer.pad_token == "!"
+    assert xl.dtype == torch.float32  # dtype None (auto) on the CPU
+    assert xl.force_zeros_for_empty_prompt and xl.text_2.tokenizer.pad_token == "!"
     fp16 = load_backend(tiny_sdxl, dtype="fp16")
+    assert isinstance(fp16, StableDiffusionXLBackend)
     assert fp16.dtype == torch.float16 and fp16.vae_dtype == torch.float32  # force_upcast: decode in fp32
     assert fp16.vae.dtype == torch.float32 and fp16.text_2.encoder.dtype == torch.float16

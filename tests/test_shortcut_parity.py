@@ -9,6 +9,7 @@ import torch
 
 from dpo_diff.backends.diffusers_sd import Conditioning, StableDiffusionBackend
 from dpo_diff.shortcut import shortcut_images
+from dpo_diff.testing import record_scheduler_steps
 
 PROMPT, NEGATIVE, SEED, STEPS = "a red dog", "blurry", 3, 6
 
@@ -21,16 +22,7 @@ def pipeline_trace(path: str, backend: StableDiffusionBackend):
     pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = backend.new_scheduler()
-    entering, x0 = [], []
-    step = pipe.scheduler.step
-
-    def recording_step(model_output, timestep, sample, *args, return_dict=True, **kwargs):
-        entering.append(sample.clone())
-        out = step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
-        x0.append(out.pred_original_sample)
-        return out if return_dict else (out.prev_sample,)
-
-    pipe.scheduler.step = recording_step
+    entering, x0 = record_scheduler_steps(pipe.scheduler)
     pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.5,
          generator=torch.Generator().manual_seed(SEED), output_type="latent")
     return entering, x0

@@ -275,6 +275,22 @@ def synthetic_space(num_slots: int, num_options: int, target: str = "positive"):
     return SearchSpace(" ".join(words), tuple(slots))
 
 
+def record_scheduler_steps(scheduler) -> tuple[list, list]:
+    """Wrap ``scheduler.step`` (in place) to record the latents entering each step and each step's
+    ``pred_original_sample`` (the scheduler's own x0 estimate); returns the two lists, filled as a pipeline runs."""
+    entering, x0 = [], []
+    step = scheduler.step
+
+    def recording_step(model_output, timestep, sample, *args, return_dict=True, **kwargs):
+        entering.append(sample.clone())
+        out = step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+        x0.append(out.pred_original_sample)
+        return out if return_dict else (out.prev_sample,)
+
+    scheduler.step = recording_step
+    return entering, x0
+
+
 def assert_close_records(got, want, rel: float = 1e-5, path: str = "") -> None:
     """Assert two JSON-like records are equal, floats within ``rel`` (batch composition changes the last bits of
     float results, e.g. when a resumed run evaluates a candidate in a smaller batch)."""
