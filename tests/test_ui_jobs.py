@@ -224,8 +224,10 @@ def test_controller_shows_the_clis_messages(tmp_path):
             c.start(RunRequest("a green orb", **{name: value}), built)
     with pytest.raises(UserMessage, match="names no slot"):
         c.start(RunRequest("a green orb", space_text="9. cat [synonym]: dog"), built)
-    assert c.jobs.snapshot  # nothing was queued by the refused runs
-    assert not c.jobs._jobs
+    assert not c.jobs._jobs  # nothing was queued by the refused runs
+    for act in (c.poll, c.cancel):
+        with pytest.raises(UserMessage, match="no job 7"):
+            act(7)  # e.g. a page left open across a restart
 
 
 def test_controller_runs_the_edited_space(tmp_path):
@@ -293,3 +295,19 @@ def test_the_ui_command_checks_its_arguments(capsys):
 
     assert main(["ui", "--judge", "openai/clip-vit-base-patch32"]) == 2
     assert "--judge needs --model" in capsys.readouterr().err
+
+
+def test_a_run_on_a_model_folder_with_the_wordnet_space(tmp_path, tiny_sd, tiny_clip):
+    c = Controller(tmp_path, Models(tiny_sd, tiny_clip, "cpu"))
+    text, info, built = c.build("a red dog on the grass", "improve")
+    assert "[antonym]" in text and tiny_sd in info
+    job_id = c.start(RunRequest("a red dog on the grass", method="random", budget=3, steps=4, report_seeds="5"),
+                     built)
+    wait_for(lambda: c.poll(job_id).done, timeout=600)
+    view = c.poll(job_id)
+    assert view.status.startswith("**finished**") and "cost 3 of budget 3" in view.status
+    assert "loss, held-out seeds" in view.result and "faithful" not in view.result  # no ground truth here
+    assert view.comparison.is_file() and view.download.suffix == ".zip"
+    config = json.loads((c.jobs.get(job_id).out / "config.json").read_text())["config"]
+    assert (config["model"], config["judge"], config["similarity_threshold"]) == (tiny_sd, tiny_clip, 0.9)
+    c.jobs.shutdown()

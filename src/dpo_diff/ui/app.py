@@ -102,7 +102,10 @@ def _run_tab(gr: Any, c: Controller, d: RunRequest, methods: tuple[str, ...]) ->
     def on_poll(job_id):
         if job_id is None:
             return gr.Timer(active=False), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        view: RunView = c.poll(job_id)
+        try:
+            view: RunView = c.poll(job_id)
+        except UserMessage as e:
+            return gr.Timer(active=False), error_text(e), "", gr.skip(), "", None, None
         live_image = view.live_image if view.live_image is not None else gr.skip()
         return (gr.Timer(active=not view.done), view.status, view.best, live_image, view.result,
                 str(view.comparison) if view.comparison else None, str(view.download) if view.download else None)
@@ -110,7 +113,14 @@ def _run_tab(gr: Any, c: Controller, d: RunRequest, methods: tuple[str, ...]) ->
     build.click(on_build, [prompt, task], [space, space_info, built, message])
     start.click(on_start, [prompt, task, method, budget, seeds, report_seeds, seed, steps, space, built],
                 [job, message, timer, status, best, live, result, comparison, download])
-    cancel.click(lambda j: c.cancel(j), [job], None)
+    def on_cancel(job_id):
+        try:
+            c.cancel(job_id)
+            return ""
+        except UserMessage as e:
+            return error_text(e)
+
+    cancel.click(on_cancel, [job], [message])
     timer.tick(on_poll, [job], [timer, status, best, live, result, comparison, download])
 
 

@@ -80,12 +80,18 @@ class Controller:
 
     def cancel(self, job_id: int | None) -> None:
         if job_id is not None:
-            self.jobs.cancel(job_id)
+            try:
+                self.jobs.cancel(job_id)
+            except KeyError as e:
+                raise UserMessage(str(e.args[0])) from None
 
     def poll(self, job_id: int) -> RunView:
         from dpo_diff.images import to_pil
 
-        snap = self.jobs.snapshot(job_id)
+        try:
+            snap = self.jobs.snapshot(job_id)
+        except KeyError as e:  # e.g. a page left open across a restart of the app
+            raise UserMessage(str(e.args[0])) from None
         view = RunView(status=status_line(snap), done=snap.done)
         if snap.best_prompt:
             neg = f" · negative: `{snap.best_negative_prompt}`" if snap.best_negative_prompt else ""
