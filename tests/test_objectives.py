@@ -282,6 +282,10 @@ def test_the_checker_is_an_evaluation_judge_and_the_second_world_judge_loads(reg
     assert checker.loss(image, prompt).tolist() == [0.0]
     assert checker.loss(image, "a big blue square in the center").tolist() == [1.0]
     first, second = registry.load("clip:world:judge"), registry.load("clip:world:judge_b")
+    from dpo_diff.judges.clip import ClipJudge
+    from dpo_diff.world import judge_path
+
+    assert ClipJudge.from_pretrained(str(judge_path())).name == "clip:world:judge"  # no install path in records
     assert second.model.config.vision_config.patch_size != first.model.config.vision_config.patch_size
     assert second.loss(image, prompt) < second.loss(image, "a big blue square in the center")
     with pytest.raises(ValueError, match="has no model 'judge_z'"):

@@ -133,7 +133,7 @@ def test_bench_records_carry_every_judge_and_the_report_shows_cross_judge_column
         assert r["feasible"] is True
     assert main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert "Cross-judge evaluation" in text
+    assert "Cross-judge evaluation" in text and "The loss above is the objective J" in text
     header = next(line for line in text.splitlines() if line.startswith("| method | Δ optimized"))
     assert "Δ clip:clip2 (eval)" in header and "Δ siglip:siglip" in header and "gain carries over" in header
     assert "feasible" in header

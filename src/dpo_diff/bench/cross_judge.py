@@ -75,8 +75,11 @@ def cross_judge_table(data: Any) -> tuple[list[str], list[list[str]]] | None:
 
 def cross_judge_note(data: Any) -> str:
     goal = "negative" if data.task == "improve" else "positive"
-    return ("Cross-judge evaluation: mean over prompts of the paired change (answer - user prompt) of each judge's "
-            f"loss on the report seeds ({goal} is a gain for {data.task}; the checker's loss is 1 - all correct, so "
-            "-0.25 means 25 points more fully faithful images). (eval): a judge the search never saw. 'Gain carries "
-            "over: no' names the evaluators whose loss did not move with the optimized one: a search that games its "
-            "judge. Feasible: answers whose objective constraints hold on the report seeds.")
+    objective = data.config.get("objective")
+    pre = (f"The loss above is the objective J of `{objective}` (weighted relative change of each term against the "
+           "user prompt on the same seed; 0 is the user prompt; docs/judges.md). ") if objective else ""
+    return (pre + "Cross-judge evaluation: mean over prompts of the paired change (answer - user prompt) of each "
+            f"judge's loss on the report seeds ({goal} is a gain for {data.task}; the checker's loss is 1 - all "
+            "correct, so -0.25 means 25 points more fully faithful images). (eval): a judge the search never saw. "
+            "'Gain carries over: no' names the evaluators whose loss did not move with the optimized one: a search "
+            "that games its judge. Feasible: answers whose objective constraints hold on the report seeds.")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dpo_diff.judges.spec import display_source
 from dpo_diff.loading import ModelNotFoundError, resolve_model
 
 DEFAULT_JUDGE = "openai/clip-vit-base-patch32"
@@ -93,7 +94,7 @@ class ClipJudge(EmbeddingJudge):
                  std: Sequence[float] = OPENAI_STD, resize: int | None = None, device: str | torch.device = "cpu",
                  source: str = "", checkpointing: bool = False) -> None:
         self.model = model.to(device).eval().requires_grad_(False)
-        self.name = f"clip:{source}" if source else "clip"
+        self.name = f"clip:{display_source(source)}" if source else "clip"
         if checkpointing:
             enable_checkpointing(self.model)
         self.tokenizer = tokenizer

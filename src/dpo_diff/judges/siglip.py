@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dpo_diff.judges.clip import EmbeddingJudge, enable_checkpointing
+from dpo_diff.judges.spec import display_source
 from dpo_diff.loading import ModelNotFoundError, resolve_model
 
 _RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL resample codes of the processor config
@@ -40,7 +41,7 @@ class SiglipJudge(EmbeddingJudge):
         self.mean = torch.tensor(mean, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
         self.max_length = int(model.config.text_config.max_position_embeddings)
-        self.name = f"siglip:{source}" if source else "siglip"
+        self.name = f"siglip:{display_source(source)}" if source else "siglip"
         self._text_cache: dict[str, Tensor] = {}
 
     @classmethod

@@ -177,6 +177,18 @@ def resolve_source(source: str) -> str:
     return source
 
 
+def display_source(source: str) -> str:
+    """The inverse of :func:`resolve_source` for names in records: a shapes-world folder as ``world:NAME`` (records
+    must not carry this machine's install path)."""
+    from dpo_diff.world.paths import world_data_dir
+
+    try:
+        rel = Path(source).resolve().relative_to(world_data_dir().resolve())
+    except (ValueError, OSError):
+        return source
+    return f"world:{rel.as_posix()}" if len(rel.parts) == 1 else source
+
+
 def source_fingerprints(specs: list[JudgeSpec]) -> list[str]:
     """Specs with local files replaced by content fingerprints (bench keys must change when weights do)."""
     from dpo_diff.bench.config import model_fingerprint
