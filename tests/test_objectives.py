@@ -290,3 +290,20 @@ def test_the_checker_is_an_evaluation_judge_and_the_second_world_judge_loads(reg
     assert second.loss(image, prompt) < second.loss(image, "a big blue square in the center")
     with pytest.raises(ValueError, match="has no model 'judge_z'"):
         registry.load("clip:world:judge_z")
+
+
+def test_gradient_checkpointing_keeps_less_for_backward(tmp_path):
+    from dpo_diff.judges.clip import ClipJudge
+    from dpo_diff.shortcut import SavedTensorBytes
+    from dpo_diff.testing import save_tiny_clip
+
+    folder = save_tiny_clip(tmp_path / "clip64", image_size=64)
+    saved = []
+    for ckpt in (False, True):
+        judge = ClipJudge.from_pretrained(str(folder), checkpointing=ckpt)
+        x = torch.rand(2, 3, 64, 64, requires_grad=True)
+        with SavedTensorBytes() as s:
+            loss = judge.loss(x, "a red circle").sum()
+        loss.backward()
+        saved.append(s.bytes)
+    assert saved[1] < saved[0] / 2

@@ -166,5 +166,9 @@ def enable_checkpointing(model) -> None:
     if dropout:
         raise ValueError(f"gradient checkpointing needs a vision tower without dropout; this one has "
                          f"attention_dropout={dropout}")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 (the old name warns)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     vision.encoder.train()
