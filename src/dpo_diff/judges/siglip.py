@@ -55,7 +55,10 @@ class SiglipJudge(EmbeddingJudge):
         try:
             net = SiglipModel.from_pretrained(path, local_files_only=local_only, dtype=dtype)
             tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-        except (OSError, ValueError, ImportError) as e:
+        except ImportError as e:  # SigLIP v1 checkpoints ship a SentencePiece model (spiece.model)
+            raise ImportError(f"SigLIP judge {model!r} needs its tokenizer's library: {e} (for SentencePiece "
+                              f"tokenizers: pip install sentencepiece protobuf)") from e
+        except (OSError, ValueError) as e:
             raise ModelNotFoundError(f"could not load SigLIP judge {model!r}: {e}") from e
         size = net.config.vision_config.image_size
         kw: dict = {"height": size, "width": size}
