@@ -118,3 +118,26 @@ def test_gradient_checkpointing_gives_the_same_gradient(which, scheduler, judge,
     assert plain.abs().max() > 0
     torch.testing.assert_close(ckpt, plain, atol=1e-6, rtol=1e-5)
     assert ckpt_bytes < plain_bytes  # the text encoders' share (kept either way) is large on tiny models
+
+
+@pytest.mark.parametrize("which", ["tiny_sd3", "tiny_flux"])
+def test_block_checkpointing_gives_the_same_gradient_and_keeps_less(which, judge, request):
+    """The backends' default per-block checkpointing of the transformer and VAE (grad mode only) against none."""
+    from dpo_diff.shortcut import SavedTensorBytes
+
+    backend = load_backend(request.getfixturevalue(which))
+    assert backend.block_checkpointing and backend.transformer.gradient_checkpointing
+    results = {}
+    for enabled in (True, False):
+        backend.set_block_checkpointing(enabled)
+        relaxed = Problem(SPACE, Task("improve"), backend, judge, SamplingConfig(steps=4, guidance_scale=4.0))
+        mix = WordMixture(SPACE.sizes)
+        with SavedTensorBytes() as saved:
+            loss = relaxed.relaxation()(mix.sample_weights(1.0, torch.Generator().manual_seed(0)), (0,),
+                                        start_step=1, grad_steps=1).sum()
+        loss.backward()
+        results[enabled] = (mix.logits.grad, saved.bytes)
+    backend.set_block_checkpointing(True)
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-6, rtol=1e-5)
+    print(f"saved for backward: {results[False][1] / 2**20:.2f} MB without, {results[True][1] / 2**20:.2f} MB with")
+    assert results[True][1] < results[False][1]
