@@ -104,6 +104,7 @@ def main() -> None:
     full_steps = [int(s) for s in args.full_steps.split(",") if s]
     ckpt = args.grad_checkpointing
     plan = [("shortcut", ckpt), *([("shortcut", not ckpt)] if args.compare_checkpointing else []), ("full", ckpt)]
+    plan.sort(key=lambda p: p[1])  # checkpointed runs last: per-block checkpointing stays on once turned on
     for mode, checkpointing in plan:
         name = mode + ("+ckpt" if checkpointing else "")  # e.g. "shortcut+ckpt"
         for steps in full_steps if mode == "full" else [int(s) for s in args.steps.split(",")]:

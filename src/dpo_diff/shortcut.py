@@ -7,9 +7,12 @@ v-prediction; x0 = x_t - sigma v for flow matching), decode, and score with the 
 backward pass do not depend on T. The loop's pieces come from the backend (:mod:`dpo_diff.backends.base`), so the
 same function serves every backbone.
 
-Gradient checkpointing (``checkpointing=True``) keeps no activations of the K grad-enabled denoiser calls and of
-the VAE decode: they are recomputed during backward (one more forward of each), for the large backbones (SDXL at
-1024 px: ~22 GB per grad step without it). Scheduler steps stay outside the checkpoints (they are stateful).
+Gradient checkpointing (``checkpointing=True``) keeps only block inputs of the K grad-enabled denoiser calls and of
+the VAE decode and recomputes the rest during backward (one more forward of each; the same gradient), for the large
+backbones (SDXL at 1024 px: ~22 GB per grad step without it). A backend with ``set_block_checkpointing`` checkpoints
+per block with diffusers' own gradient checkpointing (it acts in grad mode only, so it is left on: the no-grad
+prefix and exact generation are unaffected); for any other backend whole denoiser calls and the decode are
+checkpointed here, scheduler steps outside (they are stateful).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def shortcut_images(backend, text: Conditioning, seeds: Sequence[int], *, steps:
         start_step: k, the number of no-grad steps (``0 <= k``, ``k + grad_steps <= steps``).
         grad_steps: K >= 1 grad-enabled UNet calls; the last one's output gives x0.
         checkpointing: recompute the grad-enabled denoiser calls and the decode in backward instead of keeping
-            their activations (same gradients, less memory, ~one more forward).
+            their activations (same gradients, less memory, ~one more forward; see the module docstring).
     """
     if grad_steps < 1:
         raise ValueError(f"grad_steps must be >= 1, got {grad_steps}")
@@ -47,7 +50,11 @@ def shortcut_images(backend, text: Conditioning, seeds: Sequence[int], *, steps:
     latents = backend.initial_latents(seeds, scheduler, height, width)
     with torch.no_grad():  # 1. the prefix: no activations kept, whatever k is
         latents = backend.denoise(scheduler, latents, text, guidance_scale, range(start_step))
-    with _checkpointed_predictions(backend, checkpointing):
+    by_block = checkpointing and hasattr(backend, "set_block_checkpointing")
+    if by_block:  # left on: turning it off before backward would change what diffusers' nested checkpoints recompute
+        backend.set_block_checkpointing(True)
+    whole_calls = checkpointing and not by_block
+    with _checkpointed_predictions(backend, whole_calls):
         # 2. K - 1 full grad-enabled steps, 3. the K-th model call jumps straight to x0.
         latents = backend.denoise(scheduler, latents, text, guidance_scale,
                                   range(start_step, start_step + grad_steps - 1))
@@ -55,7 +62,7 @@ def shortcut_images(backend, text: Conditioning, seeds: Sequence[int], *, steps:
         t = scheduler.timesteps[last]
         out, x_t = backend.guided_prediction(scheduler, latents, t, text, guidance_scale)
     x0 = backend.x0_estimate(scheduler, out, x_t, last)
-    if checkpointing:
+    if whole_calls:
         return checkpoint(backend.decode, x0, use_reentrant=False).float()
     return backend.decode(x0).float()
 
@@ -106,6 +113,9 @@ class SavedTensorBytes:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, t: Tensor) -> Tensor:
+        if t.device.type == "meta":  # no storage to share: every saved tensor counts (an upper bound)
+            self.bytes += t.nelement() * t.element_size()
+            return t
         try:
             key = t.untyped_storage().data_ptr()
         except RuntimeError:  # tensors without storage (e.g. meta or wrapper subclasses)

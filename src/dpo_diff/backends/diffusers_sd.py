@@ -74,6 +74,16 @@ class StableDiffusionBackend:
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
         self.text = TextView(tokenizer, text_encoder, device=self.device, chunks=True)
+        self.block_checkpointing = False
+
+    def set_block_checkpointing(self, enabled: bool) -> None:
+        """Per-block gradient checkpointing of the UNet and the VAE decoder (diffusers' own; it acts in grad mode
+        only): a grad-enabled call keeps each block's inputs and recomputes the block in backward. Turned on by
+        :func:`~dpo_diff.shortcut.shortcut_images` with ``checkpointing=True``."""
+        for module in (self.unet, self.vae):
+            if getattr(module, "_supports_gradient_checkpointing", False):
+                (module.enable_gradient_checkpointing if enabled else module.disable_gradient_checkpointing)()
+        self.block_checkpointing = enabled
 
     # ------------------------------------------------------------------ loading
     @classmethod
