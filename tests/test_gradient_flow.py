@@ -87,13 +87,16 @@ def _memory_benchmark():
 
 @pytest.mark.parametrize("which", ["tiny_sd3", "tiny_flux"])
 def test_shortcut_memory_is_flat_in_the_number_of_steps(which, judge, request):
-    """Bytes saved for backward by one GPO iteration at 4 and 16 steps (k = 15/50 of the steps, one grad step)."""
+    """Bytes saved for backward by one GPO iteration at 4 and 16 steps (k = 15/50 of the steps, one grad step), with
+    and without the backends' per-block checkpointing; against backprop through every step (without it)."""
     bench = _memory_benchmark()
     backend = load_backend(request.getfixturevalue(which))
     problem = Problem(SPACE, Task("improve"), backend, judge, SamplingConfig())
-    few, many = (bench.one_iteration(problem, steps, "shortcut")[0] for steps in (4, 16))
+    for blocks in (True, False):
+        backend.set_block_checkpointing(blocks)
+        few, many = (bench.one_iteration(problem, steps, "shortcut")[0] for steps in (4, 16))
+        assert few > 0 and many / few <= 1.05, (blocks, few, many)
     full = bench.one_iteration(problem, 4, "full")[0]
-    assert few > 0 and many / few <= 1.05, (few, many)
     # Backprop through all 4 steps keeps more (on tiny models the text encoders' share is large, so not 4x).
     assert full > 1.2 * few, (full, few)
 
@@ -104,6 +107,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(which, scheduler, judge,
     from dpo_diff.shortcut import SavedTensorBytes
 
     backend = load_backend(request.getfixturevalue(which), scheduler=scheduler)
+    backend.set_block_checkpointing(False)  # the shortcut's whole-call checkpointing on its own
     results = []
     for checkpointing in (False, True):
         sampling = SamplingConfig(steps=5, guidance_scale=4.0, grad_checkpointing=checkpointing)
