@@ -25,7 +25,6 @@ from dpo_diff.optimize import OptimizeConfig
 from dpo_diff.space import SearchSpace, SpaceError
 
 WORLD = "shapes-world"  # the model name of the bundled shapes world (the app's default, offline)
-STATES = ("queued", "running", "finished", "cancelled", "failed")
 DONE = ("finished", "cancelled", "failed")
 
 
