@@ -120,13 +120,14 @@ def test_import_is_cheap():
     assert out.strip() == "[]"
 
 
-def test_prompt_over_77_tokens_is_refused(tmp_path, tiny_sd, tiny_clip, capsys):
-    prompt = " ".join(["red"] * 80) + " dog"
+def test_prompt_over_eight_chunks_is_refused(tmp_path, tiny_sd, tiny_clip, capsys):
+    # prompts over 77 tokens are encoded in 75-token chunks (tests/test_long_prompts.py), up to 8 of them
+    prompt = " ".join(["red"] * 601) + " dog"
     path = tmp_path / "s.json"
     save_spaces([space_from_substitutes(prompt, antonyms={"dog": ["cat"]})], path)
     rc = main(["optimize", "--prompt", prompt, "--space", str(path), "--model", tiny_sd, "--judge", tiny_clip,
                "--steps", "4", "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu"])
-    assert rc == 2 and "tokens" in capsys.readouterr().err
+    assert rc == 2 and "has 602 tokens but the text encoder takes at most 8 chunks of 75" in capsys.readouterr().err
 
 
 def test_an_existing_run_is_never_silently_replaced(space_file, tiny_sd, tiny_clip, tmp_path, capsys):
