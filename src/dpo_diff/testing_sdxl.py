@@ -10,6 +10,7 @@ architecture with random weights for memory benchmarks.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from dpo_diff.resources import clip_tokenizer_path
@@ -61,6 +62,9 @@ def save_tiny_sdxl(path: str | Path, *, seed: int = 0, sample_size: int = 8,
                                      force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
                                      add_watermarker=False)
     pipe.save_pretrained(path)
+    for folder in ("tokenizer", "tokenizer_2"):  # the BPE files too, as the released SDXL folders have them
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(clip_tokenizer_path() / name, path / folder / name)
     return path
 
 
