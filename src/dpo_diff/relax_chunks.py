@@ -227,8 +227,8 @@ def encode_side(view, template: PromptTemplate | ChunkedTemplate, weights: Tenso
     return view.encode_ids(ids, embedding_hook=hook)
 
 
-def _flat(build, space, tokenizer, length: int) -> PromptTemplate:
-    return build(space, tokenizer, 2 + MAX_CHUNKS * (length - 2))
+def _flat(build, space, tokenizer, length: int, chunks: int = MAX_CHUNKS) -> PromptTemplate:
+    return build(space, tokenizer, 2 + chunks * (length - 2))
 
 
 def side_templates(space, view) -> dict[str, PromptTemplate | ChunkedTemplate]:
@@ -251,8 +251,9 @@ def side_templates(space, view) -> dict[str, PromptTemplate | ChunkedTemplate]:
             for flat in flats.values())
     if n == 1:
         return {side: b(space, tok, view.max_length) for side, b in builds.items()}
-    return {side: ChunkedTemplate(flat, n, view.max_length, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-            for side, flat in flats.items()}
+    # rebuilt just long enough for n chunks: the expected-layout recursion runs over every position
+    return {side: ChunkedTemplate(_flat(b, space, tok, view.max_length, n), n, view.max_length, tok.bos_token_id,
+                                  tok.eos_token_id, tok.pad_token_id) for side, b in builds.items()}
 
 
 def template_chunks(template: PromptTemplate | ChunkedTemplate) -> int:
