@@ -52,6 +52,14 @@ def chunk_ids(content: Sequence[int], tokenizer, length: int = 77, chunks: int =
     return out
 
 
+def _with_ids(vocab: Tensor, probs: Tensor, ids: Sequence[int]) -> tuple[Tensor, Tensor, dict[int, int]]:
+    """Add zero-probability columns for the ``ids`` missing from ``vocab``; also return each id's column."""
+    known = {int(t): i for i, t in enumerate(vocab.tolist())}
+    extra = [t for t in dict.fromkeys(int(t) for t in ids) if t not in known]
+    known.update({t: len(known) + i for i, t in enumerate(extra)})
+    return torch.cat([vocab, torch.tensor(extra, dtype=torch.long)]), nn.functional.pad(probs, (0, len(extra))), known
+
+
 @dataclass
 class ChunkedTemplate:
     """One side's relaxation laid into ``chunks`` chunks of ``length`` tokens (see the module docstring).
@@ -106,11 +114,7 @@ class ChunkedTemplate:
         vocab, content, eos = vocab[keep], probs[..., keep], probs[..., eos_col]
         # Positions before the first slot (BOS aside) are fixed: one-hot rows.
         prefix = flat.input_ids[1:flat.mix_start]
-        known = {int(t): i for i, t in enumerate(vocab.tolist())}
-        extra = [int(t) for t in prefix.unique().tolist() if int(t) not in known]
-        vocab = torch.cat([vocab, torch.tensor(extra, dtype=torch.long)])
-        known.update({t: len(known) + i for i, t in enumerate(extra)})
-        content = nn.functional.pad(content, (0, len(extra)))
+        vocab, content, known = _with_ids(vocab, content, prefix.tolist())
         fixed = content.new_zeros(*content.shape[:-2], len(prefix), len(vocab))
         if len(prefix):
             fixed[..., torch.arange(len(prefix)), torch.tensor([known[int(t)] for t in prefix])] = 1.0
@@ -123,12 +127,7 @@ class ChunkedTemplate:
         """``(vocab[V], probs[..., chunks * length, V])``: each chunked position's token distribution."""
         vocab, content, length = self.stream_probs(weights)
         per = self.length - 2
-        specials = [self.bos_id, self.eos_id, self.pad_id]
-        known = {int(t): i for i, t in enumerate(vocab.tolist())}
-        extra = list(dict.fromkeys(t for t in specials if t not in known))
-        known.update({t: len(known) + i for i, t in enumerate(extra)})
-        vocab = torch.cat([vocab, torch.tensor(extra, dtype=torch.long)])
-        content = nn.functional.pad(content, (0, len(extra)))
+        vocab, content, known = _with_ids(vocab, content, [self.bos_id, self.eos_id, self.pad_id])
         cdf = torch.cumsum(length, -1)  # cdf[l] = P(len <= l)
         rows = []
         for j in range(self.chunks):
