@@ -29,6 +29,16 @@ from dpo_diff.loading import ModelNotFoundError, resolve_model
 __all__ = ["StableDiffusionXLBackend"]
 
 
+def _unless_empty(hidden: Tensor, pooled: Tensor, weights: Tensor,
+                  empty: dict[int, list[int]]) -> tuple[Tensor, Tensor]:
+    """Scale a relaxed negative side by 1 - q, q = the probability that every negative slot picks one of its
+    ``empty`` options (slot -> options): the pipeline's zeros where the negative prompt renders empty."""
+    w = weights.to(hidden.device, torch.float32)
+    q = torch.stack([w[..., i, opts].sum(-1) for i, opts in empty.items()], -1).prod(-1)
+    keep = (1 - q).reshape(-1)
+    return hidden * keep[:, None, None].to(hidden.dtype), pooled * keep[:, None].to(pooled.dtype)
+
+
 class StableDiffusionXLBackend(StableDiffusionBackend):
     """A frozen SDXL base model. Build it with :meth:`from_pretrained`; the diffusion loop, x0 jump and schedulers
     are :class:`~dpo_diff.backends.diffusers_sd.StableDiffusionBackend`'s."""
@@ -145,8 +155,8 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
             fixed_cond = None if t1["positive"].slots else self.encode_prompts([space.prompt], n)
             fixed_uncond = (None if neg_slots or not use_cfg
                             else self.encode_negatives([space.negative_prompt.strip()], n))
-        gate = [[o for o, text in enumerate(space.slots[i].options) if not text] for i in neg_slots]
-        gated = self.force_zeros_for_empty_prompt and not space.negative_prompt.strip() and all(gate)
+        gate = {i: [o for o, text in enumerate(space.slots[i].options) if not text] for i in neg_slots}
+        gated = self.force_zeros_for_empty_prompt and not space.negative_prompt.strip() and all(gate.values())
 
         def side(name: str, weights: Tensor) -> tuple[Tensor, Tensor]:
             (ids1, hook1), (ids2, hook2) = side_inputs(t1[name], weights), side_inputs(t2[name], weights)
@@ -158,11 +168,7 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
             if use_cfg:
                 uncond, uncond_pooled = fixed_uncond if fixed_uncond is not None else side("negative", weights)
                 if fixed_uncond is None and gated:
-                    w = weights.to(uncond.device, torch.float32)
-                    q = torch.stack([w[..., i, opts].sum(-1) for i, opts in zip(neg_slots, gate)], -1).prod(-1)
-                    keep = (1 - q).reshape(-1)
-                    uncond = uncond * keep[:, None, None].to(uncond.dtype)
-                    uncond_pooled = uncond_pooled * keep[:, None].to(uncond_pooled.dtype)
+                    uncond, uncond_pooled = _unless_empty(uncond, uncond_pooled, weights, gate)
             mask = key_mask([t1["positive"], t1["negative"]] if use_cfg else [t1["positive"]], weights)
             return Conditioning(cond, uncond, pooled, uncond_pooled, None if mask is None else mask.to(cond.device))
 
