@@ -176,3 +176,23 @@ def test_dtype_auto_and_load_backend(tiny_sdxl, xl):
     assert isinstance(fp16, StableDiffusionXLBackend)
     assert fp16.dtype == torch.float16 and fp16.vae_dtype == torch.float32  # force_upcast: decode in fp32
     assert fp16.vae.dtype == torch.float32 and fp16.text_2.encoder.dtype == torch.float16
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_runs_with_an_fp32_vae_under_force_upcast(tiny_sdxl, judge, dtype):
+    """fp16 keeps the VAE in fp32 (force_upcast); the relaxed loss and its (loss-scaled, as GPO does for fp16)
+    gradient stay finite and non-zero, with checkpointing too."""
+    from dpo_diff.backends.base import load_backend
+    from dpo_diff.problem import Problem, SamplingConfig, Task
+
+    backend = load_backend(tiny_sdxl, dtype=dtype)
+    assert backend.vae.dtype == (torch.float32 if dtype == "fp16" else torch.bfloat16)
+    sampling = SamplingConfig(steps=4, guidance_scale=5.0, grad_checkpointing=True)
+    mix = WordMixture(SPACE.sizes)
+    w = mix.sample_weights(1.0, torch.Generator().manual_seed(0))
+    loss = Problem(SPACE, Task("improve"), backend, judge, sampling).relaxation()(w, (0,), start_step=1,
+                                                                                  grad_steps=1)
+    (loss.sum() * (1024.0 if dtype == "fp16" else 1.0)).backward()
+    assert torch.isfinite(mix.logits.grad).all() and (mix.logits.grad != 0).any()
+    images = backend.generate([SPACE.prompt], [""], [0], steps=3, guidance_scale=5.0)
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
