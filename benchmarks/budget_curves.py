@@ -138,8 +138,8 @@ def plot(records: list[dict], task: str, path: Path) -> None:
     axes[0][0].legend(fontsize=8)
     prompts = len({r["prompt"] for r in records if r["task"] == task})
     goal = "lower" if task == "improve" else "higher"
-    fig.suptitle(f"{task} ({goal} loss is better, higher faithfulness): mean ± std across root seeds, {prompts} "
-                 f"prompts; left: cost charged, right: wall seconds", fontsize=10)
+    fig.suptitle(f"{task} ({goal} loss is better): mean ± std across root seeds, {prompts} prompts\n"
+                 f"left: cost charged; right: wall seconds measured", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
