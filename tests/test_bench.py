@@ -257,3 +257,13 @@ def test_attack_with_a_spaces_file_and_the_meaning_constraint(tiny_sd, tiny_clip
     missing.write_text("a blue cat\n")
     assert main(bench_args(tiny_sd, tiny_clip, str(missing), tmp_path / "o2", "--task", "attack", "--spaces",
                            str(spaces), methods="user")) == 2
+
+
+def test_dtype_auto_keeps_the_fp32_fingerprint_on_cpu(tiny_sd, tiny_clip):
+    """Bench folders made when the default dtype was fp32 resume under the new default ``auto`` on a CPU."""
+    from dpo_diff.bench.config import BenchConfig
+
+    common = dict(model=tiny_sd, judge=tiny_clip, task="improve", device="cpu")
+    auto, fp32 = BenchConfig(dtype="auto", **common), BenchConfig(dtype="fp32", **common)
+    assert auto.keyed_settings() == fp32.keyed_settings()
+    assert BenchConfig(dtype="fp16", **common).keyed_settings() != fp32.keyed_settings()

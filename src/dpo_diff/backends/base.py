@@ -23,11 +23,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor
 
-DTYPE_NAMES = ("auto", "fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = ("auto", *DTYPES)
 """``auto``: the backbone's default for the device (fp32 on CPU; fp16 for SD 1.x/2.x and bf16 for the newer
 backbones on GPUs, where fp16 underflows their text gradient or overflows their VAE)."""
+
+
+def dtype_name(dtype: str | None, device: str | torch.device, cuda_default: str) -> str:
+    """A checked dtype name; ``None``/``auto``: ``cuda_default`` on CUDA (the backbone's choice), fp32 elsewhere."""
+    if dtype in (None, "auto"):
+        dtype = cuda_default if torch.device(device).type == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {DTYPE_NAMES}")
+    return dtype
 
 BACKENDS: dict[str, str] = {
     "StableDiffusionPipeline": "dpo_diff.backends.diffusers_sd:StableDiffusionBackend",

@@ -14,14 +14,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from dpo_diff.backends.base import Conditioning
+from dpo_diff.backends.base import DTYPES, Conditioning, dtype_name
 from dpo_diff.backends.text import TextView
 from dpo_diff.loading import ModelNotFoundError, resolve_model
 from dpo_diff.seeding import latent_generator
 
 __all__ = ["Conditioning", "DTYPES", "SCHEDULERS", "StableDiffusionBackend"]
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SCHEDULERS = ("ddim", "pndm", "euler", "dpm++", "model")
 """``model`` keeps the scheduler saved with the model; the others are built from its config with ``from_config``."""
 
@@ -311,10 +310,7 @@ def unet_key_mask(text: Conditioning, cfg: bool) -> Tensor | None:
 def load_settings(device: str | torch.device, dtype: str | None, scheduler: str, cuda_dtype: str) -> str:
     """Check ``from_pretrained``'s dtype and scheduler names, quiet the library imports, and return the dtype name
     (``None``: ``cuda_dtype`` on CUDA, fp32 elsewhere)."""
-    if dtype is None:
-        dtype = cuda_dtype if torch.device(device).type == "cuda" else "fp32"
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    dtype = dtype_name(dtype, device, cuda_dtype)
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
     _quiet_imports()

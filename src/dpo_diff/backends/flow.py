@@ -16,12 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dpo_diff.backends.base import Conditioning
+from dpo_diff.backends.base import DTYPES, Conditioning, dtype_name
 from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
 from dpo_diff.backends.text import TextView
 from dpo_diff.seeding import latent_generator
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SCHEDULERS = ("ddim", "euler", "heun", "model")
 """``euler`` (and ``ddim``, the project's default name: DDIM is the first-order solver of the probability-flow ODE,
 whose flow-matching counterpart is Euler): ``FlowMatchEulerDiscreteScheduler``; ``heun``:
@@ -31,11 +30,7 @@ scheduler saved with the model."""
 
 def resolve_dtype(dtype: str | None, device: str | torch.device) -> torch.dtype:
     """``None``/auto: bf16 on CUDA (fp16 overflows these backbones' activations), fp32 elsewhere."""
-    if dtype is None:
-        dtype = "bf16" if torch.device(device).type == "cuda" else "fp32"
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
+    return DTYPES[dtype_name(dtype, device, "bf16")]
 
 
 def check_max_sequence_length(n: int) -> None:

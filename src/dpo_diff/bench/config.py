@@ -49,14 +49,14 @@ class BenchConfig:
     report_seeds: tuple[int, ...] = (100, 101, 102)  # held-out seeds of the reported numbers
     seed: int = 0  # root of every search's random streams (the same for every method and prompt)
     world: bool = False  # the bundled shapes-world models, substitutes and ground-truth checker
-    model: str = ""  # Stable Diffusion hub id or folder (ignored with world)
+    model: str = ""  # diffusers pipeline hub id or folder: SD 1.x/2.x, SDXL, SD 3, FLUX (ignored with world)
     judge: str = DEFAULT_JUDGE  # CLIP hub id or folder (ignored with world)
     space_kind: str | None = None  # built with the offline WordNet lexicon; None: antonym (improve) / synonym (attack)
     spaces: str | None = None  # a spaces JSON file instead of building them
     steps: int = 50
     guidance: float = 7.5
     scheduler: str = "ddim"
-    dtype: str = "fp32"
+    dtype: str = "auto"
     height: int | None = None
     width: int | None = None
     similarity_threshold: float | None = 0.9  # attack meaning constraint (paper 0.9); None: off
@@ -150,6 +150,8 @@ class BenchConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY and k not in _METHOD_ONLY}
         model, judge = self.model_paths()
         d["model"], d["judge"] = model_fingerprint(model), model_fingerprint(judge)
+        if d["dtype"] == "auto" and _runs_on_cpu(self.device):
+            d["dtype"] = "fp32"  # what auto means on a CPU, so folders made before auto keep their fingerprint
         if self.spaces:
             d["spaces"] = model_fingerprint(self.spaces)
         # Present only when used, so the fingerprints of benchmarks without them stay what they were.
@@ -232,3 +234,9 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         elif a != b:
             out.append(f"{prefix}{k}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}")
     return out
+
+
+def _runs_on_cpu(device: str | None) -> bool:
+    import torch
+
+    return device == "cpu" or (device in (None, "", "auto") and not torch.cuda.is_available())

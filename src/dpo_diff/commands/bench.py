@@ -55,7 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance (default 7.5; the world's recommended value with --world)")
     s.add_argument("--scheduler", default="ddim")
-    s.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    s.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="auto: the backbone's default (fp32 on CPU; fp16 for SD 1.x/2.x, bf16 for SDXL/SD 3/FLUX "
+                        "on GPUs)")
     s.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda where available)")
     s.add_argument("--batch-size", type=int, default=8, help="candidate x seed rows per UNet batch")
     add_search_arguments(s)
