@@ -10,16 +10,32 @@ from dpo_diff.search.selection import SelectionConfig
 from dpo_diff.testing import SyntheticProblem, synthetic_space
 
 
-def test_hybrid_at_a_small_budget_skips_gpo_and_ties_random_search():
+@pytest.mark.parametrize("budget", [8, 13])
+def test_hybrid_at_a_small_budget_skips_gpo_and_ties_random_search(budget):
+    """GPO cannot pay for its minimum steps: the hybrid runs EPO, whose first population is random search's draws,
+    so below one population (20) it evaluates exactly what random search does, in the same order."""
     problem = SyntheticProblem(synthetic_space(10, 6), seed=11)
-    result = search(problem, method="hybrid", budget=8, seed=0)
-    assert "GPO skipped" in result.extra["gpo_skipped"] and result.extra["gpo_log"] == []
-    assert result.method == "hybrid" and len(result.evaluations) == 8 and result.cost == pytest.approx(8)
-    rnd = search(SyntheticProblem(synthetic_space(10, 6), seed=11), method="random", budget=8, seed=0)
+    result = search(problem, method="hybrid", budget=budget, seed=0)
+    assert "GPO skipped" in result.extra["gpo_skipped"] and "ran EPO" in result.extra["gpo_skipped"]
+    assert result.extra["gpo_log"] == [] and {e.source for e in result.evaluations} == {"init"}
+    assert result.method == "hybrid" and len(result.evaluations) == budget and result.cost == pytest.approx(budget)
+    rnd = search(SyntheticProblem(synthetic_space(10, 6), seed=11), method="random", budget=budget, seed=0)
     assert [e.candidate for e in result.evaluations] == [e.candidate for e in rnd.evaluations]
+    assert result.best.candidate == rnd.best.candidate
+    if budget != 8:
+        return
     gpo = search(SyntheticProblem(synthetic_space(10, 6), seed=11), method="gpo", budget=8, seed=0)
     assert "GPO ran random search" in gpo.extra["gpo_skipped"]
     assert [e.candidate for e in gpo.evaluations] == [e.candidate for e in rnd.evaluations]
+
+
+def test_hybrid_without_gpo_evolves_past_its_first_population_when_the_budget_allows():
+    """GPO skipped at a budget above one population (here forced by an unaffordable minimum): evolution runs."""
+    problem = SyntheticProblem(synthetic_space(10, 6), seed=11)
+    result = search(problem, method="hybrid", budget=40, seed=0, gpo=GradientSearchConfig(min_iterations=10_000))
+    assert "ran EPO" in result.extra["gpo_skipped"]
+    assert any(e.source == "offspring" for e in result.evaluations)
+    assert result.cost == pytest.approx(40, abs=1.0)
 
 
 def test_hybrid_spends_only_its_share_on_gpo_and_the_rest_on_evolution():

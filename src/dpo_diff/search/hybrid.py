@@ -4,8 +4,9 @@ The reference implementation meant to do this but seeded evolution uniformly at 
 from the wrong place); here the first population is drawn from the learned softmax(logits), the argmax first.
 
 The hybrid adapts to the budget: GPO spends at most its ``budget_share`` (robust preset), so evolution always runs;
-when that share cannot pay for ``min_iterations`` gradient steps, GPO is skipped and the hybrid runs random search
-(at such budgets evolution could not get past its uniform first population anyway), and the record says so.
+when that share cannot pay for ``min_iterations`` gradient steps, GPO is skipped and the hybrid runs EPO from a
+uniform first population drawn as random search draws (at such budgets evolution cannot get past that population,
+so the hybrid equals random search), and the record says so.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dpo_diff.problem import Problem
 from dpo_diff.search.base import Evaluator, SearchResult, finish
 from dpo_diff.search.evolution import EvolutionSearchConfig, distinct_random, evolve
 from dpo_diff.search.gradient import GradientSearchConfig, gpo_extra, sample_learned, train_mixture
-from dpo_diff.search.random_search import random_search
 from dpo_diff.seeding import rng as make_rng
 
 
@@ -24,13 +24,15 @@ def hybrid_search(problem: Problem, evaluator: Evaluator, gpo: GradientSearchCon
     gpo, epo = gpo or GradientSearchConfig(), epo or EvolutionSearchConfig()
     state = train_mixture(problem, evaluator, gpo, seed, on_iteration, resume)
     if state.skipped:
-        # Too small a budget to learn: what is left cannot pay for more than EPO's uniform first population, which is
-        # random search; run exactly random search (same stream), so the hybrid ties it instead of a coin flip.
-        result = random_search(problem, evaluator, seed=seed)
-        result.method = "hybrid"
-        result.extra.update(gpo_extra(state))
-        result.extra["gpo_skipped"] += "; the hybrid ran random search"
-        return result
+        # Too small a budget to learn: EPO from a uniform first population drawn from random search's own stream.
+        # Below one population (every budget GPO skips at with the defaults) EPO evaluates only that population,
+        # in random search's order, so the hybrid ties random search exactly instead of a coin flip.
+        rng = make_rng(seed, "random")
+        evolve(problem, evaluator, epo, rng, distinct_random(problem.space.sizes, epo.population_size, rng))
+        extra = gpo_extra(state)
+        extra["gpo_skipped"] += ("; the hybrid ran EPO from a uniform first population (random search's draws; "
+                                 "below one population it is random search)")
+        return finish("hybrid", evaluator, extra)
     rng = make_rng(seed, "epo")
     init = sample_learned(state, epo.population_size, seed)
     if len(init) < epo.population_size:  # a peaked distribution over a tiny space: top up uniformly
