@@ -72,3 +72,18 @@ def tiny_flux_schnell(tmp_path_factory) -> str:
     from dpo_diff.testing_flow import save_tiny_flux
 
     return str(save_tiny_flux(tmp_path_factory.mktemp("models") / "flux-schnell", variant="schnell", seed=1))
+
+
+CLI_PROMPT = "a red dog on the grass"
+
+
+@pytest.fixture()
+def space_file(tmp_path) -> str:
+    """A spaces file for :data:`CLI_PROMPT`: synonym slots (attack) and antonym slots (improve)."""
+    from dpo_diff.space import save_spaces, space_from_substitutes
+
+    s = space_from_substitutes(CLI_PROMPT, {"dog": ["hound", "puppy"], "red": ["crimson"]},
+                               {"red": ["blue", "green"], "grass": ["sand", "snow"]})
+    path = tmp_path / "spaces.json"
+    save_spaces([s], path)
+    return str(path)

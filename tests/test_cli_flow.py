@@ -6,21 +6,9 @@ import json
 
 import pytest
 
+from conftest import CLI_PROMPT as PROMPT  # the prompt of the space_file fixture
 from dpo_diff.bench.results import load_records
 from dpo_diff.cli import main
-from dpo_diff.space import save_spaces, space_from_substitutes
-
-PROMPT = "a red dog on the grass"
-
-
-@pytest.fixture()
-def space_file(tmp_path):
-    s = space_from_substitutes(PROMPT, {"dog": ["hound", "puppy"], "red": ["crimson"]},
-                               {"red": ["blue", "green"], "grass": ["sand", "snow"]})
-    path = tmp_path / "spaces.json"
-    save_spaces([s], path)
-    return str(path)
-
 
 # FLUX: improve needs true CFG (--guidance > 1 is FluxPipeline's true_cfg_scale); attack runs without CFG.
 CASES = [("tiny_sd3", "improve", "7.5"), ("tiny_flux", "improve", "3"), ("tiny_flux_schnell", "attack", "1")]

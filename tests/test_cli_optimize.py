@@ -5,19 +5,9 @@ import sys
 
 import pytest
 
+from conftest import CLI_PROMPT as PROMPT  # the prompt of the space_file fixture
 from dpo_diff.cli import COMMANDS, main
 from dpo_diff.space import save_spaces, space_from_substitutes
-
-PROMPT = "a red dog on the grass"
-
-
-@pytest.fixture()
-def space_file(tmp_path):
-    s = space_from_substitutes(PROMPT, {"dog": ["hound", "puppy"], "red": ["crimson"]},
-                               {"red": ["blue", "green"], "grass": ["sand", "snow"]})
-    path = tmp_path / "spaces.json"
-    save_spaces([s], path)
-    return str(path)
 
 
 def run_optimize(space_file, tiny_sd, tiny_clip, out, *extra):

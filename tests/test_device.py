@@ -72,7 +72,7 @@ def meta_backend(folder: str, dtype: str):
     backend = StableDiffusionBackend.from_pretrained(folder, device="meta", dtype=dtype)
     make = backend.new_scheduler
 
-    def new_scheduler(num_steps=None, height=None, width=None):  # timesteps on the CPU: meta cannot give diffusers their values
+    def new_scheduler(num_steps=None, height=None, width=None):  # CPU timesteps: meta cannot give diffusers values
         sched = make()
         if num_steps is not None:
             sched.set_timesteps(num_steps, device="cpu")

@@ -125,6 +125,13 @@ class DiffusionBackend(Protocol):
     def decode(self, latents: Tensor) -> Tensor: ...
 
 
+def check_rows(prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int]) -> None:
+    """``generate``'s rows: one prompt, negative prompt and seed each."""
+    if not (len(prompts) == len(negative_prompts) == len(seeds)):
+        raise ValueError(f"prompts, negative_prompts and seeds must have the same length, got {len(prompts)}, "
+                         f"{len(negative_prompts)} and {len(seeds)}")
+
+
 def pipeline_class_name(path: str) -> str:
     """The ``_class_name`` in a local model folder's ``model_index.json`` (a clear error where it is missing)."""
     index = Path(path) / "model_index.json"

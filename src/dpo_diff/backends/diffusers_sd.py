@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from dpo_diff.backends.base import DTYPES, Conditioning, dtype_name
+from dpo_diff.backends.base import DTYPES, Conditioning, check_rows, dtype_name
 from dpo_diff.backends.text import TextView
 from dpo_diff.loading import ModelNotFoundError, resolve_model
 from dpo_diff.seeding import latent_generator
@@ -285,8 +285,7 @@ class StableDiffusionBackend:
         Long prompts: a row's prompt and negative prompt are padded to the same chunk count, and rows of different
         counts run in separate batches, so a row's image never depends on the other rows.
         """
-        if not (len(prompts) == len(negative_prompts) == len(seeds)):
-            raise ValueError("prompts, negative_prompts and seeds must have the same length")
+        check_rows(prompts, negative_prompts, seeds)
         use_cfg = guidance_scale > 1
 
         def one_group(rows: list[int], n: int) -> Tensor:

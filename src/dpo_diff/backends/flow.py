@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dpo_diff.backends.base import DTYPES, Conditioning, dtype_name
+from dpo_diff.backends.base import DTYPES, Conditioning, check_rows, dtype_name
 from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
 from dpo_diff.backends.text import TextView
 from dpo_diff.seeding import latent_generator
@@ -286,8 +286,7 @@ class FlowMatchingBackend:
                  width: int | None = None) -> Tensor:
         """Images for exact prompt texts, one per ``(prompt, negative_prompt, seed)`` row (the negative prompt is
         used where ``guidance_scale > 1``)."""
-        if not (len(prompts) == len(negative_prompts) == len(seeds)):
-            raise ValueError("prompts, negative_prompts and seeds must have the same length")
+        check_rows(prompts, negative_prompts, seeds)
         cond, pooled = self.encode_text(prompts)
         uncond = uncond_pooled = None
         if guidance_scale > 1:

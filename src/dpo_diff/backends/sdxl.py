@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from dpo_diff.backends.base import Conditioning
+from dpo_diff.backends.base import Conditioning, check_rows
 from dpo_diff.backends.diffusers_sd import DTYPES, StableDiffusionBackend, by_chunk_count, load_settings, unet_key_mask
 from dpo_diff.backends.text import TextView
 from dpo_diff.loading import ModelNotFoundError, resolve_model
@@ -208,8 +208,7 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
                  width: int | None = None) -> Tensor:
         """Images for exact prompt texts, one per ``(prompt, negative_prompt, seed)`` row (``""``: no negative
         prompt). Long prompts as in :meth:`StableDiffusionBackend.generate`."""
-        if not (len(prompts) == len(negative_prompts) == len(seeds)):
-            raise ValueError("prompts, negative_prompts and seeds must have the same length")
+        check_rows(prompts, negative_prompts, seeds)
         use_cfg = guidance_scale > 1
 
         def one_group(rows: list[int], n: int) -> Tensor:

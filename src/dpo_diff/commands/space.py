@@ -205,8 +205,8 @@ def _gap_line(space: Any, backend: Any, corners: int) -> str:
     except PromptTooLongError as e:
         return f"relaxation: {e}"
     named = len({g.encoder for g in gaps}) > 1  # several text encoders (SDXL, SD 3, FLUX): say which
-    parts = [f"{g.encoder + ' ' if named else ''}{g.side} {g.max_abs:.3g} (scale {g.scale:.3g}; {g.corners}/{g.total} corners, "
-             f"{g.token_mismatches} tokenized differently)" for g in gaps]
+    parts = [f"{g.encoder + ' ' if named else ''}{g.side} {g.max_abs:.3g} (scale {g.scale:.3g}; "
+             f"{g.corners}/{g.total} corners, {g.token_mismatches} tokenized differently)" for g in gaps]
     return "relaxation gap, max |one-hot relaxed - rendered text| of the text encoder: " + ("; ".join(parts) or
                                                                                            "no slots")
 
