@@ -38,6 +38,12 @@ class TextView:
                 f"the {name}'s tokenizer has only {len(tokenizer)} entries: its files are missing from the model "
                 f"folder (transformers then silently builds a placeholder tokenizer); add the tokenizer folder"
             )
+        if getattr(getattr(encoder, "config", None), "use_attention_mask", False):
+            # The pipelines then mask the padding out of the encoder's attention; the relaxation moves padding with
+            # the mixture, so no 0/1 mask matches it, and encoding without one would not be the pipeline's text.
+            raise ValueError(f"the {name}'s config sets use_attention_mask=True (padding masked in the encoder), "
+                             f"which is not supported; only encoders that attend to the padding "
+                             f"(use_attention_mask unset or False) are")
         self.tokenizer = tokenizer
         self.encoder = encoder
         self.device = device
@@ -87,12 +93,6 @@ class TextView:
             raise PromptTooLongError(f"the prompt {text[:60]!r} has {n} tokens but the {self.name} takes "
                                      f"{self.max_length}; shorten it")
 
-    def attention_mask(self, input_ids: Tensor) -> Tensor | None:
-        """The padding mask, for encoders configured to use one (SD 2.x-style CLIPs mostly do not)."""
-        if getattr(self.encoder.config, "use_attention_mask", False):
-            return (input_ids != self.tokenizer.pad_token_id).long().to(self.device)
-        return None
-
     def run(self, input_ids: Tensor, *, embedding_hook: Callable | None = None, **kwargs):
         """The encoder's raw output for ``input_ids`` (``kwargs`` go to its forward, e.g. output_hidden_states).
 
@@ -103,7 +103,7 @@ class TextView:
         """
         input_ids = input_ids.reshape(-1, self.max_length) if input_ids.shape[-1] > self.max_length else input_ids
         with self.hooked(embedding_hook):
-            return self.encoder(input_ids.to(self.device), attention_mask=self.attention_mask(input_ids), **kwargs)
+            return self.encoder(input_ids.to(self.device), **kwargs)
 
     def join_chunks(self, hidden: Tensor, rows: int) -> Tensor:
         """``[rows * n, L, D]`` chunk outputs of :meth:`run` -> ``[rows, n * L, D]``."""
