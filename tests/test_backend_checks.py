@@ -17,3 +17,25 @@ def test_an_encoder_that_masks_its_padding_is_refused(backend):
     with pytest.raises(ValueError, match=r"text encoder's config sets use_attention_mask=True .* unset or False"):
         TextView(backend.tokenizer, encoder, device=torch.device("cpu"))
     assert TextView(backend.tokenizer, SimpleNamespace(config=SimpleNamespace()), device=torch.device("cpu"))
+
+
+def _with_guidance_embedding(unet):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_config({**unet.config, "time_cond_proj_dim": 8})
+
+
+def test_lcm_unets_are_refused_on_sd_and_sdxl(tiny_sd, tiny_sdxl):
+    """The pipelines run a UNet with a guidance embedding without CFG and with timestep_cond; ours would not."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+    from dpo_diff.backends.sdxl import StableDiffusionXLBackend
+
+    sd = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
+    with pytest.raises(ValueError, match=r"time_cond_proj_dim=8, e\.g\. an LCM .* time_cond_proj_dim None"):
+        StableDiffusionBackend(sd.tokenizer, sd.text_encoder, _with_guidance_embedding(sd.unet), sd.vae, sd.scheduler)
+    xl = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, add_watermarker=False)
+    with pytest.raises(ValueError, match=r"time_cond_proj_dim=8"):
+        StableDiffusionXLBackend(xl.tokenizer, xl.text_encoder, xl.tokenizer_2, xl.text_encoder_2,
+                                 _with_guidance_embedding(xl.unet), xl.vae, xl.scheduler)

@@ -50,6 +50,12 @@ class StableDiffusionBackend:
                  dtype: torch.dtype = torch.float32, scheduler_name: str = "ddim", source: str = "") -> None:
         if scheduler_name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler_name!r}; choose one of {SCHEDULERS}")
+        guidance_dim = getattr(unet.config, "time_cond_proj_dim", None)
+        if guidance_dim is not None:
+            # The pipelines run such a UNet (an LCM distillation) without classifier-free guidance and feed it the
+            # guidance scale as timestep_cond; our loop's CFG without it would give other images.
+            raise ValueError(f"the UNet has a guidance embedding (time_cond_proj_dim={guidance_dim}, e.g. an LCM "
+                             f"distillation), which is not supported; use a UNet with time_cond_proj_dim None")
         if not hasattr(scheduler, "alphas_cumprod"):
             raise ValueError(
                 f"scheduler {type(scheduler).__name__} has no alphas_cumprod; the one-step x0 jump needs it")

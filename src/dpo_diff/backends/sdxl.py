@@ -49,9 +49,6 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
         if getattr(unet.config, "addition_embed_type", None) != "text_time":
             raise ValueError(f"an SDXL UNet takes addition_embed_type 'text_time', this one has "
                              f"{getattr(unet.config, 'addition_embed_type', None)!r}")
-        if getattr(unet.config, "time_cond_proj_dim", None) is not None:
-            raise ValueError("UNets with a guidance embedding (time_cond_proj_dim, e.g. LCM distillations) are not "
-                             "supported")
         super().__init__(tokenizer, text_encoder, unet, vae, scheduler, device=device, dtype=dtype,
                          scheduler_name=scheduler_name, source=source)
         text_encoder_2.requires_grad_(False)
