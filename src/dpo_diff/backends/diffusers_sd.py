@@ -233,6 +233,8 @@ class StableDiffusionBackend:
         """Cumulative signal level abar_t of the training schedule at (possibly fractional) timestep ``t``."""
         acp = scheduler.alphas_cumprod
         tf = float(t)
+        if not 0 <= tf <= len(acp) - 1:  # a negative index would wrap around to the end of the schedule
+            raise ValueError(f"timestep {tf} is outside the training schedule [0, {len(acp) - 1}]")
         if tf == int(tf):
             return float(acp[int(tf)])
         # Fractional timesteps (Euler with linspace spacing): interpolate sigma = sqrt((1-a)/a), as the scheduler does.
@@ -254,9 +256,19 @@ class StableDiffusionBackend:
             return a.sqrt() * x_t - (1 - a).sqrt() * model_output
         return model_output
 
+    def alpha_bar_at(self, scheduler, step_index: int) -> float:
+        """abar of the noise level at step ``step_index``: 1 / (1 + sigma^2) from the scheduler's own sigmas where it
+        keeps them (Euler, DPM++, ...: with continuous timesteps, as EDM-style v-prediction models use, t is a
+        log-sigma, no index into the schedule); from the timestep otherwise (DDIM, PNDM)."""
+        sigmas = getattr(scheduler, "sigmas", None)
+        if sigmas is None:
+            return self.alpha_bar(scheduler, scheduler.timesteps[step_index])
+        sigma = float(sigmas[step_index])
+        return 1.0 / (1.0 + sigma * sigma)
+
     def x0_estimate(self, scheduler, model_output: Tensor, x_t: Tensor, step_index: int) -> Tensor:
         """The shortcut's one-step x0 jump from the model output at step ``step_index`` of ``scheduler``."""
-        return self.predict_x0(model_output, x_t, self.alpha_bar(scheduler, scheduler.timesteps[step_index]))
+        return self.predict_x0(model_output, x_t, self.alpha_bar_at(scheduler, step_index))
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> images ``Tensor[B, 3, H, W]`` in [0, 1] (differentiable)."""
