@@ -35,18 +35,20 @@ def shortcut_images(backend, text: Conditioning, seeds: Sequence[int], *, steps:
 
     Args:
         text: conditioning with batch 1 (broadcast to every seed) or one row per seed.
-        start_step: k, the number of no-grad steps (``0 <= k``, ``k + grad_steps <= steps``).
-        grad_steps: K >= 1 grad-enabled UNet calls; the last one's output gives x0.
+        start_step: k, the number of no-grad denoiser calls, i.e. scheduler entries (``0 <= k``, ``k + grad_steps``
+            at most the entries of ``steps`` sampling steps: ``steps`` for DDIM, 2 steps - 1 for Heun, ...).
+        grad_steps: K >= 1 grad-enabled denoiser calls; the last one's output gives x0.
         checkpointing: recompute the grad-enabled denoiser calls and the decode in backward instead of keeping
             their activations (same gradients, less memory, ~one more forward; see the module docstring).
     """
     if grad_steps < 1:
         raise ValueError(f"grad_steps must be >= 1, got {grad_steps}")
-    if not 0 <= start_step <= steps - grad_steps:
-        raise ValueError(
-            f"start_step must be in [0, steps - grad_steps] = [0, {steps - grad_steps}], got {start_step}")
-    text = text.expand(len(seeds))
     scheduler = backend.new_scheduler(steps, height, width)
+    calls = len(scheduler.timesteps)  # one denoiser call per entry: more than `steps` for Heun and PNDM
+    if not 0 <= start_step <= calls - grad_steps:
+        raise ValueError(f"start_step must be in [0, calls - grad_steps] = [0, {calls - grad_steps}] ({calls} "
+                         f"denoiser calls for {steps} steps), got {start_step}")
+    text = text.expand(len(seeds))
     latents = backend.initial_latents(seeds, scheduler, height, width)
     with torch.no_grad():  # 1. the prefix: no activations kept, whatever k is
         latents = backend.denoise(scheduler, latents, text, guidance_scale, range(start_step))

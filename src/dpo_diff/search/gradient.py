@@ -39,6 +39,7 @@ import torch
 from dpo_diff.problem import Problem
 from dpo_diff.relax import WordMixture
 from dpo_diff.search.base import BudgetExhausted, Evaluator, SearchResult, finish
+from dpo_diff.search.cost import generation_calls, shortcut_cost
 from dpo_diff.seeding import derive_seed, torch_generator
 
 OPTIMIZERS = ("normalized", "adam", "rmsprop")
@@ -92,7 +93,9 @@ class GradientSearchConfig:
     # keep their order instead of tying at the ceiling; clamp: the paper's plain clamp to [logit_min, logit_max]
     box: Literal["shift", "clamp"] = "shift"
     quantum: float = 1e-3  # logits snap to this grid and gradients to this fraction of their largest entry; 0: off
-    k_schedule: str = "step-15-2"  # written for 50 sampling steps; k scales with steps/50 for other step counts
+    # k counts denoiser calls (scheduler entries; dpo_diff.search.cost), written for 50 of them: k scales with a full
+    # generation's calls / 50 (Heun's 2n - 1 calls for n steps: the same share of the trajectory as DDIM's n)
+    k_schedule: str = "step-15-2"
     grad_steps: int = 1  # K grad-enabled UNet calls
     num_samples: int = 32  # gpo method: most candidates sampled from the learned distribution afterwards
     budget_share: float | None = 0.3  # GPO stops at this fraction of the budget; None: only `iterations` limits it
@@ -130,29 +133,33 @@ class GradientSearchConfig:
             raise ValueError(f"unknown GPO preset {name!r}; choose one of {sorted(GPO_PRESETS)}")
         return replace(GPO_PRESETS[name], **overrides)
 
-    def k_bound(self, iteration: int, steps: int) -> int:
-        """k at ``iteration`` for ``steps`` sampling steps (``random`` schedules: their largest k)."""
+    def k_bound(self, iteration: int, calls: int) -> int:
+        """k (no-grad denoiser calls) at ``iteration`` when a full generation makes ``calls`` denoiser calls
+        (``random`` schedules: their largest k)."""
         kind, a, b = parse_k_schedule(self.k_schedule)
         k = a + iteration // b if kind == "step" else (a if kind == "fixed" else b)
-        return round(k * steps / 50)
+        return round(k * calls / 50)
 
-    def k_at(self, iteration: int, steps: int, rng: random.Random) -> int:
+    def k_at(self, iteration: int, calls: int, rng: random.Random) -> int:
         kind, a, b = parse_k_schedule(self.k_schedule)
-        k = round(rng.randint(a, b) * steps / 50) if kind == "random" else self.k_bound(iteration, steps)
-        if k + self.grad_steps > steps:
+        k = round(rng.randint(a, b) * calls / 50) if kind == "random" else self.k_bound(iteration, calls)
+        if k + self.grad_steps > calls:
             raise ValueError(
                 f"k schedule {self.k_schedule!r} reaches k={k} at iteration {iteration}, but k + grad_steps must be "
-                f"<= steps ({steps}); use fewer iterations or a smaller schedule"
+                f"<= the denoiser calls of a full generation ({calls}); use fewer iterations or a smaller schedule"
             )
         return k
 
-    def validate_for(self, steps: int) -> None:
-        """Check up front that every iteration's k fits ``steps`` (raises the same error k_at would)."""
-        k_max = self.k_bound(self.iterations - 1, steps)  # k never decreases along a schedule
-        if k_max + self.grad_steps > steps:
+    def validate_for(self, calls: int) -> None:
+        """Check up front that every iteration's k fits ``calls`` denoiser calls (raises the error k_at would). The
+        sampling steps are a lower bound of the calls (Heun and PNDM make more), so a config can be checked with
+        them before the model is loaded."""
+        k_max = self.k_bound(self.iterations - 1, calls)  # k never decreases along a schedule
+        if k_max + self.grad_steps > calls:
             raise ValueError(
                 f"k schedule {self.k_schedule!r} over {self.iterations} iterations reaches k={k_max}, but "
-                f"k + grad_steps must be <= steps ({steps}); use fewer iterations or a smaller schedule"
+                f"k + grad_steps must be <= the denoiser calls of a full generation ({calls}); use fewer "
+                f"iterations or a smaller schedule"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,16 +229,18 @@ def _gpo_budget(evaluator: Evaluator, config: GradientSearchConfig) -> float:
     return cap
 
 
-def _iteration_cost(config: GradientSearchConfig, k: int, n_seeds: int, steps: int) -> float:
-    """Full-generation equivalents of one iteration: ``samples x seeds`` trajectories of ``k + K`` of ``steps``."""
-    return config.samples * n_seeds * (k + config.grad_steps) / steps
+def _iteration_cost(config: GradientSearchConfig, k: int, n_seeds: int, calls: int) -> float:
+    """Full-generation equivalents of one iteration: ``samples x seeds`` shortcut passes of ``k + K`` denoiser
+    calls, a full generation making ``calls`` (:func:`dpo_diff.search.cost.shortcut_cost`)."""
+    return config.samples * n_seeds * shortcut_cost(k, config.grad_steps, calls)
 
 
-def affordable_iterations(evaluator: Evaluator, config: GradientSearchConfig, steps: int) -> int:
-    """How many iterations of the k schedule fit GPO's budget (``random`` schedules: counted at their largest k)."""
+def affordable_iterations(evaluator: Evaluator, config: GradientSearchConfig, calls: int) -> int:
+    """How many iterations of the k schedule fit GPO's budget, a full generation making ``calls`` denoiser calls
+    (``random`` schedules: counted at their largest k)."""
     budget, spent, n = _gpo_budget(evaluator, config), 0.0, 0
     while n < config.iterations:
-        spent += _iteration_cost(config, config.k_bound(n, steps), len(evaluator.seeds), steps)
+        spent += _iteration_cost(config, config.k_bound(n, calls), len(evaluator.seeds), calls)
         if spent > budget + 1e-9:
             break
         n += 1
@@ -331,13 +340,13 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
 
     ``resume``: a :meth:`GradientState.checkpoint` of an interrupted run; learning continues from it exactly.
     """
-    sc = problem.sampling
-    config.validate_for(sc.steps)
+    calls = generation_calls(problem)  # k and the charge count denoiser calls, not steps (Heun, PNDM: more)
+    config.validate_for(calls)
     mixture = WordMixture(problem.space.sizes)
     state = GradientState(mixture, _make_optimizer(mixture, config),
                           streams={"gumbel": torch_generator(seed, "gumbel"),
                                    "k": random.Random(derive_seed(seed, "k-schedule"))})
-    planned = affordable_iterations(evaluator, config, sc.steps)
+    planned = affordable_iterations(evaluator, config, calls)
     if resume is not None:
         state.restore(resume)
         evaluator.charge(state.gpo_cost)  # what the interrupted run spent learning, in the same order of magnitude
@@ -350,8 +359,8 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
     scale = config.loss_scale or (1024.0 if problem.compute_dtype == torch.float16 else 1.0)
     chunk = [_first_chunk(problem, config)]
     for it in range(len(state.log), config.iterations):
-        k = config.k_at(it, sc.steps, state.streams["k"])
-        cost = _iteration_cost(config, k, len(evaluator.seeds), sc.steps)
+        k = config.k_at(it, calls, state.streams["k"])
+        cost = _iteration_cost(config, k, len(evaluator.seeds), calls)
         if cost > _gpo_budget(evaluator, config) + 1e-9 or evaluator.out_of_time:
             break
         try:
