@@ -26,6 +26,7 @@ to the budget), so a run stopped early keeps an evaluated best-so-far prompt (an
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import re
@@ -258,23 +259,45 @@ def _seed_gradient(problem: Problem, relaxed, weights: torch.Tensor, seed: int, 
                    chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective gradient w.r.t. ``weights[M, S, O]`` and the M losses on one image seed. The M Gumbel samples go
     through the model in chunks of ``chunk[0]`` rows; on out-of-memory the chunk halves and the seed is redone."""
-    m = weights.shape[0]
     while True:
-        grad, losses = torch.zeros_like(weights), []
         try:
-            for lo in range(0, m, chunk[0]):
-                w = weights[lo : lo + chunk[0]].detach().requires_grad_(True)
-                part = relaxed(w, [seed] * w.shape[0], start_step=k, grad_steps=config.grad_steps)
-                objective = problem.task.objective(part).sum() * (scale / m)
-                grad[lo : lo + w.shape[0]] = torch.autograd.grad(objective, w)[0]
-                losses.append(part.detach().float())
-            return grad, torch.cat(losses)
+            return _chunked_gradient(problem, relaxed, weights, seed, k, config, scale, chunk[0])
         except torch.OutOfMemoryError:
             if chunk[0] == 1:
                 raise
-            chunk[0] = max(1, chunk[0] // 2)  # remembered for later seeds and iterations
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        # Retried only here, after the except block: until it ends, the exception's traceback pins the failed
+        # forward's frames and so its graph and activations, which would then share the GPU with the retry.
+        chunk[0] = max(1, chunk[0] // 2)  # remembered for later seeds and iterations
+        _release_memory()
+
+
+def _chunked_gradient(problem: Problem, relaxed, weights: torch.Tensor, seed: int, k: int, config, scale: float,
+                      chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    m = weights.shape[0]
+    grad, losses = torch.zeros_like(weights), []
+    for lo in range(0, m, chunk):
+        g, part = _chunk_gradient(problem, relaxed, weights[lo : lo + chunk], seed, k, config, scale / m)
+        grad[lo : lo + g.shape[0]] = g
+        losses.append(part)
+    return grad, torch.cat(losses)
+
+
+def _chunk_gradient(problem: Problem, relaxed, weights: torch.Tensor, seed: int, k: int, config,
+                    factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's gradient and detached losses; a function of its own so that no tensor of its graph (the loss,
+    the objective) outlives it and stays allocated while the next chunk runs."""
+    w = weights.detach().requires_grad_(True)
+    part = relaxed(w, [seed] * w.shape[0], start_step=k, grad_steps=config.grad_steps)
+    objective = problem.task.objective(part).sum() * factor
+    return torch.autograd.grad(objective, w)[0], part.detach().float()
+
+
+def _release_memory() -> None:
+    """Collect what an out-of-memory failure left (cycles included) and hand cached CUDA blocks back to the
+    driver, so a retry with a smaller chunk starts from the memory the failed attempt held."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _check_gradient(grad: torch.Tensor | None, it: int, scale: float, dtype) -> None:
