@@ -50,26 +50,40 @@ def user_baseline(problem, checker, prompt: str, seeds: list[int], report: list[
     return {"losses": dict(zip(seeds + report, losses[0].tolist())), "faithful": faith}
 
 
-def worth_searching(problem, checker, prompt: str, task: str, seeds: list[int]) -> bool:
+def worth_searching(problem, checker, prompt: str, task: str, seeds: list[int], attack_min_rate: float = 0.75) -> bool:
     """The paper's protocol, with ground truth: improve prompts the generator gets wrong (at most half right on the
-    screening seeds), attack prompts it gets right (at least 3 in 4); screened on seeds no result uses."""
+    screening seeds), attack prompts it gets right (at least ``attack_min_rate``, 3 in 4 by default); screened on
+    seeds no result uses."""
     from dpo_diff.world import summarize
 
     _, imgs = problem.losses([problem.space.render(problem.space.default)], seeds, keep_images=True)
     rate = summarize(checker.score(imgs, [prompt] * len(seeds)))["all_correct"]
-    return rate <= 0.5 if task == "improve" else rate >= 0.75
+    return rate <= 0.5 if task == "improve" else rate >= attack_min_rate
+
+
+def method_settings(args: argparse.Namespace) -> dict:
+    """The multi-fidelity and model-based searches' settings from the command line (saved in every record)."""
+    from dpo_diff.search.model_based import TPEConfig
+    from dpo_diff.search.multi_fidelity import MultiFidelityConfig
+
+    mf = MultiFidelityConfig(**{k: v for k, v in (("ladder", args.mf_ladder), ("screen_share", args.mf_share),
+                                                   ("rounds", args.mf_rounds)) if v is not None})
+    tpe = TPEConfig(**{k: v for k, v in (("ladder", args.tpe_ladder), ("keep", args.tpe_keep)) if v is not None})
+    return {"mf": mf, "tpe": tpe}
 
 
 def run_job(problem, checker, prompt: str, method: str, variant: str, root: int, report: list[int], base: dict,
-            budget: float) -> dict:
+            budget: float, settings: dict | None = None) -> dict:
     from dpo_diff.search.api import search
     from dpo_diff.search.selection import SelectionConfig
     from dpo_diff.world import summarize
 
     v = VARIANTS[variant]
     selection = SelectionConfig(v["rerank_top"], v["validation_seeds"])
+    settings = settings or {}
     t0 = time.perf_counter()
-    result = search(problem, method=method, budget=budget, seeds=v["seeds"], seed=root, selection=selection)
+    result = search(problem, method=method, budget=budget, seeds=v["seeds"], seed=root, selection=selection,
+                    **settings)
     chosen = result.best
     rows = result.extra.get("selection", {}).get("candidates")
     judged = list(v["seeds"]) + list(v["validation_seeds"] if rows else ())
@@ -85,7 +99,8 @@ def run_job(problem, checker, prompt: str, method: str, variant: str, root: int,
             "user_report_loss": sum(base["losses"][s] for s in report) / len(report),
             "best_report_loss": float(losses.mean()), "user_faithful": base["faithful"], "best_faithful": faith,
             "cost": result.cost, "seconds": time.perf_counter() - t0, "timings": result.timings,
-            "gpo_skipped": result.extra.get("gpo_skipped", "")}
+            "gpo_skipped": result.extra.get("gpo_skipped", ""), "mf_skipped": result.extra.get("mf_skipped", ""),
+            "settings": {k: c.to_dict() for k, c in settings.items() if k == method}}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -108,6 +123,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     report = list(parse_seeds(args.report_seeds))
     screen_seeds = list(parse_seeds(args.screen_seeds))
     sampling = SamplingConfig(args.steps, RECOMMENDED_GUIDANCE, batch_size=args.batch_size)
+    settings = method_settings(args)
     needed = sorted({s for v in args.variants for s in (*VARIANTS[v]["seeds"], *VARIANTS[v]["validation_seeds"])})
     for task in args.tasks:
         kind = "hard" if task == "improve" else args.attack_kind
@@ -118,7 +134,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             if space.is_trivial or kept >= args.n or space.num_candidates < args.min_candidates:
                 continue
             problem = Problem(space, Task(task), backend, judge, sampling)
-            if args.screen > 1 and not worth_searching(problem, checker, prompt, task, screen_seeds):
+            if args.screen > 1 and not worth_searching(problem, checker, prompt, task, screen_seeds,
+                                                       args.attack_min_rate):
                 continue
             kept += 1
             base = None
@@ -134,7 +151,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                             if base is None:
                                 base = user_baseline(problem, checker, prompt, needed, report)
                             rec = dict(zip(KEY, key))
-                            rec.update(run_job(problem, checker, prompt, method, variant, root, report, base, budget))
+                            rec.update(run_job(problem, checker, prompt, method, variant, root, report, base, budget,
+                                               settings))
                             rec["budget"] = budget
                             with path.open("a") as f:
                                 f.write(json.dumps(rec) + "\n")
@@ -269,6 +287,13 @@ def main() -> None:
     p.add_argument("--attack-kind", default="easy", choices=("easy", "hard"),
                    help="prompts to attack: easy (one object) or hard (incl. two objects: larger synonym spaces)")
     p.add_argument("--min-candidates", type=int, default=0, help="skip prompts whose space is smaller")
+    p.add_argument("--attack-min-rate", type=float, default=0.75,
+                   help="attack prompts: the generator right on at least this share of the screening seeds")
+    p.add_argument("--mf-ladder", default=None, help="mf: the fidelity ladder, e.g. steps:20%%,full")
+    p.add_argument("--mf-share", type=float, default=None, help="mf: budget share of the cheapest rung")
+    p.add_argument("--mf-rounds", type=int, default=None, help="mf: rounds (anytime)")
+    p.add_argument("--tpe-ladder", default=None, help="tpe: the ladder (default full: no previews)")
+    p.add_argument("--tpe-keep", type=float, default=None, help="tpe: share of a batch promoted past the cheap rung")
     p.add_argument("--methods", default="random,hybrid", type=lambda s: s.split(","))
     p.add_argument("--variants", default="1seed", type=lambda s: s.split(","))
     p.add_argument("--roots", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])

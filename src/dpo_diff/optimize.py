@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from dpo_diff.config_dict import from_known_keys
+from dpo_diff.fidelity import check_ladder
 from dpo_diff.search import DEFAULT_RERANK_TOP, METHODS
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
+from dpo_diff.search.model_based import TPEConfig
+from dpo_diff.search.multi_fidelity import MultiFidelityConfig
 from dpo_diff.search.selection import SelectionConfig
 from dpo_diff.space import SEARCH_TARGETS, SearchSpace, atomic_write_text
 
@@ -62,6 +65,8 @@ class OptimizeConfig:
     similarity_model: str | None = None  # sentence-embedding model (None: offline all-MiniLM-L6-v2)
     gpo: GradientSearchConfig = field(default_factory=GradientSearchConfig)
     epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
+    mf: MultiFidelityConfig = field(default_factory=MultiFidelityConfig)
+    tpe: TPEConfig = field(default_factory=TPEConfig)
     # seed-robust selection: re-rank the best 4 on 2 validation seeds (chosen above the search seeds when not given)
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))
     time_budget: float | None = None  # optional wall-clock limit of the search, seconds
@@ -77,6 +82,10 @@ class OptimizeConfig:
             self.gpo = GradientSearchConfig(**self.gpo)
         if isinstance(self.epo, dict):
             self.epo = EvolutionSearchConfig(**self.epo)
+        if isinstance(self.mf, dict):
+            self.mf = MultiFidelityConfig(**self.mf)
+        if isinstance(self.tpe, dict):
+            self.tpe = TPEConfig(**self.tpe)
         if isinstance(self.selection, dict):
             self.selection = SelectionConfig(**self.selection)
         if self.time_budget is not None and not self.time_budget > 0:
@@ -104,12 +113,15 @@ class OptimizeConfig:
             raise ValueError(f"similarity_threshold must be in [0, 1] or None, got {self.similarity_threshold}")
         if self.method in ("gpo", "hybrid"):
             self.gpo.validate_for(self.steps)
+        if self.method in ("mf", "tpe"):
+            check_ladder(getattr(self, self.method).ladder, self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["seeds"], d["report_seeds"] = list(self.seeds), list(self.report_seeds)
         d["eval_judges"] = list(self.eval_judges)
         d["selection"] = self.selection.to_dict()
+        d["mf"], d["tpe"] = self.mf.to_dict(), self.tpe.to_dict()  # lists, as config.json reads back
         return d
 
     @property
@@ -316,13 +328,14 @@ def final_judges(cfg: OptimizeConfig, problem, images, seeds_all: list[int]) -> 
 
 
 def load_progress(path: Path) -> tuple[dict, float]:
-    """Evaluations saved in ``progress.jsonl`` (by candidate) and the search seconds they took; unreadable lines
-    are skipped with a warning naming them."""
+    """Evaluations saved in ``progress.jsonl`` (by :attr:`~dpo_diff.search.base.Evaluation.key`: candidate, and
+    fidelity for previews) and the search seconds they took; unreadable lines are skipped with a warning naming
+    them."""
     from dpo_diff.files import read_jsonl
     from dpo_diff.search.base import Evaluation
 
     lines = read_jsonl(path, lambda d: (Evaluation.from_dict(d), float(d.get("elapsed_s", 0.0))), what="evaluation")
-    return {ev.candidate: ev for ev, _ in lines.records}, max((t for _, t in lines.records), default=0.0)
+    return {ev.key: ev for ev, _ in lines.records}, max((t for _, t in lines.records), default=0.0)
 
 
 GPO_STATE = "gpo_state.pt"  # the GPO checkpoint of a run folder (continued exactly on --resume)
@@ -377,12 +390,15 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
 
     def on_eval(ev) -> None:
         # Persist as we go: a crash or Ctrl-C leaves every finished evaluation and the best-so-far on disk.
-        if ev.candidate not in preloaded:
+        if ev.key not in preloaded:
             append_jsonl(progress_path, {**ev.to_dict(), "elapsed_s": earlier + time.perf_counter() - t0})
+        bar.n = ev.cost
+        if ev.fidelity != "full":  # a preview scores cheaply and is never the answer
+            bar.refresh()
+            return
         if not best_so_far or ev.objective < best_so_far[0].objective:
             best_so_far[:] = [ev]
             atomic_write_text(out / "best.json", json.dumps(ev.to_dict(), indent=2) + "\n")
-        bar.n = ev.cost
         bar.set_postfix(best=f"{problem.task.sign * best_so_far[0].objective:.4f}")
         bar.refresh()
 
@@ -404,7 +420,8 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         bar.close()
         return _Searched(None, user, space.default, note, t0, earlier)
     result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
-                    epo=cfg.epo, selection=cfg.selection, on_evaluation=on_eval, on_iteration=on_iter,
+                    epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, on_evaluation=on_eval,
+                    on_iteration=on_iter,
                     preloaded=preloaded, gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
                     time_budget=cfg.time_budget, should_stop=should_stop)
     bar.close()

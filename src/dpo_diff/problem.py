@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dpo_diff.fidelity import FULL, Fidelity
 from dpo_diff.space import Candidate, PromptPair, SearchSpace
 
 TASKS = ("improve", "attack")
@@ -101,14 +102,15 @@ class Problem:
         return torch.cat([imgs for _, imgs in self._batches(rows)]) if rows else torch.empty(0)
 
     def losses(self, pairs: Sequence[PromptPair], seeds: Sequence[int],
-               keep_images: bool = False) -> tuple[Tensor, Tensor | None]:
+               keep_images: bool = False, steps: int | None = None) -> tuple[Tensor, Tensor | None]:
         """The judge's loss to the user prompt, ``Tensor[N, S]``, from the full sampler (and the images); with an
-        objective, its ``J`` (:mod:`dpo_diff.judges.objective`)."""
+        objective, its ``J`` (:mod:`dpo_diff.judges.objective`). ``steps``: a few-step generation instead (the
+        same scheduler and seeds)."""
         from dpo_diff.judges.objective import judge_rows, judge_values
 
         rows = [(p, s) for p in pairs for s in seeds]
         losses, images = [], []
-        for _, imgs in self._batches(rows):
+        for _, imgs in self._batches(rows, steps):
             with torch.no_grad():
                 losses.append(judge_values(self.judge, imgs, self.user_prompt).cpu())  # [B] or [B, terms]
             if keep_images:
@@ -142,26 +144,79 @@ class Problem:
 
         return loss
 
-    def candidate_losses(self, candidates: Sequence[Candidate], seeds: Sequence[int]) -> Tensor:
-        """Exact losses ``Tensor[N, S]`` of candidates (rendered text, full sampler) - what searches query."""
-        return self.losses([self.render(c) for c in candidates], seeds)[0]
+    def candidate_losses(self, candidates: Sequence[Candidate], seeds: Sequence[int],
+                         fidelity: Fidelity | str = FULL) -> Tensor:
+        """Losses ``Tensor[N, S']`` of candidates at a fidelity (:mod:`dpo_diff.fidelity`; default the full sampler
+        on their exactly tokenized text, what searches are judged by). ``S'``: the fidelity's share of ``seeds``."""
+        fid = Fidelity.parse(fidelity, self.sampling.steps).normalized(self.sampling.steps, len(seeds))
+        fid.check(self.sampling.steps)
+        seeds = fid.seed_subset(tuple(seeds))
+        if fid.kind == "shortcut":
+            return self.shortcut_losses(candidates, seeds, fid.level)
+        steps = fid.level if fid.kind == "steps" else None
+        return self.losses([self.render(c) for c in candidates], seeds, steps=steps)[0]
 
-    def _batches(self, rows: list[tuple[PromptPair, int]]):
-        """Yield ``(rows, images)`` batches; on CUDA out-of-memory halve the batch size and retry."""
+    def calls_for(self, steps: int | None = None) -> int:
+        """Denoiser calls of a ``steps``-step generation (``None``: the sampler's), as its scheduler lays them out
+        (Heun: 2n - 1); the unit of :meth:`dpo_diff.fidelity.Fidelity.cost`."""
+        n = self.sampling.steps if steps is None else steps
+        cache = self.__dict__.setdefault("_calls", {})
+        if n not in cache:
+            sc = self.sampling
+            cache[n] = len(self.backend.new_scheduler(n, sc.height, sc.width).timesteps)
+        return cache[n]
+
+    def shortcut_losses(self, candidates: Sequence[Candidate], seeds: Sequence[int], k: int) -> Tensor:
+        """The no-grad shortcut loss ``Tensor[N, S]`` at each candidate's one-hot corner: k sampling steps, one more
+        model call, the x0 jump, decode, judge (the function GPO descends; corners encode as the rendered text)."""
+        from dpo_diff.judges.objective import judge_rows, judge_values
+        from dpo_diff.relax import WordMixture
+        from dpo_diff.shortcut import shortcut_images
+
+        sc, space = self.sampling, self.space
+        corners = WordMixture(space.sizes)
+        encode = self.__dict__.get("_corner_encode")
+        if encode is None:
+            encode = self._corner_encode = self.backend.relaxed_conditioning(space, guidance_scale=sc.guidance_scale)
+        rows = [(c, s) for c in candidates for s in seeds]
+
+        def run(chunk):
+            weights = torch.stack([corners.one_hot(c) for c, _ in chunk])
+            with torch.no_grad():
+                imgs = shortcut_images(self.backend, encode(weights), [s for _, s in chunk], steps=sc.steps,
+                                       guidance_scale=sc.guidance_scale, start_step=k, grad_steps=1,
+                                       height=sc.height, width=sc.width)
+                return judge_values(self.judge, imgs, self.user_prompt).cpu()
+
+        values = [v for _, v in self._backoff(rows, run)]
+        return (judge_rows(self.judge, torch.cat(values), len(candidates), seeds) if rows
+                else torch.empty(len(candidates), len(seeds)))
+
+    def _batches(self, rows: list[tuple[PromptPair, int]], steps: int | None = None):
+        """Yield ``(rows, images)`` batches of the sampler (``steps``: a few-step generation instead)."""
         sc = self.sampling
-        i, bs = 0, getattr(self, "_batch_size", sc.batch_size)
+
+        def run(chunk):
+            return self.backend.generate([p.prompt for p, _ in chunk], [p.negative_prompt for p, _ in chunk],
+                                         [s for _, s in chunk], steps=steps or sc.steps,
+                                         guidance_scale=sc.guidance_scale, height=sc.height, width=sc.width)
+
+        yield from self._backoff(rows, run)
+
+    def _backoff(self, rows: list, run: Callable[[list], Tensor]):
+        """Yield ``(rows, run(rows))`` in batches; on out-of-memory halve the batch size and retry."""
+        i, bs = 0, getattr(self, "_batch_size", self.sampling.batch_size)
         while i < len(rows):
             chunk = rows[i : i + bs]
             try:
-                imgs = self.backend.generate([p.prompt for p, _ in chunk], [p.negative_prompt for p, _ in chunk],
-                                             [s for _, s in chunk], steps=sc.steps, guidance_scale=sc.guidance_scale,
-                                             height=sc.height, width=sc.width)
+                out = run(chunk)
             except torch.OutOfMemoryError:
                 if bs == 1:
                     raise
                 bs = self._batch_size = max(1, bs // 2)  # remembered: later calls start from the size that fit
+                out = None  # free the failed attempt before the retry allocates
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            yield chunk, imgs
+            yield chunk, out
             i += len(chunk)

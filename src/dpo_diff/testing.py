@@ -206,7 +206,8 @@ class SyntheticProblem:
     """
 
     def __init__(self, space, task: str = "improve", costs=None, *, seed: int = 0, base: float = 0.8,
-                 noise: float = 0.01, steps: int = 50, constraint=None, relaxed_costs=None) -> None:
+                 noise: float = 0.01, steps: int = 50, constraint=None, relaxed_costs=None,
+                 preview_noise: float = 0.05) -> None:
         import torch
 
         from dpo_diff.problem import SamplingConfig, Task
@@ -223,7 +224,9 @@ class SyntheticProblem:
         # What the relaxed loss (GPO's gradient) sees; differs from ``costs`` to model a misleading gradient.
         self.relaxed_costs = self.costs if relaxed_costs is None else torch.as_tensor(relaxed_costs).float()
         self.base, self.noise = base, noise
-        self.calls = 0  # exact evaluations requested (candidate x seed rows)
+        self.calls = 0  # evaluations requested (candidate x seed rows, any fidelity)
+        self.fidelity_calls: dict[str, int] = {}  # the same by fidelity name
+        self.preview_noise = preview_noise
         self.compute_dtype = torch.float32
 
     @property
@@ -242,12 +245,30 @@ class SyntheticProblem:
         pick = (lambda row: row.argmin()) if self.task.name == "improve" else (lambda row: row.argmax())
         return tuple(int(pick(self.costs[i, :n])) for i, n in enumerate(self.space.sizes))
 
-    def candidate_losses(self, candidates, seeds):
+    def candidate_losses(self, candidates, seeds, fidelity="full"):
+        """Exact losses; at a cheaper fidelity (:mod:`dpo_diff.fidelity`) the same plus a deterministic per-
+        (candidate, fidelity) error of size ``preview_noise`` times the share of the sampler's calls it skips, so
+        cheap looks rank candidates worse than full ones and a look at full steps is exact."""
         import torch
 
+        from dpo_diff.fidelity import Fidelity
+        from dpo_diff.seeding import derive_seed
+
+        fid = Fidelity.parse(fidelity, self.sampling.steps).normalized(self.sampling.steps, len(seeds))
+        seeds = fid.seed_subset(tuple(seeds))
         self.calls += len(candidates) * len(seeds)
+        self.fidelity_calls[fid.name] = self.fidelity_calls.get(fid.name, 0) + len(candidates) * len(seeds)
         rows = [self.base + sum(float(self.costs[i, c]) for i, c in enumerate(cand)) for cand in candidates]
-        return torch.tensor(rows)[:, None] + self._seed_noise(seeds)[None, :]
+        out = torch.tensor(rows)[:, None] + self._seed_noise(seeds)[None, :]
+        if fid.kind != "full":
+            skipped = 1 - fid.model_calls(self.calls_for) / self.calls_for(None)
+            err = [self.preview_noise * skipped * ((derive_seed(0, tuple(c), fid.name) % 1000) / 1000 - 0.5)
+                   for c in candidates]
+            out = out + torch.tensor(err)[:, None]
+        return out
+
+    def calls_for(self, steps=None) -> int:
+        return self.sampling.steps if steps is None else steps
 
     def losses(self, pairs, seeds, keep_images=False):
         raise NotImplementedError("SyntheticProblem scores candidates, not prompt texts")

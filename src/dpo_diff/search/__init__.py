@@ -1,8 +1,9 @@
-"""Searches over a prompt's space: GPO (shortcut text gradient), EPO (evolution), their hybrid and random search.
+"""Searches over a prompt's space: GPO (shortcut text gradient), EPO (evolution), their hybrid, random search,
+multi-fidelity successive halving (mf) and model-based search (tpe, optuna's TPE).
 
 Only constants live here, so that configuration code can name the methods without importing torch.
 """
 
-METHODS = ("hybrid", "gpo", "epo", "random")  # the one list of search methods; hybrid (the paper's best) first
+METHODS = ("hybrid", "gpo", "epo", "random", "mf", "tpe")  # the one list of search methods; the default first
 GPO_PRESET_NAMES = ("robust", "paper")  # dpo_diff.search.gradient.GPO_PRESETS, by name
 DEFAULT_RERANK_TOP = 4  # seed-robust selection of optimize, bench and demo (docs/world_bench.md: the measurement)

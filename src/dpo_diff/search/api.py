@@ -6,6 +6,10 @@ Methods (all at the same, honestly counted budget, see :mod:`dpo_diff.search.bas
 * ``gpo``: shortcut-gradient training, then samples from the learned distribution (GPO-sampling).
 * ``epo``: evolutionary search from a uniform population.
 * ``random``: uniform random search, the baseline.
+* ``mf``: multi-fidelity successive halving: many cheap looks (the no-grad shortcut loss, few-step generations),
+  full evaluations for the best (:mod:`dpo_diff.search.multi_fidelity`).
+* ``tpe``: optuna's Tree-structured Parzen Estimator, optionally with a cheap rung
+  (:mod:`dpo_diff.search.model_based`).
 
 Whatever the method, a space whose every candidate fits the budget is enumerated (nothing is left to chance), and
 with a :class:`~dpo_diff.search.selection.SelectionConfig` the best candidates are re-ranked on validation seeds.
@@ -22,6 +26,8 @@ from dpo_diff.search.base import BudgetExhausted, Evaluation, Evaluator, Nothing
 from dpo_diff.search.evolution import EvolutionSearchConfig, evolution_search
 from dpo_diff.search.gradient import GradientSearchConfig, GradientState, gradient_search
 from dpo_diff.search.hybrid import hybrid_search
+from dpo_diff.search.model_based import TPEConfig, tpe_search
+from dpo_diff.search.multi_fidelity import MultiFidelityConfig, multi_fidelity_search
 from dpo_diff.search.random_search import random_search
 from dpo_diff.search.selection import SelectionConfig, rerank
 
@@ -30,7 +36,8 @@ __all__ = ["METHODS", "search"]
 
 def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequence[int] = (0,), seed: int = 0,
            gpo: GradientSearchConfig | None = None, epo: EvolutionSearchConfig | None = None,
-           selection: SelectionConfig | None = None,
+           selection: SelectionConfig | None = None, mf: MultiFidelityConfig | None = None,
+           tpe: TPEConfig | None = None,
            on_evaluation: Callable[[Evaluation], None] | None = None,
            on_iteration: Callable[[GradientState], None] | None = None,
            preloaded: dict | None = None, gpo_resume: dict[str, Any] | None = None,
@@ -44,6 +51,7 @@ def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequ
         seeds: image seeds the search sees; a candidate evaluation costs ``len(seeds)``.
         seed: root of the search's random streams; the same seed gives the same result.
         selection: re-rank the best candidates on validation seeds (budget reserved up front).
+        mf, tpe: settings of the multi-fidelity and model-based searches (defaults when ``None``).
         on_evaluation: called after every new evaluation (to persist progress).
         preloaded: evaluations from an interrupted run, reused without generating again.
         gpo_resume: the GPO checkpoint of an interrupted run (continued exactly instead of re-learned).
@@ -75,6 +83,10 @@ def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequ
                                resume=gpo_resume)
     elif method == "epo":
         result = evolution_search(problem, evaluator, epo, seed=seed)
+    elif method == "mf":
+        result = multi_fidelity_search(problem, evaluator, mf, seed=seed)
+    elif method == "tpe":
+        result = tpe_search(problem, evaluator, tpe, seed=seed)
     else:
         result = random_search(problem, evaluator, seed=seed)
     if evaluator.cancelled:

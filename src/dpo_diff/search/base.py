@@ -2,8 +2,10 @@
 
 Cost is counted in one place, :class:`Evaluator`, in *full-generation equivalents*: one full sampler run for one
 seed costs 1, so evaluating a candidate on S search seeds costs S; a shortcut-gradient (GPO) iteration costs
-``(k + K) / steps`` per seed (the no-grad prefix plus the grad-enabled UNet calls). A candidate is never evaluated
-twice and candidates rejected by the meaning constraint cost nothing.
+``(k + K) / steps`` per seed (the no-grad prefix plus the grad-enabled UNet calls), and a look at a cheaper
+fidelity (:mod:`dpo_diff.fidelity`: a few-step generation, the no-grad shortcut loss, fewer seeds) costs what
+:meth:`~dpo_diff.fidelity.Fidelity.cost` says. A candidate is never evaluated twice at one fidelity, and candidates
+rejected by the meaning constraint cost nothing. Only full-fidelity evaluations compete for the best answer.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpo_diff.fidelity import FULL, Fidelity
 from dpo_diff.problem import Problem
 from dpo_diff.space import Candidate
 
@@ -36,15 +39,26 @@ class Evaluation:
     objective: float  # task-signed mean loss (lower is better for every task)
     cost: float  # cumulative cost after this evaluation
     source: str = ""  # which search step produced it ("init", "mutation", "gpo-sample", ...)
+    fidelity: str = "full"  # how it was scored (dpo_diff.fidelity): only "full" competes for the answer
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate": list(self.candidate), "prompt": self.prompt, "negative_prompt": self.negative_prompt,
-                "losses": self.losses, "objective": self.objective, "cost": self.cost, "source": self.source}
+                "losses": self.losses, "objective": self.objective, "cost": self.cost, "source": self.source,
+                "fidelity": self.fidelity}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Evaluation:
         return cls(tuple(d["candidate"]), d["prompt"], d["negative_prompt"], list(d["losses"]), d["objective"],
-                   d["cost"], d.get("source", ""))
+                   d["cost"], d.get("source", ""), d.get("fidelity", "full"))
+
+    @property
+    def key(self) -> Candidate | tuple[Candidate, str]:
+        """Where it is kept: the candidate for a full evaluation, ``(candidate, fidelity)`` for a preview."""
+        return preview_key(self.candidate, self.fidelity)
+
+
+def preview_key(candidate: Candidate, fidelity: str) -> Candidate | tuple[Candidate, str]:
+    return tuple(candidate) if fidelity == "full" else (tuple(candidate), fidelity)
 
 
 @dataclass
@@ -56,9 +70,9 @@ class Evaluator:
         seeds: image seeds used during the search (report seeds are held out elsewhere).
         budget: total cost allowed, in full-generation equivalents.
         on_evaluation: called after each new evaluation (used to write progress to disk).
-        preloaded: evaluations restored from a previous run (``--resume``). They are not generated again, but
-            their cost is charged when the search asks for them, so a resumed run follows exactly the same path and
-            budget as an uninterrupted one.
+        preloaded: evaluations restored from a previous run (``--resume``), keyed by :attr:`Evaluation.key`.
+            They are not generated again, but their cost is charged when the search asks for them, so a resumed run
+            follows exactly the same path and budget as an uninterrupted one (previews included).
         time_budget: optional wall-clock limit in seconds (``bench --time-budget``): once spent, nothing more is
             afforded, so methods can be compared at equal time on one machine as well as at equal cost.
         should_stop: optional cancellation check (e.g. a ``threading.Event``'s ``is_set`` from a UI's cancel
@@ -73,10 +87,12 @@ class Evaluator:
     seeds: tuple[int, ...]
     budget: float
     on_evaluation: Callable[[Evaluation], None] | None = None
-    preloaded: dict[Candidate, Evaluation] = field(default_factory=dict)
+    preloaded: dict[Any, Evaluation] = field(default_factory=dict)
     cost: float = 0.0
     evaluations: dict[Candidate, Evaluation] = field(default_factory=dict)
+    previews: dict[tuple[Candidate, str], Evaluation] = field(default_factory=dict)  # (candidate, fidelity) -> score
     rejected: dict[Candidate, str] = field(default_factory=dict)
+    approved: set[Candidate] = field(default_factory=set)  # passed the meaning constraint (not asked again)
     history: list[tuple[float, float]] = field(default_factory=list)  # (cost, best objective so far)
     started: float = field(default_factory=time.perf_counter)
     time_budget: float | None = None
@@ -98,7 +114,23 @@ class Evaluator:
 
     @property
     def evaluation_cost(self) -> float:
+        """The cost of one full evaluation: one generation per search seed."""
         return float(len(self.seeds))
+
+    def fidelity(self, spec: Fidelity | str) -> Fidelity:
+        """``spec`` checked against the problem and with settings that change nothing dropped (full steps: full)."""
+        steps = self.problem.sampling.steps
+        fid = Fidelity.parse(spec, steps).normalized(steps, len(self.seeds))
+        fid.check(steps)
+        return fid
+
+    def cost_of(self, fidelity: Fidelity | str = FULL) -> float:
+        """Full-generation equivalents of one candidate at ``fidelity`` (the one rule, :meth:`Fidelity.cost`)."""
+        fid = self.fidelity(fidelity)
+        if fid.is_full:
+            return self.evaluation_cost
+        calls = getattr(self.problem, "calls_for", None) or (lambda n: n or self.problem.sampling.steps)
+        return fid.cost(calls, len(self.seeds))
 
     @property
     def cancelled(self) -> bool:
@@ -136,49 +168,55 @@ class Evaluator:
         """Filter by the meaning constraint (free of cost); remembers rejections."""
         if self.problem.constraint is None:
             return list(candidates)
-        todo = [c for c in candidates if c not in self.rejected and c not in self.evaluations]
+        todo = [c for c in dict.fromkeys(candidates) if c not in self.rejected and c not in self.approved]
         if todo:
             prompts = [self.problem.render(c).prompt for c in todo]
             for c, ok in zip(todo, self.problem.constraint(self.problem.user_prompt, prompts)):
-                if not ok:
+                if ok:
+                    self.approved.add(c)
+                else:
                     self.rejected[c] = self.problem.render(c).prompt
         return [c for c in candidates if c not in self.rejected]
 
-    def evaluate(self, candidates: Sequence[Candidate], source: str = "") -> list[Evaluation | None]:
-        """Evaluate (or look up) candidates, in order. New ones are charged; rejected ones give ``None``.
+    def evaluate(self, candidates: Sequence[Candidate], source: str = "",
+                 fidelity: Fidelity | str = FULL) -> list[Evaluation | None]:
+        """Evaluate (or look up) candidates at ``fidelity``, in order. New ones are charged; rejected ones give
+        ``None``. Previews (any fidelity but ``full``) are kept in :attr:`previews` and never become the answer.
 
         Evaluates as many new candidates as the budget allows (in one batch), then raises
         :class:`BudgetExhausted` if some could not be afforded.
         """
+        fid = self.fidelity(fidelity)
+        store = self.evaluations if fid.is_full else self.previews
+        key = (lambda c: c) if fid.is_full else (lambda c: (c, fid.name))
         ok = set(self.accepted(candidates))
-        new: list[Candidate] = []
-        for c in dict.fromkeys(candidates):
-            if c in ok and c not in self.evaluations and c not in new:
-                new.append(c)
-        affordable = 0 if self.out_of_time else int((self.remaining + 1e-9) // self.evaluation_cost)
+        new = [c for c in dict.fromkeys(candidates) if c in ok and key(c) not in store]
+        unit = self.cost_of(fid)
+        affordable = 0 if self.out_of_time else int((self.remaining + 1e-9) // unit)
         run, short = new[:affordable], len(new) > affordable
-        reuse = [c for c in run if c in self.preloaded]
-        fresh = [c for c in run if c not in self.preloaded]
+        fresh = [c for c in run if key(c) not in self.preloaded]
         results = {}
         if fresh:
             t0 = time.perf_counter()
-            losses = self.problem.candidate_losses(fresh, self.seeds)
+            # Full evaluations keep the two-argument call, so any problem-like object (a test's spy) still works.
+            losses = (self.problem.candidate_losses(fresh, self.seeds) if fid.is_full
+                      else self.problem.candidate_losses(fresh, self.seeds, fid))
             results = {c: [float(x) for x in row] for c, row in zip(fresh, losses)}
-            self.timings["evaluation"] = self.timings.get("evaluation", 0.0) + time.perf_counter() - t0
+            phase = "evaluation" if fid.is_full else "preview"
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
         for c in run:
-            row = self.preloaded[c].losses if c in reuse else results[c]
+            row = results[c] if c in results else self.preloaded[key(c)].losses
             pair = self.problem.render(c)
-            mean = sum(row) / len(row)
-            self.cost += self.evaluation_cost
-            ev = Evaluation(c, pair.prompt, pair.negative_prompt, row, float(self.problem.task.objective(mean)),
-                            self.cost, source)
-            self.evaluations[c] = ev
+            self.cost += unit
+            ev = Evaluation(c, pair.prompt, pair.negative_prompt, row,
+                            float(self.problem.task.objective(sum(row) / len(row))), self.cost, source, fid.name)
+            store[key(c)] = ev
             self._record_history()
             if self.on_evaluation:
                 self.on_evaluation(ev)
         if short:
             raise BudgetExhausted
-        return [self.evaluations.get(c) for c in candidates]
+        return [store.get(key(c)) for c in candidates]
 
 
 @dataclass
@@ -195,6 +233,7 @@ class SearchResult:
     rejected: dict[Candidate, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    previews: list[Evaluation] = field(default_factory=list)  # scores at cheaper fidelities (dpo_diff.fidelity)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -206,6 +245,7 @@ class SearchResult:
             "timings": self.timings,
             "history": [list(h) for h in self.history],
             "evaluations": [e.to_dict() for e in self.evaluations],
+            "previews": [e.to_dict() for e in self.previews],
             "rejected": [{"candidate": list(c), "prompt": p} for c, p in self.rejected.items()],
             "extra": self.extra,
         }
@@ -226,4 +266,5 @@ def finish(method: str, ev: Evaluator, extra: dict[str, Any] | None = None) -> S
             )
         raise ValueError(f"no candidate could be evaluated within the budget {ev.budget}")
     return SearchResult(method, best, list(ev.evaluations.values()), list(ev.history), ev.cost, ev.budget,
-                        time.perf_counter() - ev.started, dict(ev.rejected), extra or {}, dict(ev.timings))
+                        time.perf_counter() - ev.started, dict(ev.rejected), extra or {}, dict(ev.timings),
+                        list(ev.previews.values()))
