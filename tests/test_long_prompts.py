@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpo_diff.relax import WordMixture, _side_corners, corner_gaps
+from dpo_diff.relax import WordMixture
 from dpo_diff.relax_chunks import side_templates, template_chunks
+from dpo_diff.relax_gaps import _side_corners, corner_gaps
 from dpo_diff.space import SearchSpace, space_from_substitutes
 
 FILLER = " ".join(["a big red house next to a small green tree"] * 6)

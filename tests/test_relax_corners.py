@@ -12,7 +12,8 @@ import itertools
 import pytest
 import torch
 
-from dpo_diff.relax import WordMixture, corner_gaps, encode_mixed, negative_template, positive_template
+from dpo_diff.relax import WordMixture, encode_mixed, negative_template, positive_template
+from dpo_diff.relax_gaps import corner_gaps
 from dpo_diff.space import SearchSpace, Slot, space_from_substitutes
 
 SPACE = space_from_substitutes(

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from dpo_diff.backends.base import load_backend
-from dpo_diff.relax import PromptTooLongError, WordMixture, corner_gaps, negative_template, positive_template
+from dpo_diff.relax import PromptTooLongError, WordMixture, negative_template, positive_template
+from dpo_diff.relax_gaps import corner_gaps
 from dpo_diff.space import SearchSpace, space_from_substitutes
 
 BASE = space_from_substitutes(

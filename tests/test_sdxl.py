@@ -8,7 +8,8 @@ import torch
 
 from dpo_diff.backends.base import Conditioning
 from dpo_diff.backends.sdxl import StableDiffusionXLBackend
-from dpo_diff.relax import WordMixture, _side_corners, corner_gaps
+from dpo_diff.relax import WordMixture
+from dpo_diff.relax_gaps import _side_corners, corner_gaps
 from dpo_diff.shortcut import SavedTensorBytes, shortcut_images
 from dpo_diff.space import SearchSpace, space_from_substitutes
 from dpo_diff.testing import record_scheduler_steps

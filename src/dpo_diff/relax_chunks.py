@@ -11,7 +11,7 @@ into the same chunks: a slot's option length shifts the later tokens, across chu
 EOS and padding move with the content. So each one-hot corner encodes exactly as its rendered text, in every chunk.
 Where the corners of a space need different chunk counts, the relaxation keeps the largest and :func:`key_mask`
 hides a chunk from cross-attention with the probability that no side needs it: at a corner that needs fewer chunks
-the denoiser sees exactly its own chunks (:func:`~dpo_diff.relax.corner_gaps` compares the text encoder's states,
+the denoiser sees exactly its own chunks (:func:`~dpo_diff.relax_gaps.corner_gaps` compares the text encoder's states,
 the texts padded with empty chunks to the relaxation's count).
 """
 
@@ -65,7 +65,7 @@ class ChunkedTemplate:
     """One side's relaxation laid into ``chunks`` chunks of ``length`` tokens (see the module docstring).
 
     ``flat``: the side's :class:`PromptTemplate` as one long sequence (``BOS, content, EOS, padding``) long enough
-    for every layout. Offers what :func:`encode_side` and :func:`~dpo_diff.relax.corner_gaps` use of a template:
+    for every layout. Offers what :func:`encode_side` and :func:`~dpo_diff.relax_gaps.corner_gaps` use of a template:
     ``slots``, ``input_ids`` (placeholders: the longest layout), ``corner_ids`` and ``mix``.
     """
 

@@ -14,10 +14,10 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dpo_diff.config_dict import from_known_keys
+from dpo_diff.loading import model_fingerprint  # in loading: judges use it and must not import bench
 from dpo_diff.search import DEFAULT_RERANK_TOP
 from dpo_diff.search import METHODS as SEARCH_METHOD_NAMES
 from dpo_diff.search.evolution import EvolutionSearchConfig
@@ -199,29 +199,6 @@ class BenchConfig:
 
 def _hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def model_fingerprint(source: str) -> str:
-    """A hub id as is; a local file or folder as a hash of its files' names, sizes and first/last MiB.
-
-    Hashing whole multi-GB checkpoints would take tens of seconds; the head and tail of each file (headers, last
-    layers) and its size change whenever the weights are retrained or replaced.
-    """
-    p = Path(source)
-    if not source or not p.exists():
-        return source
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    h = hashlib.sha256()
-    chunk = 1 << 20
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(p) if p.is_dir() else f.name}:{size}".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(chunk))
-            if size > 2 * chunk:
-                fh.seek(size - chunk)
-                h.update(fh.read(chunk))
-    return f"sha256:{h.hexdigest()[:16]}"
 
 
 def diff_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

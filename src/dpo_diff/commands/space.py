@@ -198,7 +198,8 @@ def _gap_backend(model: str) -> Any:
 
 def _gap_line(space: Any, backend: Any, corners: int) -> str:
     """How far the relaxation's one-hot corners encode from their rendered text (0: exactly the text)."""
-    from dpo_diff.relax import PromptTooLongError, corner_gaps
+    from dpo_diff.relax import PromptTooLongError
+    from dpo_diff.relax_gaps import corner_gaps
 
     try:
         gaps = corner_gaps(space, backend, max_corners=corners)

@@ -191,7 +191,7 @@ def display_source(source: str) -> str:
 
 def source_fingerprints(specs: list[JudgeSpec]) -> list[str]:
     """Specs with local files replaced by content fingerprints (bench keys must change when weights do)."""
-    from dpo_diff.bench.config import model_fingerprint
+    from dpo_diff.loading import model_fingerprint
 
     out = []
     for s in specs:
