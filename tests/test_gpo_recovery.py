@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import weakref
 
+import pytest
 import torch
 
+from dpo_diff.optimize import load_gpo_state, save_gpo_state
+from dpo_diff.relax import WordMixture
 from dpo_diff.search.base import Evaluator
-from dpo_diff.search.gradient import GradientSearchConfig, train_mixture
+from dpo_diff.search.gradient import GradientSearchConfig, gpo_extra, train_mixture
 from dpo_diff.testing import SyntheticProblem, synthetic_space
 
 ONE_SHOT = dict(budget_share=None, min_iterations=1, score_every=0)
@@ -47,3 +50,58 @@ def test_an_out_of_memory_retry_starts_after_the_failed_graph_is_freed():
     assert problem.alive_at_retry == [False, False], "the retry ran while the failed attempt's tensors were alive"
     assert problem.calls == 2 + 4  # 2 chunks of 2 (the second fails), then the seed again in 4 chunks of 1
     assert len(state.log) == 1 and torch.isfinite(state.mixture.logits).all()
+
+
+class Fp16Overflow(SyntheticProblem):
+    """An fp16 problem whose backward overflows above a loss scale: the loss passes through fp16 times 1e-3, so its
+    gradient is 1e3 x scale / samples in fp16, inf above 65504 (a scale above 65 with one sample)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.compute_dtype, self.forwards = torch.float16, 0
+
+    def relaxation(self):
+        real = super().relaxation()
+
+        def loss(weights, seeds, **kw):
+            self.forwards += 1
+            return (real(weights, seeds, **kw).half() * 1e-3).float() * 1e3
+
+        return loss
+
+
+FP16 = GradientSearchConfig(iterations=8, samples=1, **ONE_SHOT)
+
+
+def test_an_fp16_overflow_halves_the_loss_scale_and_redoes_the_iteration():
+    problem = Fp16Overflow(synthetic_space(3, 4), seed=0)
+    state = train_mixture(problem, Evaluator(problem, (0,), 40), FP16, seed=0)
+    assert len(state.log) == 8 and torch.isfinite(state.mixture.logits).all()
+    assert not torch.equal(state.mixture.logits, WordMixture(problem.space.sizes).logits), "nothing was learned"
+    # 1024 -> 64 at iteration 0; 5 clean iterations double it (0-4); 128 overflows again at iteration 5
+    assert [(b["iteration"], b["from"]) for b in state.loss_scale.backoffs] == [
+        (0, 1024), (0, 512), (0, 256), (0, 128), (5, 128)]
+    assert state.loss_scale.scale == 64 and problem.forwards == 8 + 5
+    assert gpo_extra(state)["loss_scale"] == {"final": 64, "backoffs": state.loss_scale.backoffs}
+
+
+def test_a_resumed_fp16_run_continues_with_its_loss_scale(tmp_path):
+    problem = Fp16Overflow(synthetic_space(3, 4), seed=0)
+    full = train_mixture(problem, Evaluator(problem, (0,), 40), FP16, seed=0)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_four(state):
+        save_gpo_state(tmp_path / "gpo.pt", state.checkpoint())
+        if len(state.log) == 4:  # 4 clean iterations at 64: the fifth doubles the scale
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_mixture(problem, Evaluator(problem, (0,), 40), FP16, seed=0, on_iteration=crash_after_four)
+    again = Fp16Overflow(synthetic_space(3, 4), seed=0)
+    ckpt = load_gpo_state(tmp_path / "gpo.pt")
+    resumed = train_mixture(again, Evaluator(again, (0,), 40), FP16, seed=0, resume=ckpt)
+    assert resumed.loss_scale.state_dict() == full.loss_scale.state_dict()
+    assert again.forwards == 4 + 1  # iterations 4-7 and one redo at 5, as in the uninterrupted run
+    assert torch.equal(resumed.mixture.logits, full.mixture.logits)

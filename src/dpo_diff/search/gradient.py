@@ -51,6 +51,10 @@ class GradientError(RuntimeError):
     """The text gradient is unusable (non-finite, or exactly zero: e.g. fp16 underflow)."""
 
 
+class GradientOverflow(GradientError):
+    """A non-finite text gradient: under fp16's dynamic loss scale, the scale backs off and the iteration is redone."""
+
+
 class NaNLossError(RuntimeError):
     """The loss became NaN; the last good state was saved."""
 
@@ -102,13 +106,22 @@ class GradientSearchConfig:
     budget_share: float | None = 0.3  # GPO stops at this fraction of the budget; None: only `iterations` limits it
     min_iterations: int = 3  # fewer affordable iterations than this: skip GPO (sample the prior instead)
     score_every: int = 5  # score the learned argmax exactly every this many iterations (anytime best); 0: never
-    loss_scale: float | None = None  # None: 1 for fp32/bf16, 1024 for fp16 (keeps the text gradient from underflowing)
+    # fp16: the first loss scale (None: 1024, which keeps the text gradient from underflowing), then dynamic as in
+    # torch.amp.GradScaler (see LossScale); other dtypes: a fixed scale (None: 1)
+    loss_scale: float | None = None
+    # fp16: the scale doubles after this many iterations without overflow. GradScaler's 2000 suits training runs of
+    # 1e5 steps; GPO runs ~20 iterations, where 2000 would make every back-off permanent and leave the text gradient
+    # closer to underflow for the rest of the run. 5 lets it climb back 3-4 times per run, at the price of at most
+    # one redone iteration in 6 where the scale sits just below overflow.
+    loss_scale_growth: int = 5
 
     def __post_init__(self) -> None:
         parse_k_schedule(self.k_schedule)
         if self.sample_chunk is not None and self.sample_chunk < 1:
             raise ValueError(f"sample_chunk must be >= 1 or None, got {self.sample_chunk}")
-        for name in ("iterations", "grad_steps", "samples", "min_iterations"):
+        if self.loss_scale is not None and not 0 < self.loss_scale < math.inf:
+            raise ValueError(f"loss_scale must be a positive finite number or None, got {self.loss_scale}")
+        for name in ("iterations", "grad_steps", "samples", "min_iterations", "loss_scale_growth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("num_samples", "score_every"):
@@ -175,6 +188,35 @@ GPO_PRESETS: dict[str, GradientSearchConfig] = {  # names also in dpo_diff.searc
 
 
 @dataclass
+class LossScale:
+    """The text gradient's loss scale. ``dynamic`` (fp16) as ``torch.amp.GradScaler``: an overflow halves it (GPO
+    then redoes the iteration) and ``growth_interval`` clean iterations in a row double it; fixed otherwise."""
+
+    scale: float
+    dynamic: bool = False
+    growth_interval: int = 5
+    clean: int = 0  # clean iterations since the last back-off or growth
+    backoffs: list[dict[str, float]] = field(default_factory=list)  # iteration, scale before and after
+
+    def back_off(self, iteration: int) -> None:
+        self.backoffs.append({"iteration": iteration, "from": self.scale, "to": self.scale / 2})
+        self.scale, self.clean = self.scale / 2, 0
+
+    def clean_step(self) -> None:
+        if not self.dynamic:
+            return
+        self.clean += 1
+        if self.clean >= self.growth_interval:
+            self.scale, self.clean = self.scale * 2, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "clean": self.clean, "backoffs": [dict(b) for b in self.backoffs]}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.scale, self.clean, self.backoffs = float(d["scale"]), int(d["clean"]), [dict(b) for b in d["backoffs"]]
+
+
+@dataclass
 class GradientState:
     """What GPO learned: the mixture, the best iterate and a per-iteration log; :meth:`checkpoint` captures
     everything needed to continue exactly (optimizer moments and random streams included)."""
@@ -189,13 +231,15 @@ class GradientState:
     scored: list[tuple[int, ...]] = field(default_factory=list)  # candidates scored exactly while learning
     gpo_cost: float = 0.0  # budget charged by the gradient iterations themselves
     streams: dict[str, Any] = field(default_factory=dict)
+    loss_scale: LossScale = field(default_factory=lambda: LossScale(1.0))
 
     def checkpoint(self) -> dict[str, Any]:
         return {"logits": self.mixture.logits.detach().cpu().clone(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "best_logits": self.best_logits, "best_loss": self.best_loss, "best_k": self.best_k,
                 "log": list(self.log), "scored": list(self.scored), "gpo_cost": self.gpo_cost,
-                "streams": {"gumbel": self.streams["gumbel"].get_state(), "k": self.streams["k"].getstate()}}
+                "streams": {"gumbel": self.streams["gumbel"].get_state(), "k": self.streams["k"].getstate()},
+                "loss_scale": self.loss_scale.state_dict()}
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -206,6 +250,8 @@ class GradientState:
         self.log, self.scored, self.gpo_cost = list(ckpt["log"]), [tuple(c) for c in ckpt["scored"]], ckpt["gpo_cost"]
         self.streams["gumbel"].set_state(ckpt["streams"]["gumbel"])
         self.streams["k"].setstate(ckpt["streams"]["k"])
+        if "loss_scale" in ckpt:  # checkpoints written before the scale was dynamic start from the first scale
+            self.loss_scale.load_state_dict(ckpt["loss_scale"])
 
 
 def _make_optimizer(mixture: WordMixture, config: GradientSearchConfig) -> torch.optim.Optimizer:
@@ -302,8 +348,8 @@ def _release_memory() -> None:
 
 def _check_gradient(grad: torch.Tensor | None, it: int, scale: float, dtype) -> None:
     if grad is None or not torch.isfinite(grad).all():
-        raise GradientError(f"non-finite text gradient at iteration {it} (loss scale {scale}); with fp16 use "
-                            f"bf16 or a smaller loss_scale")
+        raise GradientOverflow(f"non-finite text gradient at iteration {it} (loss scale {scale}); with fp16 use "
+                               f"bf16 or a smaller loss_scale")
     if not grad.abs().sum() > 0:
         raise GradientError(
             f"the text gradient is exactly zero at iteration {it} (dtype {dtype}); in fp16 it can "
@@ -339,6 +385,35 @@ def _gpo_step(problem: Problem, relaxed, state: GradientState, config: GradientS
     return float(loss)
 
 
+MAX_BACKOFFS = 16  # per iteration (1024 -> 1/64): an overflow that survives them is not the scale's (e.g. NaN weights)
+
+
+def _first_loss_scale(problem: Problem, config: GradientSearchConfig) -> LossScale:
+    fp16 = problem.compute_dtype == torch.float16
+    return LossScale(config.loss_scale or (1024.0 if fp16 else 1.0), dynamic=fp16,
+                     growth_interval=config.loss_scale_growth)
+
+
+def _scaled_step(problem: Problem, relaxed, state: GradientState, config: GradientSearchConfig, it: int, k: int,
+                 seeds: Sequence[int], chunk: list[int], timings: dict[str, float]) -> float:
+    """One iteration under the loss scale. Dynamic (fp16): an overflow halves the scale and redoes the iteration on
+    the same Gumbel samples (GradScaler skips the step instead; GPO's ~20 iterations cannot spare one); the redone
+    work is not charged, so fp16 learns on the budget bf16 would. Other dtypes: a non-finite gradient raises."""
+    scale = state.loss_scale
+    gumbel = state.streams["gumbel"].get_state()
+    for attempt in range(MAX_BACKOFFS + 1):
+        try:
+            loss = _gpo_step(problem, relaxed, state, config, it, k, seeds, scale.scale, chunk, timings)
+            break
+        except GradientOverflow:
+            if not scale.dynamic or attempt == MAX_BACKOFFS:
+                raise
+        scale.back_off(it)
+        state.streams["gumbel"].set_state(gumbel)
+    scale.clean_step()
+    return loss
+
+
 def _update(state: GradientState, config: GradientSearchConfig, value: float, k: int) -> None:
     """Best-iterate tracking *before* the step (the loss belongs to the logits it was measured at), compared only
     between iterations at the same k (a larger k sees a less noisy x0, so its losses are not comparable)."""
@@ -368,7 +443,8 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
     mixture = WordMixture(problem.space.sizes)
     state = GradientState(mixture, _make_optimizer(mixture, config),
                           streams={"gumbel": torch_generator(seed, "gumbel"),
-                                   "k": random.Random(derive_seed(seed, "k-schedule"))})
+                                   "k": random.Random(derive_seed(seed, "k-schedule"))},
+                          loss_scale=_first_loss_scale(problem, config))
     planned = affordable_iterations(evaluator, config, calls)
     if resume is not None:
         state.restore(resume)
@@ -379,7 +455,6 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
                          f"min_iterations={config.min_iterations}; the search starts from the prior instead")
         return state
     relaxed = problem.relaxation()  # templates and constant sides, built once
-    scale = config.loss_scale or (1024.0 if problem.compute_dtype == torch.float16 else 1.0)
     chunk = [_first_chunk(problem, config)]
     for it in range(len(state.log), config.iterations):
         k = config.k_at(it, calls, state.streams["k"])
@@ -387,8 +462,7 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
         if cost > _gpo_budget(evaluator, config) + 1e-9 or evaluator.out_of_time:
             break
         try:
-            loss = _gpo_step(problem, relaxed, state, config, it, k, evaluator.seeds, scale, chunk,
-                             evaluator.timings)
+            loss = _scaled_step(problem, relaxed, state, config, it, k, evaluator.seeds, chunk, evaluator.timings)
         except NaNLossError:
             if on_iteration:
                 on_iteration(state)
@@ -433,6 +507,8 @@ def gpo_extra(state: GradientState) -> dict[str, Any]:
     extra: dict[str, Any] = {"gpo_log": state.log, "logits": state.mixture.logits.detach().cpu().tolist()}
     if state.skipped:
         extra["gpo_skipped"] = state.skipped
+    if state.loss_scale.dynamic:
+        extra["loss_scale"] = {"final": state.loss_scale.scale, "backoffs": state.loss_scale.backoffs}
     return extra
 
 
