@@ -164,7 +164,7 @@ def key_mask(sides: Sequence[PromptTemplate | ChunkedTemplate], weights: Tensor)
     Exact generation gives a row as many chunks as its prompt or negative prompt (``sides``: those guidance uses)
     needs; the relaxation keeps the most any corner needs. A chunk is visible with the probability that some side
     needs it (sides choose independently), so at a one-hot corner the chunks it lacks are masked out exactly. The
-    mask carries no gradient (the UNet turns it into an additive bias of -10000 (1 - m)).
+    mask carries no gradient (the UNet adds log p to the cross-attention logits: :mod:`dpo_diff.backends.key_bias`).
     """
     chunked = [t for t in sides if isinstance(t, ChunkedTemplate)]
     if not chunked:

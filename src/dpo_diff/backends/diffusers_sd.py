@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from dpo_diff.backends import key_bias
 from dpo_diff.backends.base import DTYPES, Conditioning, check_rows, dtype_name
 from dpo_diff.backends.text import TextView
 from dpo_diff.loading import ModelNotFoundError, resolve_model
@@ -45,6 +46,8 @@ class StableDiffusionBackend:
     Build it with :meth:`from_pretrained`. Weights never receive gradients: only the prompt's word-mixture logits
     are trained by the searches.
     """
+
+    DEFAULTS = {"steps": 50, "guidance": 7.5}  # the pipeline's num_inference_steps, guidance_scale (CLI defaults)
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, scheduler_name: str = "ddim", source: str = "") -> None:
@@ -226,8 +229,8 @@ class StableDiffusionBackend:
     def unet_call(self, model_input: Tensor, t: Tensor, text: Conditioning, cfg: bool) -> Tensor:
         """The UNet's output for ``model_input`` (rows ``[uncond, cond]`` under classifier-free guidance)."""
         hidden = torch.cat([text.uncond, text.cond]) if cfg else text.cond
-        return self.unet(model_input, t, encoder_hidden_states=hidden, encoder_attention_mask=unet_key_mask(text, cfg),
-                         return_dict=False)[0]
+        return self.unet(model_input, t, encoder_hidden_states=hidden,
+                         cross_attention_kwargs=key_mask_kwargs(self.unet, text, cfg), return_dict=False)[0]
 
     def alpha_bar(self, scheduler, t: Tensor | float) -> float:
         """Cumulative signal level abar_t of the training schedule at (possibly fractional) timestep ``t``."""
@@ -315,13 +318,15 @@ class StableDiffusionBackend:
         return by_chunk_count([self.text], prompts, negative_prompts if use_cfg else None, one_group)
 
 
-def unet_key_mask(text: Conditioning, cfg: bool) -> Tensor | None:
-    """The UNet's ``encoder_attention_mask`` for ``text.key_mask`` (visibility p): m = 1 + log(p) / 10000, so the
-    bias the UNet adds to the attention logits, -10000 (1 - m), is log p (down to -10000: hidden)."""
+def key_mask_kwargs(unet, text: Conditioning, cfg: bool) -> dict | None:
+    """The UNet's ``cross_attention_kwargs`` for ``text.key_mask`` (visibility p), ``None`` without one: ``key_bias``
+    = log p in fp32, added to the cross-attention logits by the processors :func:`key_bias.install` puts on the UNet
+    (diffusers' ``encoder_attention_mask`` rounds a soft mask away in fp16/bf16: see :mod:`.key_bias`)."""
     if text.key_mask is None:
         return None
-    m = 1 + text.key_mask.clamp_min(0).log().clamp_min(-1e4) / 1e4
-    return torch.cat([m, m]) if cfg else m
+    key_bias.install(unet)
+    bias = key_bias.key_bias(text.key_mask)
+    return {"key_bias": torch.cat([bias, bias]) if cfg else bias}
 
 
 def load_settings(device: str | torch.device, dtype: str | None, scheduler: str, cuda_dtype: str) -> str:

@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 
 from dpo_diff.backends.base import Conditioning, check_rows
-from dpo_diff.backends.diffusers_sd import DTYPES, StableDiffusionBackend, by_chunk_count, load_settings, unet_key_mask
+from dpo_diff.backends.diffusers_sd import (
+    DTYPES,
+    StableDiffusionBackend,
+    by_chunk_count,
+    key_mask_kwargs,
+    load_settings,
+)
 from dpo_diff.backends.text import TextView
 from dpo_diff.loading import ModelNotFoundError, resolve_model
 
@@ -42,6 +48,8 @@ def _unless_empty(hidden: Tensor, pooled: Tensor, weights: Tensor,
 class StableDiffusionXLBackend(StableDiffusionBackend):
     """A frozen SDXL base model. Build it with :meth:`from_pretrained`; the diffusion loop, x0 jump and schedulers
     are :class:`~dpo_diff.backends.diffusers_sd.StableDiffusionBackend`'s."""
+
+    DEFAULTS = {"steps": 50, "guidance": 5.0}  # StableDiffusionXLPipeline's (the CLI's defaults for SDXL)
 
     def __init__(self, tokenizer, text_encoder, tokenizer_2, text_encoder_2, unet, vae, scheduler, *,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -183,7 +191,8 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
         hidden = torch.cat([text.uncond, text.cond]) if cfg else text.cond
         pooled = torch.cat([text.uncond_pooled, text.pooled]) if cfg else text.pooled
         time_ids = self.time_ids(model_input, hidden.dtype).expand(model_input.shape[0], -1)
-        return self.unet(model_input, t, encoder_hidden_states=hidden, encoder_attention_mask=unet_key_mask(text, cfg),
+        return self.unet(model_input, t, encoder_hidden_states=hidden,
+                         cross_attention_kwargs=key_mask_kwargs(self.unet, text, cfg),
                          added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}, return_dict=False)[0]
 
     def decode(self, latents: Tensor) -> Tensor:
