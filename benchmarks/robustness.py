@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         kept = 0
         for i, prompt in enumerate(prompts):
             space = world_space(prompt, task)
-            if space.is_trivial or kept >= args.n or space.num_candidates < args.min_candidates:
+            small = task == "attack" and space.num_candidates < args.min_candidates
+            if space.is_trivial or kept >= args.n or small:
                 continue
             problem = Problem(space, Task(task), backend, judge, sampling)
             if args.screen > 1 and not worth_searching(problem, checker, prompt, task, screen_seeds,
@@ -171,7 +172,7 @@ def _cell(values) -> str:
     return f"{statistics.mean(values):+.4f} ± {statistics.stdev(values):.4f}"
 
 
-def summarise(records: list[dict]) -> str:
+def summarise(records: list[dict], pairs: list[tuple[str, str, str, str]] = ()) -> str:
     """Mean ± std across root seeds of the per-root means over prompts; paired tests against random."""
     import statistics
     from collections import defaultdict
@@ -179,8 +180,8 @@ def summarise(records: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["task"], r["method"], r["variant"])].append(r)
-    lines = ["| task | method | variant | prompts | roots x threads | Δ report loss | Δ faithful (points) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| task | method | variant | prompts | roots x threads | Δ report loss | Δ faithful (points) | "
+             "cost | seconds / search |", "|---|---|---|---|---|---|---|---|---|"]
     for (task, method, variant), rs in sorted(groups.items()):
         by_run: dict[tuple, list[dict]] = defaultdict(list)
         for r in rs:
@@ -188,9 +189,10 @@ def summarise(records: list[dict]) -> str:
         dl = [statistics.mean(r["best_report_loss"] - r["user_report_loss"] for r in v) for v in by_run.values()]
         df = [100 * statistics.mean(r["best_faithful"] - r["user_faithful"] for r in v) for v in by_run.values()]
         n_prompts = len({r["prompt"] for r in rs})
+        cost, secs = statistics.mean(r["cost"] for r in rs), statistics.mean(r["seconds"] for r in rs)
         lines.append(f"| {task} | {method} | {variant} | {n_prompts} | {len(by_run)} | {_cell(dl)} | "
-                     f"{_cell(df)} |")
-    lines += ["", *paired_lines(records), "", *thread_lines(records)]
+                     f"{_cell(df)} | {cost:.1f} | {secs:.1f} |")
+    lines += ["", *paired_lines(records, pairs), "", *time_matched_lines(records), "", *thread_lines(records)]
     return "\n".join(lines)
 
 
@@ -206,13 +208,14 @@ def _per_prompt(records: list[dict], field: str) -> dict[tuple, dict[str, float]
 
 
 def paired_advantage(pp: dict[tuple, dict[str, float]], task: str, method: str, variant: str, field: str,
-                     scale: float = 1.0):
-    """``(d, ci, p)``: per-prompt advantage of ``method`` over random search (positive: better), its 95% bootstrap
-    interval and Wilcoxon p-value, from :func:`_per_prompt` values of ``field``; ``None`` below 3 common prompts."""
+                     scale: float = 1.0, ref_method: str = "random", ref_variant: str | None = None):
+    """``(d, ci, p)``: per-prompt advantage of ``method`` over ``ref_method`` (random search; positive: better), its
+    95% bootstrap interval and Wilcoxon p-value, from :func:`_per_prompt` values of ``field``; ``None`` below 3
+    common prompts."""
     import numpy as np
     from scipy import stats
 
-    vals, ref = pp.get((task, method, variant)), pp.get((task, "random", variant))
+    vals, ref = pp.get((task, method, variant)), pp.get((task, ref_method, ref_variant or variant))
     if not vals or not ref:
         return None
     common = sorted(set(vals) & set(ref))
@@ -226,18 +229,23 @@ def paired_advantage(pp: dict[tuple, dict[str, float]], task: str, method: str, 
     return d, ci, stats.wilcoxon(nonzero).pvalue if len(nonzero) >= 3 else 1.0
 
 
-def paired_lines(records: list[dict]) -> list[str]:
+def paired_lines(records: list[dict], pairs=()) -> list[str]:
+    """Every method against random search at the same variant (and budget), plus the ``pairs``
+    ``(method, variant, ref_method, ref_variant)`` asked for (e.g. mf at budget 40 against random at 80)."""
     from scipy import stats
 
     out: list[tuple[str, float]] = []
     for field, unit, scale in (("best_report_loss", "loss", 1.0), ("best_faithful", "faithful points", 100.0)):
         pp = _per_prompt(records, field)
-        for task, method, variant in sorted(pp):
-            found = None if method == "random" else paired_advantage(pp, task, method, variant, field, scale)
+        asked = [(t, m, v, "random", v) for t, m, v in sorted(pp) if m != "random"]
+        asked += [(t, m, v, rm, rv) for t in sorted({k[0] for k in pp}) for m, v, rm, rv in pairs]
+        for task, method, variant, ref_method, ref_variant in asked:
+            found = paired_advantage(pp, task, method, variant, field, scale, ref_method, ref_variant)
             if found is None:
                 continue
             d, ci, p = found
-            out.append((f"{task} {method} vs random ({variant}), {unit}: advantage {d.mean():+.4f} "
+            vs = f"{ref_method} ({ref_variant})" if (ref_method, ref_variant) != ("random", variant) else "random"
+            out.append((f"{task} {method} ({variant}) vs {vs}, {unit}: advantage {d.mean():+.4f} "
                         f"[{ci.low:+.4f}, {ci.high:+.4f}] over {len(d)} prompts; better/tie/worse "
                         f"{int((d > 0).sum())}/{int((d == 0).sum())}/{int((d < 0).sum())}; Wilcoxon p", p))
     if not out:
@@ -245,6 +253,48 @@ def paired_lines(records: list[dict]) -> list[str]:
     adjusted = stats.false_discovery_control([p for _, p in out]) if len(out) > 1 else [out[0][1]]
     return ["Paired comparisons (positive = better than random; 95% bootstrap interval over prompts):", ""] + [
         f"- {text} = {p:.3f} (BH-adjusted {q:.3f})" for (text, p), q in zip(out, adjusted)]
+
+
+def time_matched_lines(records: list[dict]) -> list[str]:
+    """The wall-seconds view: per prompt, random search's report loss at the method's wall seconds, interpolated
+    linearly on random's own budget curve (its runs at several budgets of the same selection variant; prompts where
+    the method's seconds fall outside random's range are left out and counted). Positive: better than random at
+    equal time. Wall seconds depend on the machine and its load; the cost view above does not."""
+    import statistics
+
+    import numpy as np
+    from scipy import stats
+
+    loss, secs = _per_prompt(records, "best_report_loss"), _per_prompt(records, "seconds")
+    lines = []
+    for task, method, variant in sorted(loss):
+        base = variant.split("@")[0]
+        curves = [v for (t, m, v) in loss if t == task and m == "random" and v.split("@")[0] == base]
+        if method == "random" or len(curves) < 2:
+            continue
+        d, outside = [], 0
+        sign = 1 if task == "improve" else -1
+        for prompt, value in loss[(task, method, variant)].items():
+            pts = sorted((secs[(task, "random", v)][prompt], loss[(task, "random", v)][prompt]) for v in curves
+                         if prompt in loss[(task, "random", v)])
+            t = secs[(task, method, variant)][prompt]
+            if len(pts) < 2 or not pts[0][0] <= t <= pts[-1][0]:
+                outside += 1
+                continue
+            ref = float(np.interp(t, [x for x, _ in pts], [y for _, y in pts]))
+            d.append(sign * (ref - value))
+        if len(d) < 3:
+            continue
+        arr = np.array(d)
+        ci = stats.bootstrap((arr,), np.mean, n_resamples=2000, method="percentile",
+                             random_state=np.random.default_rng(0)).confidence_interval
+        lines.append(f"- {task} {method} ({variant}) vs random at equal wall seconds, loss: advantage "
+                     f"{statistics.mean(d):+.4f} [{ci.low:+.4f}, {ci.high:+.4f}] over {len(d)} prompts "
+                     f"({outside} outside random's time range)")
+    if lines:
+        lines.insert(0, "Equal wall seconds (random's loss interpolated on its budget curve; machine-dependent):")
+        lines.insert(1, "")
+    return lines
 
 
 def thread_lines(records: list[dict]) -> list[str]:
@@ -286,7 +336,7 @@ def main() -> None:
                    help="image seeds of the screening (evaluation runs: 9000,9001, the protocol's selection seeds)")
     p.add_argument("--attack-kind", default="easy", choices=("easy", "hard"),
                    help="prompts to attack: easy (one object) or hard (incl. two objects: larger synonym spaces)")
-    p.add_argument("--min-candidates", type=int, default=0, help="skip prompts whose space is smaller")
+    p.add_argument("--min-candidates", type=int, default=0, help="attack: skip prompts whose space is smaller")
     p.add_argument("--attack-min-rate", type=float, default=0.75,
                    help="attack prompts: the generator right on at least this share of the screening seeds")
     p.add_argument("--mf-ladder", default=None, help="mf: the fidelity ladder, e.g. steps:20%%,full")
@@ -304,13 +354,17 @@ def main() -> None:
     p.add_argument("--report-seeds", default="100-107")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--pairs", default=[], type=lambda s: [x for x in s.split(",") if x],
+                   help="extra paired comparisons METHOD/VARIANT:REF_METHOD/REF_VARIANT, e.g. "
+                        "mf/rerank:random/rerank@80")
     p.add_argument("--out", default="runs/robustness")
     args = p.parse_args()
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
     records = read_records(Path(args.out) / "records.jsonl") if args.summary_only else run(args)
-    table = summarise(records)
+    pairs = [tuple(x.replace("/", ":").split(":")) for x in args.pairs]
+    table = summarise(records, pairs)
     print(table)
     (Path(args.out) / "summary.md").write_text(table + "\n")
 

@@ -17,21 +17,25 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dpo_diff.config_dict import from_known_keys
+from dpo_diff.fidelity import check_ladder
 from dpo_diff.loading import model_fingerprint  # in loading: judges use it and must not import bench
 from dpo_diff.search import DEFAULT_RERANK_TOP
 from dpo_diff.search import METHODS as SEARCH_METHOD_NAMES
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
+from dpo_diff.search.model_based import TPEConfig
+from dpo_diff.search.multi_fidelity import MultiFidelityConfig
 from dpo_diff.search.selection import SelectionConfig
 
-SEARCH_METHODS = tuple(reversed(SEARCH_METHOD_NAMES))  # baseline first in tables: random, epo, gpo, hybrid
+# baseline first in tables: random, then the others (tpe, mf, epo, gpo, hybrid)
+SEARCH_METHODS = ("random", *(m for m in reversed(SEARCH_METHOD_NAMES) if m != "random"))
 BASELINES = ("user", "promptist")
 METHODS = ("user", "promptist", *SEARCH_METHODS)
 SPACE_KINDS = ("antonym", "synonym", "nplib", "hybrid")
 DEFAULT_JUDGE = "openai/clip-vit-base-patch32"
 PROMPTIST = "microsoft/Promptist"
 _NOT_IN_KEY = ("methods", "device", "batch_size")
-_METHOD_ONLY = ("promptist_model", "promptist_tokenizer", "gpo", "epo")
+_METHOD_ONLY = ("promptist_model", "promptist_tokenizer", "gpo", "epo", "mf", "tpe")
 
 
 class BenchError(ValueError):
@@ -65,6 +69,8 @@ class BenchConfig:
     promptist_tokenizer: str | None = None  # None: the model folder's own, else GPT-2's ("gpt2")
     gpo: GradientSearchConfig = field(default_factory=GradientSearchConfig)
     epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
+    mf: MultiFidelityConfig = field(default_factory=MultiFidelityConfig)
+    tpe: TPEConfig = field(default_factory=TPEConfig)
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))  # seed-robust
     time_budget: float | None = None  # wall-clock seconds per search job (equal-time comparisons on one machine)
     objective: str | None = None  # weighted judge terms instead of `judge` (dpo_diff.judges.objective)
@@ -79,6 +85,10 @@ class BenchConfig:
             self.gpo = GradientSearchConfig(**self.gpo)
         if isinstance(self.epo, dict):
             self.epo = EvolutionSearchConfig(**self.epo)
+        if isinstance(self.mf, dict):
+            self.mf = MultiFidelityConfig(**self.mf)
+        if isinstance(self.tpe, dict):
+            self.tpe = TPEConfig(**self.tpe)
         if isinstance(self.selection, dict):
             self.selection = SelectionConfig(**self.selection)
         if self.time_budget is not None and not self.time_budget > 0:
@@ -120,6 +130,11 @@ class BenchConfig:
         SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
         if set(self.methods) & {"gpo", "hybrid"}:
             self.gpo.validate_for(self.steps)
+        for method in set(self.methods) & {"mf", "tpe"}:
+            try:
+                check_ladder(getattr(self, method).ladder, self.steps)
+            except ValueError as e:
+                raise BenchError(f"--{method}-ladder: {e}") from None
 
     @property
     def resolved_space_kind(self) -> str:
@@ -138,6 +153,7 @@ class BenchConfig:
         d["methods"], d["seeds"], d["report_seeds"] = list(self.methods), list(self.seeds), list(self.report_seeds)
         d["eval_judges"] = list(self.eval_judges)
         d["selection"] = self.selection.to_dict()
+        d["mf"], d["tpe"] = self.mf.to_dict(), self.tpe.to_dict()
         return d
 
     @classmethod
@@ -186,6 +202,8 @@ class BenchConfig:
             d["gpo"] = asdict(self.gpo)
         if method in ("epo", "hybrid"):
             d["epo"] = asdict(self.epo)
+        if method in ("mf", "tpe"):
+            d[method] = getattr(self, method).to_dict()
         return d
 
     def key(self) -> str:

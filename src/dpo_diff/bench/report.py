@@ -22,7 +22,7 @@ from dpo_diff.bench.cross_judge import cross_judge_note, cross_judge_table
 from dpo_diff.bench.results import RESULTS, load_bench
 from dpo_diff.bench.stats import Summary, best_so_far_curve, summarize, win_rate
 
-METHOD_ORDER = ("user", "promptist", "random", "epo", "gpo", "hybrid")
+METHOD_ORDER = ("user", "promptist", "random", "epo", "gpo", "hybrid", "mf", "tpe")
 
 
 @dataclass

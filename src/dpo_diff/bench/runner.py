@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dpo_diff.bench.config import BenchConfig, BenchError, diff_settings
+from dpo_diff.bench.config import SEARCH_METHODS, BenchConfig, BenchError, diff_settings
 from dpo_diff.bench.jobs import Job, run_job
 from dpo_diff.bench.results import MANIFEST, RESULTS, SPACES, append_record, load_records, read_manifest
 from dpo_diff.files import output_lock
@@ -196,7 +196,7 @@ def check_spaces_fit_task(cfg: BenchConfig, spaces: dict[str, SearchSpace]) -> N
     """Refuse spaces that have slots, but none of the kind the task searches (e.g. synonyms for improve)."""
     from dpo_diff.optimize import select_target
 
-    if not any(m in ("random", "epo", "gpo", "hybrid") for m in cfg.methods):
+    if not any(m in SEARCH_METHODS for m in cfg.methods):
         return
     for space in spaces.values():
         try:

@@ -28,11 +28,31 @@ def add_search_arguments(g) -> None:
                         "report seeds)")
     g.add_argument("--time-budget", type=float, default=None,
                    help="optional wall-clock limit of each search in seconds (compare methods at equal time)")
+    from dpo_diff.search.model_based import TPEConfig
+    from dpo_diff.search.multi_fidelity import MultiFidelityConfig
+
+    mf, tpe = MultiFidelityConfig(), TPEConfig()
+    g.add_argument("--mf-ladder", default=",".join(mf.ladder),
+                   help=f"mf: fidelities cheapest first, ending at full: steps:N (a few-step generation), "
+                        f"shortcut:K (the no-grad shortcut loss at K), N and K counts or %% of --steps, each "
+                        f"optionally @SEEDS (fewer search seeds) (default {','.join(mf.ladder)})")
+    g.add_argument("--mf-screen-share", type=float, default=mf.screen_share,
+                   help=f"mf: share of the budget spent on the cheapest rung (default {mf.screen_share})")
+    g.add_argument("--mf-rounds", type=int, default=mf.rounds,
+                   help=f"mf: rounds, each ending with full evaluations (anytime; default {mf.rounds})")
+    g.add_argument("--tpe-ladder", default=",".join(tpe.ladder),
+                   help="tpe: full (default), or one cheap rung then full: each batch is previewed there and its best "
+                        "--tpe-keep share evaluated in full")
+    g.add_argument("--tpe-keep", type=float, default=tpe.keep,
+                   help=f"tpe: share of each batch promoted past the cheap rung (default {tpe.keep})")
 
 
 def search_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """``gpo``, ``selection`` and ``time_budget`` keyword arguments of OptimizeConfig / BenchConfig."""
+    """``gpo``, ``mf``, ``tpe``, ``selection`` and ``time_budget`` keyword arguments of OptimizeConfig /
+    BenchConfig."""
     from dpo_diff.search.gradient import GradientSearchConfig
+    from dpo_diff.search.model_based import TPEConfig
+    from dpo_diff.search.multi_fidelity import MultiFidelityConfig
     from dpo_diff.search.selection import SelectionConfig
     from dpo_diff.seeding import parse_seeds
 
@@ -40,4 +60,7 @@ def search_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"gpo": GradientSearchConfig.preset(args.gpo_preset, iterations=args.gpo_iterations,
                                                k_schedule=args.k_schedule, grad_steps=args.grad_steps,
                                                sample_chunk=args.gpo_sample_chunk),
+            "mf": MultiFidelityConfig(ladder=args.mf_ladder, screen_share=args.mf_screen_share,
+                                      rounds=args.mf_rounds),
+            "tpe": TPEConfig(ladder=args.tpe_ladder, keep=args.tpe_keep),
             "selection": SelectionConfig(args.rerank_top, validation), "time_budget": args.time_budget}

@@ -4,6 +4,9 @@ multi-fidelity successive halving (mf) and model-based search (tpe, optuna's TPE
 Only constants live here, so that configuration code can name the methods without importing torch.
 """
 
-METHODS = ("hybrid", "gpo", "epo", "random", "mf", "tpe")  # the one list of search methods; the default first
+METHODS = ("hybrid", "gpo", "epo", "random", "mf", "tpe")  # the one list of search methods
+DEFAULT_METHOD = "hybrid"
+"""The method of optimize, bench (first search), the UI and the demo; it follows the registered evaluation
+(docs/evaluation_protocol.md, docs/world_bench.md)."""
 GPO_PRESET_NAMES = ("robust", "paper")  # dpo_diff.search.gradient.GPO_PRESETS, by name
 DEFAULT_RERANK_TOP = 4  # seed-robust selection of optimize, bench and demo (docs/world_bench.md: the measurement)

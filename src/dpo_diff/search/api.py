@@ -21,7 +21,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dpo_diff.search import METHODS
+from dpo_diff.search import DEFAULT_METHOD, METHODS
 from dpo_diff.search.base import BudgetExhausted, Evaluation, Evaluator, NothingToSearch, SearchResult, finish
 from dpo_diff.search.evolution import EvolutionSearchConfig, evolution_search
 from dpo_diff.search.gradient import GradientSearchConfig, GradientState, gradient_search
@@ -34,7 +34,7 @@ from dpo_diff.search.selection import SelectionConfig, rerank
 __all__ = ["METHODS", "search"]
 
 
-def search(problem, *, method: str = "hybrid", budget: float = 40.0, seeds: Sequence[int] = (0,), seed: int = 0,
+def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds: Sequence[int] = (0,), seed: int = 0,
            gpo: GradientSearchConfig | None = None, epo: EvolutionSearchConfig | None = None,
            selection: SelectionConfig | None = None, mf: MultiFidelityConfig | None = None,
            tpe: TPEConfig | None = None,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_diff.optimize import OptimizeConfig
+from dpo_diff.search import DEFAULT_METHOD
 from dpo_diff.space import SearchSpace, SpaceError
 
 WORLD = "shapes-world"  # the model name of the bundled shapes world (the app's default, offline)
@@ -52,7 +53,7 @@ class RunRequest:
 
     prompt: str
     task: str = "improve"
-    method: str = "hybrid"
+    method: str = DEFAULT_METHOD
     budget: float = 40.0
     seeds: str = "0"
     report_seeds: str = "100-103"
