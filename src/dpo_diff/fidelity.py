@@ -110,7 +110,15 @@ class Fidelity:
     def cost(self, calls_for, num_seeds: int) -> float:
         """Full-generation equivalents of scoring one candidate at this fidelity (see the module docstring)."""
         n = min(self.seeds, num_seeds) if self.seeds else num_seeds
-        return n * self.model_calls(calls_for) / calls_for(None)
+        return n * generation_equivalents(self.model_calls(calls_for), calls_for(None))
+
+
+def generation_equivalents(calls: float, full_calls: int) -> float:
+    """The budget's one rule: ``calls`` denoiser calls on one seed are ``calls / full_calls`` full generations
+    (GPO's shortcut passes, :mod:`dpo_diff.search.cost`, and every fidelity are charged by it)."""
+    if full_calls < 1:
+        raise ValueError(f"a full generation makes at least one denoiser call, got full_calls={full_calls}")
+    return calls / full_calls
 
 
 FULL = Fidelity()

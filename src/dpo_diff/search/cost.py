@@ -6,18 +6,14 @@ warm-up). Counting steps instead would make a Heun "k = 15" about 7.5 steps and 
 runs. A classifier-free-guided call counts once (its batch of two rows, or FLUX's two transformer calls, are paid by
 the full generation too), and the VAE decode and the judge, once per image either way, are left out.
 
-:func:`generation_equivalents` is the one rule; :func:`shortcut_cost` applies it to the shortcut text gradient
+:func:`generation_equivalents` (defined in :mod:`dpo_diff.fidelity`, which charges previews by it too) is the one
+rule; :func:`shortcut_cost` applies it to the shortcut text gradient
 (:mod:`dpo_diff.shortcut`) and :func:`generation_calls` counts a full generation's calls for a problem.
 """
 
 from __future__ import annotations
 
-
-def generation_equivalents(calls: float, full_calls: int) -> float:
-    """``calls`` denoiser calls on one seed in full-generation equivalents: ``calls / full_calls``."""
-    if full_calls < 1:
-        raise ValueError(f"a full generation makes at least one denoiser call, got full_calls={full_calls}")
-    return calls / full_calls
+from dpo_diff.fidelity import generation_equivalents  # the rule lives beside the fidelities it also charges
 
 
 def shortcut_cost(prefix_calls: int, grad_calls: int, full_calls: int) -> float:
@@ -29,6 +25,9 @@ def shortcut_cost(prefix_calls: int, grad_calls: int, full_calls: int) -> float:
 def generation_calls(problem) -> int:
     """Denoiser calls of one full generation with ``problem``'s sampling settings (the length of its scheduler's
     timesteps); a problem without a diffusion backend (e.g. a synthetic one) counts one call per step."""
+    calls_for = getattr(problem, "calls_for", None)  # Problem counts (and caches) it from its scheduler
+    if calls_for is not None:
+        return calls_for()
     sc = problem.sampling
     backend = getattr(problem, "backend", None)
     if backend is None:
