@@ -20,7 +20,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,8 @@ class OptimizeConfig:
     seeds: tuple[int, ...] = (0,)  # image seeds seen by the search
     report_seeds: tuple[int, ...] = (1000, 1001, 1002)  # held-out seeds for the final before/after numbers
     seed: int = 0  # root of every random stream of the search (Gumbel noise, EPO, sampling)
-    steps: int = 50
-    guidance: float = 7.5
+    steps: int | None = 50  # None: the backbone's pipeline default (see resolve_sampling)
+    guidance: float | None = 7.5  # None: likewise (FLUX: 1, no true CFG; 4 where a negative prompt is searched)
     scheduler: str = "ddim"
     dtype: str = "auto"
     device: str = "cpu"
@@ -106,11 +106,13 @@ class OptimizeConfig:
         if overlap:
             raise ValueError(f"report seeds must be held out from the search seeds; both contain {sorted(overlap)}")
         self.selection = self.selection.resolved(self.seeds, self.report_seeds)
+        if self.similarity_threshold is not None and not 0 <= self.similarity_threshold <= 1:
+            raise ValueError(f"similarity_threshold must be in [0, 1] or None, got {self.similarity_threshold}")
+        if self.steps is None or self.guidance is None:
+            return  # the backbone's defaults: the checks below run when resolve_sampling fills them in
         from dpo_diff.problem import SamplingConfig
 
         SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
-        if self.similarity_threshold is not None and not 0 <= self.similarity_threshold <= 1:
-            raise ValueError(f"similarity_threshold must be in [0, 1] or None, got {self.similarity_threshold}")
         if self.method in ("gpo", "hybrid"):
             self.gpo.validate_for(self.steps)
         if self.method in ("mf", "tpe"):
@@ -220,6 +222,7 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         if needed:
             resolve_device(device)  # a clear error before anything is written or loaded
     space = select_target(full_space, cfg.task, cfg.target)
+    resolve_sampling(cfg, space, backend)  # before config.json is written: it records the values used
     out = Path(cfg.out)
     with output_lock(out):
         prepare_folder(cfg, space, out, resume=resume, overwrite=overwrite)
@@ -267,6 +270,50 @@ def prepare_folder(cfg: OptimizeConfig, space: SearchSpace, out: Path, *, resume
                              f"continue it; pass --overwrite (instead of --resume) to replace that run, or choose "
                              f"another --out")
     atomic_write_text(config_path, json.dumps(record, indent=2) + "\n")
+
+
+def resolve_sampling(cfg: OptimizeConfig, space: SearchSpace, backend=None) -> None:
+    """Fill ``cfg.steps``/``cfg.guidance`` left ``None`` with the backbone's pipeline defaults
+    (:func:`pipeline_defaults`); the generator gets a negative prompt where ``space`` has negative slots (improve)
+    or a fixed negative prompt."""
+    if cfg.steps is not None and cfg.guidance is not None:
+        return
+    negative = bool(space.negative_prompt.strip()) or any(s.target == "negative" for s in space.slots)
+    steps, guidance = pipeline_defaults(cfg.model, negative=negative, backend=backend)
+    steps = steps if cfg.steps is None else cfg.steps
+    guidance = guidance if cfg.guidance is None else cfg.guidance
+    replace(cfg, steps=steps, guidance=guidance)  # checks the resolved values as any config's are checked
+    cfg.steps, cfg.guidance = steps, guidance
+
+
+SD_DEFAULTS = {"steps": 50, "guidance": 7.5}  # StableDiffusionPipeline's, as OptimizeConfig's field defaults
+
+
+def pipeline_defaults(model: str, *, negative: bool, backend=None) -> tuple[int, float]:
+    """``(steps, guidance)`` of the backbone's pipeline: its backend class's ``DEFAULTS`` (``backend``'s class, else
+    the one ``model`` needs); ``negative``: the generator gets negative prompts, so a backbone whose default guidance
+    disables them (FLUX) takes its ``negative_guidance``. A backend object without ``DEFAULTS`` (e.g. a test
+    double) gets SD's."""
+    cls = type(backend) if backend is not None else backend_class(model)
+    defaults = getattr(cls, "DEFAULTS", SD_DEFAULTS)
+    key = "negative_guidance" if negative and "negative_guidance" in defaults else "guidance"
+    return defaults["steps"], defaults[key]
+
+
+def backend_class(model: str) -> type:
+    """The backend class that ``model`` (hub id or folder) needs, read from its ``model_index.json`` alone."""
+    from dpo_diff.backends.base import backend_class_for, pipeline_class_name
+    from dpo_diff.loading import ModelNotFoundError, resolve_model
+
+    path, local_only = resolve_model(model, "diffusion model", "model_index.json")
+    if not Path(path).is_dir():  # a hub id: only its model_index.json is fetched
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = str(Path(hf_hub_download(path, "model_index.json", local_files_only=local_only)).parent)
+        except Exception as e:  # noqa: BLE001 - any hub failure is "could not read"
+            raise ModelNotFoundError(f"could not read model_index.json of {model!r}: {e}") from e
+    return backend_class_for(pipeline_class_name(path))
 
 
 def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=None, constraint=None):

@@ -42,6 +42,10 @@ EMBEDDED_GUIDANCE = 3.5
 class FluxBackend(FlowMatchingBackend):
     """A frozen FLUX.1 model. Build it with :meth:`from_pretrained`; only the word-mixture logits are trained."""
 
+    # FluxPipeline's steps and true_cfg_scale 1 (one transformer call per step); a negative prompt (improve) needs
+    # true CFG (> 1), for which the pipeline has no default: the CLI takes a moderate 4.0 there
+    DEFAULTS = {"steps": 28, "guidance": 1.0, "negative_guidance": 4.0}
+
     batched_cfg = False  # the pipeline runs true CFG as a second call
     negative_needs = "true classifier-free guidance: guidance_scale > 1 (FluxPipeline's true_cfg_scale)"
 

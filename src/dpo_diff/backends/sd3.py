@@ -35,6 +35,8 @@ MAX_SEQUENCE_LENGTH = 256
 class StableDiffusion3Backend(FlowMatchingBackend):
     """A frozen SD 3.x model. Build it with :meth:`from_pretrained`; only the word-mixture logits are trained."""
 
+    DEFAULTS = {"steps": 28, "guidance": 7.0}  # StableDiffusion3Pipeline's (the CLI's defaults for SD 3)
+
     def __init__(self, tokenizers, text_encoders, transformer, vae, scheduler, *,
                  max_sequence_length: int = MAX_SEQUENCE_LENGTH, **kwargs) -> None:
         if len(tokenizers) != 3 or len(text_encoders) != 3:

@@ -22,6 +22,7 @@ DEFAULT_METHODS = ",".join(("user", *reversed(METHODS)))  # user, random, epo, g
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from dpo_diff.commands.judge_args import add_judge_arguments
+    from dpo_diff.commands.optimize import BACKBONE_GUIDANCE, BACKBONE_STEPS
     from dpo_diff.commands.search_args import add_search_arguments
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -51,9 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--promptist-model", default="microsoft/Promptist", help="hub id or folder of the rewriter")
     g.add_argument("--promptist-tokenizer", default=None, help="its tokenizer (default: the model's, else gpt2)")
     s = p.add_argument_group("sampling and search")
-    s.add_argument("--steps", type=int, default=None, help="sampling steps (default 50)")
+    s.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps (default: the world's recommended value with --world, else {BACKBONE_STEPS})")
     s.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance (default 7.5; the world's recommended value with --world)")
+                   help=f"classifier-free guidance (default: the world's recommended value with --world, else "
+                        f"{BACKBONE_GUIDANCE})")
     s.add_argument("--scheduler", default="ddim")
     s.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="auto: the backbone's default (fp32 on CPU; fp16 for SD 1.x/2.x, bf16 for SDXL/SD 3/FLUX "
@@ -75,18 +78,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--retries", type=int, default=2, help="retries of a failed Ray task (default 2)")
 
 
+def sampling_defaults(args: argparse.Namespace) -> tuple[int | None, float | None]:
+    """``--steps``/``--guidance``, those not given filled with the world's recommended values (``--world``) or the
+    backbone's pipeline defaults, as ``optimize`` fills them (improve searches negative prompts)."""
+    steps, guidance = args.steps, args.guidance
+    if steps is not None and guidance is not None:
+        return steps, guidance
+    if args.world:
+        from dpo_diff.world import RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS
+
+        defaults = RECOMMENDED_STEPS, RECOMMENDED_GUIDANCE
+    elif args.model:
+        from dpo_diff.loading import resolve_device
+        from dpo_diff.optimize import pipeline_defaults
+
+        if args.ray is None:  # an unusable device is the first error, before the model is looked up (as optimize)
+            resolve_device(args.device)
+        defaults = pipeline_defaults(args.model, negative=args.task == "improve")
+    else:
+        return steps, guidance  # no model: BenchConfig's own error says so
+    return (defaults[0] if steps is None else steps), (defaults[1] if guidance is None else guidance)
+
+
 def config_from_args(args: argparse.Namespace):
     from dpo_diff.bench.config import BenchConfig
     from dpo_diff.commands.judge_args import eval_judge_specs
     from dpo_diff.commands.search_args import search_settings
     from dpo_diff.seeding import parse_seeds
 
-    steps, guidance = args.steps, args.guidance
-    if args.world:
-        from dpo_diff.world import RECOMMENDED_GUIDANCE, RECOMMENDED_STEPS
-
-        steps = RECOMMENDED_STEPS if steps is None else steps
-        guidance = RECOMMENDED_GUIDANCE if guidance is None else guidance
+    steps, guidance = sampling_defaults(args)
     return BenchConfig(
         task=args.task, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), budget=args.budget,
         seeds=parse_seeds(args.seeds), report_seeds=parse_seeds(args.report_seeds), seed=args.seed,

@@ -9,6 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 
+# The backbones' pipeline defaults (the backend classes' DEFAULTS, resolved once the model's class is known;
+# written here so that --help needs no diffusers import; tests/test_cli_defaults.py checks they agree).
+BACKBONE_STEPS = "the backbone's pipeline default: 50 for SD 1.x/2.x and SDXL, 28 for SD 3 and FLUX"
+BACKBONE_GUIDANCE = ("the backbone's pipeline default: 7.5 for SD 1.x/2.x, 5.0 for SDXL, 7.0 for SD 3; FLUX: 1.0, "
+                     "i.e. no true CFG, and 4.0 where a negative prompt is searched (improve), which needs FLUX's "
+                     "true CFG (the pipeline's true_cfg_scale > 1, a second transformer call per step)")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from dpo_diff.commands.judge_args import add_judge_arguments
@@ -30,10 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0", help="image seeds for the search, e.g. 0,1,2")
     p.add_argument("--report-seeds", default="1000,1001,1002", help="held-out seeds for before/after numbers")
     p.add_argument("--seed", type=int, default=0, help="root seed of the search's random streams")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5,
-                   help="classifier-free guidance scale (FLUX: the pipeline's true_cfg_scale; > 1 is needed for "
-                        "negative prompts, i.e. improve; 1 for attack without CFG)")
+    p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {BACKBONE_STEPS})")
+    p.add_argument("--guidance", type=float, default=None,
+                   help=f"classifier-free guidance scale (default: {BACKBONE_GUIDANCE}); the value used is written "
+                        f"to config.json")
     p.add_argument("--scheduler", default="ddim", help="ddim | pndm | euler | dpm++ | model; on SD 3 and FLUX (flow "
                    "matching): ddim = euler (flow-matching Euler) | heun (SD 3) | model")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
