@@ -230,16 +230,40 @@ def _flat(build, space, tokenizer, length: int, chunks: int = MAX_CHUNKS) -> Pro
     return build(space, tokenizer, 2 + chunks * (length - 2))
 
 
+def view_template(build, space, view) -> PromptTemplate | ChunkedTemplate:
+    """One side's template (``build``: :func:`~dpo_diff.relax.positive_template` or ``negative_template``) for a
+    view that does not chunk: the ordinary one where every layout fits ``view.max_length``. Past it, a view that
+    truncates as its tokenizer does (``view.truncates``: SD 3's and FLUX's CLIPs, as their pipelines) gets the
+    one-chunk layout of the whole side, BOS, the first ``max_length - 2`` tokens and EOS at every corner (a slot past
+    the cut reaches that encoder not at all); any other view refuses the prompt (:class:`PromptTooLongError`)."""
+    try:
+        return build(space, view.tokenizer, view.max_length)
+    except PromptTooLongError:
+        if not getattr(view, "truncates", False):
+            raise
+    tok = view.tokenizer
+    try:
+        flat = _flat(build, space, tok, view.max_length)
+    except PromptTooLongError as e:
+        raise PromptTooLongError(f"{e} (the relaxation lays out at most {MAX_CHUNKS * (view.max_length - 2)} "
+                                 f"tokens before the {view.name} cuts them at {view.max_length})") from None
+    # rebuilt just long enough for the longest layout: the expected-layout recursion runs over every position
+    longest = flat.input_ids.tolist().index(tok.eos_token_id, 1) + 1
+    return ChunkedTemplate(build(space, tok, longest), 1, view.max_length, tok.bos_token_id, tok.eos_token_id,
+                           tok.pad_token_id)
+
+
 def side_templates(space, view) -> dict[str, PromptTemplate | ChunkedTemplate]:
     """``{"positive": ..., "negative": ...}`` templates of ``space`` for one text view.
 
-    A view that does not chunk (``view.chunks`` false), or a space whose every layout fits one chunk, gets the
-    ordinary 77-token :class:`PromptTemplate` s; otherwise both sides become :class:`ChunkedTemplate` s with the
-    same chunk count (the larger side's), as the negative prompt is padded to the prompt's.
+    A view that does not chunk (``view.chunks`` false) gets :func:`view_template` s; for one that does, a space
+    whose every layout fits one chunk gets the ordinary 77-token :class:`PromptTemplate` s; otherwise both sides
+    become :class:`ChunkedTemplate` s with the same chunk count (the larger side's), as the negative prompt is
+    padded to the prompt's.
     """
     builds = {"positive": positive_template, "negative": negative_template}
     if not getattr(view, "chunks", False):
-        return {side: b(space, view.tokenizer, view.max_length) for side, b in builds.items()}
+        return {side: view_template(b, space, view) for side, b in builds.items()}
     try:
         flats = {side: _flat(b, space, view.tokenizer, view.max_length) for side, b in builds.items()}
     except PromptTooLongError as e:

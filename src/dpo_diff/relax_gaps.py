@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from dpo_diff.relax import negative_template, positive_template
-from dpo_diff.relax_chunks import encode_side, side_templates, template_chunks
+from dpo_diff.relax_chunks import encode_side, side_templates, template_chunks, view_template
 from dpo_diff.space import Candidate, SearchSpace
 
 
@@ -69,9 +69,10 @@ def corner_gaps(space: SearchSpace, backend, *, max_corners: int = 64, seed: int
 
 
 def _view_gap(space: SearchSpace, view, side: str, build, max_corners: int, seed: int) -> CornerGap:
-    # A view that chunks long prompts (SD/SDXL CLIPs) gets chunked templates and texts (dpo_diff.relax_chunks).
-    template = side_templates(space, view)[side] if getattr(view, "chunks", False) else build(
-        space, view.tokenizer, view.max_length)
+    # A view that chunks long prompts (SD/SDXL CLIPs) gets chunked templates and texts, one that truncates them (SD 3
+    # and FLUX CLIPs) the truncated layout (dpo_diff.relax_chunks).
+    template = side_templates(space, view)[side] if getattr(view, "chunks", False) else view_template(
+        build, space, view)
     n = template_chunks(template)
     corners, total = _side_corners(space, side, max_corners, seed)
     gap = scale = 0.0

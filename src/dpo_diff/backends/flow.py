@@ -77,7 +77,10 @@ def x0_from_velocity(x_t: Tensor, velocity: Tensor, sigma: float) -> Tensor:
 
 class ClipView(TextView):
     """A CLIP text encoder whose conditioning is hidden layer ``layer`` (SD 3: -2, the penultimate; ``None``: the
-    last) and whose pooled vector is the hidden state at EOS (projected for ``CLIPTextModelWithProjection``)."""
+    last) and whose pooled vector is the hidden state at EOS (projected for ``CLIPTextModelWithProjection``). Prompts
+    over 77 tokens are truncated, as the SD 3 and FLUX pipelines do (T5 sees the whole prompt)."""
+
+    truncates = True
 
     def __init__(self, tokenizer, encoder, *, layer: int | None = None, **kwargs) -> None:
         super().__init__(tokenizer, encoder, **kwargs)
@@ -124,14 +127,19 @@ class T5View(TextView):
 
 def encode_view(view: TextView, template: Any, weights: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """One encoder's ``(hidden, pooled or None)`` for a template with slot mixtures ``weights`` (``[S, O]`` or
-    ``[B, S, O]``): the Gumbel-softmax mixtures go through the encoder (:func:`~dpo_diff.relax.mixed_ids`)."""
-    from dpo_diff.relax import mixed_ids
+    ``[B, S, O]``): the Gumbel-softmax mixtures go through the encoder (:func:`~dpo_diff.relax_chunks.side_inputs`;
+    a CLIP template of a long prompt is the cut one-chunk layout of :func:`~dpo_diff.relax_chunks.view_template`)."""
+    from dpo_diff.relax_chunks import ChunkedTemplate, first_chunk_eos, side_inputs
 
-    ids, hook = mixed_ids(template, weights)
-    if isinstance(view, ClipView):
-        eos = template.eos_probs(weights.to(view.device, torch.float32)) if template.slots else None
-        return view.encode(ids, embedding_hook=hook, eos=eos, mix_start=template.mix_start)
-    return view.encode_ids(ids, embedding_hook=hook), None
+    ids, hook = side_inputs(template, weights)
+    if not isinstance(view, ClipView):
+        return view.encode_ids(ids, embedding_hook=hook), None
+    if not template.slots:
+        return view.encode(ids, embedding_hook=hook)
+    w = weights.to(view.device, torch.float32)
+    if isinstance(template, ChunkedTemplate):  # EOS's position over the whole (cut) sequence
+        return view.encode(ids, embedding_hook=hook, eos=first_chunk_eos(template, w))
+    return view.encode(ids, embedding_hook=hook, eos=template.eos_probs(w), mix_start=template.mix_start)
 
 
 def encode_view_text(view: TextView, texts: Sequence[str]) -> tuple[Tensor, Tensor | None]:
@@ -188,7 +196,7 @@ class FlowMatchingBackend:
         """Raise :class:`~dpo_diff.relax.PromptTooLongError` for a prompt T5 cannot take. CLIP truncates at 77
         tokens, as the pipelines do (T5 sees the whole prompt, up to ``max_sequence_length``)."""
         for view in self.views:
-            if not isinstance(view, ClipView):
+            if not view.truncates:
                 view.check_prompt(text)
 
     def encode_text(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -199,6 +207,7 @@ class FlowMatchingBackend:
         """``f(weights)`` -> :class:`Conditioning` with the space's word mixtures through *every* text encoder
         (the shortcut text gradient reaches each slot through CLIP and T5). A side without slots is encoded once."""
         from dpo_diff.relax import negative_template, positive_template
+        from dpo_diff.relax_chunks import view_template
 
         use_cfg = guidance_scale > 1
         if space.slots_of("negative") and not use_cfg:
@@ -210,7 +219,7 @@ class FlowMatchingBackend:
             if side == "negative" and not use_cfg:
                 continue
             if space.slots_of(side):
-                sides[side] = [build(space, v.tokenizer, v.max_length) for v in self.views]
+                sides[side] = [view_template(build, space, v) for v in self.views]
             else:
                 with torch.no_grad():
                     sides[side] = self.encode_text([text])

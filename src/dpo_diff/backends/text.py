@@ -31,6 +31,10 @@ class TextView:
             encoders of SD 1.x/2.x and SDXL) instead of refusing them.
     """
 
+    truncates = False
+    """Whether prompts over ``max_length`` tokens are cut there (as a pipeline does) rather than refused or chunked;
+    the relaxation then lays out the cut text too (:func:`~dpo_diff.relax_chunks.view_template`)."""
+
     def __init__(self, tokenizer, encoder, *, device: torch.device, max_length: int | None = None,
                  min_vocab: int = 1000, name: str = "text encoder", chunks: bool = False) -> None:
         if len(tokenizer) < min_vocab:
