@@ -26,7 +26,7 @@ from typing import Any
 
 from dpo_diff.config_dict import from_known_keys
 from dpo_diff.fidelity import check_ladder
-from dpo_diff.search import DEFAULT_RERANK_TOP, METHODS
+from dpo_diff.search import DEFAULT_METHOD, DEFAULT_RERANK_TOP, METHODS
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
 from dpo_diff.search.model_based import TPEConfig
@@ -45,7 +45,7 @@ class OptimizeConfig:
     target: str = "auto"  # which slots to search: auto = negative for improve, positive for attack
     model: str = ""
     judge: str = "openai/clip-vit-base-patch32"
-    method: str = "hybrid"
+    method: str = DEFAULT_METHOD
     budget: float = 40.0  # full-generation equivalents (one full sampler run on one seed = 1)
     seeds: tuple[int, ...] = (0,)  # image seeds seen by the search
     report_seeds: tuple[int, ...] = (1000, 1001, 1002)  # held-out seeds for the final before/after numbers

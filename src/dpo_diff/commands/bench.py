@@ -17,7 +17,7 @@ import argparse
 
 from dpo_diff.search import METHODS
 
-DEFAULT_METHODS = ",".join(("user", *reversed(METHODS)))  # user, random, epo, gpo, hybrid
+DEFAULT_METHODS = ",".join(("user", "random", *(m for m in reversed(METHODS) if m != "random")))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--column", default=None, help="column of CSV/Parquet/JSONL files (default prompt/caption/text)")
     p.add_argument("--task", default="improve", choices=("improve", "attack"))
     p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help=f"comma-separated, from user,promptist,random,epo,gpo,hybrid (default {DEFAULT_METHODS})")
+                   help=f"comma-separated, from user,promptist,{','.join(METHODS)} (default {DEFAULT_METHODS})")
     p.add_argument("--budget", type=float, default=40.0, help="full-generation equivalents per job (default 40)")
     p.add_argument("--seeds", default="0", help="image seeds seen by the searches, e.g. 0,1,2")
     p.add_argument("--report-seeds", default="100,101,102", help="held-out seeds of the reported numbers")
