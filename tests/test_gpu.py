@@ -87,3 +87,79 @@ def test_gpu_measurement_runs_on_the_cpu_with_the_tiny_model(backend, judge):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     record(check="gpo_iteration", dtype=str(backend.dtype).removeprefix("torch."), preset="paper", peak_bytes=None,
            finite=True, nonzero=True)
+
+
+def cuda_problem(tiny_sd, tiny_clip, dtype: str):
+    """A GPO problem on the tiny model and judge on CUDA (10 steps, improve)."""
+    from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+    from dpo_diff.judges.clip import ClipJudge
+    from dpo_diff.problem import Problem, SamplingConfig, Task
+    from dpo_diff.space import space_from_substitutes
+
+    space = space_from_substitutes("a red car on a snowy road", antonyms={"red": ["blue"], "snowy": ["sunny"]})
+    backend = StableDiffusionBackend.from_pretrained(tiny_sd, device="cuda", dtype=dtype)
+    judge = ClipJudge.from_pretrained(tiny_clip, device="cuda")
+    return Problem(space, Task("improve"), backend, judge, SamplingConfig(steps=10))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_cuda_out_of_memory_is_retried_after_the_failed_graph_is_freed(tiny_sd, tiny_clip):
+    """A real CUDA OOM (an impossible allocation) right after a forward, its graph alive: the retry with a smaller
+    chunk must start with that graph's memory released (issue #20, item 3)."""
+    from dpo_diff.search.base import Evaluator
+    from dpo_diff.search.gradient import GradientSearchConfig, train_mixture
+
+    problem = cuda_problem(tiny_sd, tiny_clip, "fp16")
+    relaxation, allocated, graph = problem.relaxation, [], []
+
+    def failing_once():
+        inner = relaxation()
+
+        def loss(weights, seeds, **kw):
+            allocated.append(torch.cuda.memory_allocated())
+            out = inner(weights, seeds, **kw)
+            if len(allocated) == 1:
+                graph.append(torch.cuda.memory_allocated() - allocated[0])
+                torch.empty(2**50, dtype=torch.uint8, device="cuda")  # raises torch.OutOfMemoryError
+            return out
+
+        return loss
+
+    problem.relaxation = failing_once
+    config = GradientSearchConfig(iterations=1, samples=2, sample_chunk=2, budget_share=None, min_iterations=1,
+                                  score_every=0)
+    state = train_mixture(problem, Evaluator(problem, (0,), 10), config, seed=0)
+    left = allocated[1] - allocated[0]  # what the failed attempt still held when the retry's forward began
+    ok = len(state.log) == 1 and graph[0] > 0 and left <= 0.05 * graph[0]
+    record(check="oom_retry", dtype="fp16", graph_bytes=graph[0], left_bytes=left, ok=ok)
+    assert ok, f"retry started with {left} of the failed graph's {graph[0]} bytes still allocated"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_an_fp16_gpo_run_recovers_from_gradient_overflow(tiny_sd, tiny_clip):
+    """fp16 on CUDA with the text gradient forced to overflow above a loss scale of ~2200 (the loss passes through
+    fp16 / 30, so its gradient is 30 x the scale in fp16): GPO halves the scale and redoes the iteration instead of
+    failing (issue #20, item 4)."""
+    from dpo_diff.search.base import Evaluator
+    from dpo_diff.search.gradient import GradientSearchConfig, train_mixture
+
+    problem = cuda_problem(tiny_sd, tiny_clip, "fp16")
+    relaxation = problem.relaxation
+
+    def overflowing():
+        inner = relaxation()
+        return lambda weights, seeds, **kw: (inner(weights, seeds, **kw).half() / 30).float() * 30
+
+    problem.relaxation = overflowing
+    config = GradientSearchConfig(iterations=3, samples=1, loss_scale=2.0**16, budget_share=None, min_iterations=1,
+                                  score_every=0)
+    grads = []
+    state = train_mixture(problem, Evaluator(problem, (0,), 10), config, seed=0,
+                          on_iteration=lambda s: grads.append(s.mixture.logits.grad.clone()))
+    backoffs = len(state.loss_scale.backoffs)
+    ok = (len(state.log) == 3 and backoffs > 0 and all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+          and bool(torch.isfinite(state.mixture.logits).all()))
+    record(check="fp16_overflow", dtype="fp16", backoffs=backoffs, final_scale=state.loss_scale.scale, ok=ok)
+    assert ok, f"log {len(state.log)}, back-offs {state.loss_scale.backoffs}"

@@ -65,6 +65,8 @@ def test_summary_reads_the_results_and_judges_the_targets(suite, tmp_path):
     (tmp_path / "gpu_tests.jsonl").write_text("\n".join(json.dumps(r) for r in [
         {"check": "gpo_iteration", "dtype": "fp16", "preset": "paper", "peak_bytes": 7 * gib},
         {"check": "gpo_iteration", "dtype": "fp16", "preset": "robust", "peak_bytes": 9 * gib},
+        {"check": "oom_retry", "dtype": "fp16", "graph_bytes": 100, "left_bytes": 0, "ok": True},
+        {"check": "fp16_overflow", "dtype": "fp16", "backoffs": 5, "final_scale": 2048.0, "ok": False},
     ]))
     (tmp_path / "memory_fp16.json").write_text(json.dumps({"rows": [
         {"mode": "shortcut", "steps": 25, "saved_bytes": 100, "seconds": 0.5, "peak_bytes": 6 * gib},
@@ -84,6 +86,9 @@ def test_summary_reads_the_results_and_judges_the_targets(suite, tmp_path):
     assert "15.0 s PASS" in row["hybrid, budget 40, one prompt (benchmark)"]
     assert "18.0 s PASS" in row["hybrid, budget 40, `dpo-diff optimize` search time"]
     assert "n/a" in row["batched / one-at-a-time throughput"]  # bf16 has no result
+    oom = row["GPO out-of-memory retry starts with the failed graph freed (pytest)"]
+    assert "| recovered PASS | - n/a | recovered |" in oom
+    assert "failed FAIL" in row["fp16 GPO with gradient overflow backs off and recovers (pytest)"]
     assert "| pytest -m gpu | ok | 3.0 |" in table
     assert "PASS" not in suite.summary(numbers, steps, dry=True)  # a dry run judges no target
 
