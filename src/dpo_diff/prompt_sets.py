@@ -10,6 +10,10 @@ Formats (chosen by extension; ``format=`` overrides):
 * ``.parquet``: a named column, same default; DiffusionDB's ``metadata.parquet`` works as is (column ``prompt``,
   one row per image, so prompts repeat and are deduplicated). Needs ``pyarrow`` (``pip install dpo-diff[prompts]``).
 * ``world:<easy|hard>:<n>[:<seed>]``: held-out prompts of the bundled shapes world (no file).
+* ``hf:DATASET[:CONFIG][:SPLIT][:COLUMN]``: a column of a dataset read with the ``datasets`` library (a hub id,
+  through its cache and offline mode; a folder written by ``save_to_disk``; a folder of data files). Empty fields
+  take defaults (``hf:nateraw/parti-prompts::train:Prompt``); a column of lists (several captions per image) is
+  flattened. Needs ``datasets`` (``pip install dpo-diff[prompts]``).
 
 Every prompt is stripped and its whitespace collapsed; exact duplicates (ignoring case) are dropped, and so are
 empty entries, non-text entries (numbers, nulls, strings without a letter) and prompts longer than the text
@@ -79,7 +83,7 @@ def read_prompt_set(path: str | os.PathLike[str], *, column: str | None = None, 
     """Read and clean the prompts of ``path`` (see the module docstring for formats).
 
     Args:
-        path: a prompt file, or ``world:<easy|hard>:<n>[:<seed>]``.
+        path: a prompt file, ``world:<easy|hard>:<n>[:<seed>]`` or ``hf:DATASET[:CONFIG][:SPLIT][:COLUMN]``.
         column: the column (CSV/Parquet/JSONL objects) holding the prompts; default: ``prompt``/``caption``/``text``.
         format: ``txt``, ``json``, ``jsonl``, ``csv``, ``tsv`` or ``parquet`` (default: from the extension).
         max_tokens: drop prompts with more tokens than this (``None``: keep all).
@@ -97,6 +101,8 @@ def read_prompt_set(path: str | os.PathLike[str], *, column: str | None = None, 
 
         raw: list[Any] = heldout_prompts(m.group(1), int(m.group(2)), seed=int(m.group(3) or 0))
         fmt = "world"
+    elif spec.startswith("hf:"):
+        raw, fmt = _read_hf(spec, column), "hf"
     else:
         p = Path(spec)
         if not p.exists():
@@ -254,3 +260,145 @@ def _read_parquet(p: Path, column: str | None) -> list[Any]:
     col = _choose_column(list(schema.names), column, p)
     # Only the prompt column is read: DiffusionDB's metadata has a dozen more per image.
     return pq.read_table(p, columns=[col]).column(col).to_pylist()
+
+
+# ---------------------------------------------------------------- hf:DATASET[:CONFIG][:SPLIT][:COLUMN]
+HF_GRAMMAR = ("hf:DATASET[:CONFIG][:SPLIT][:COLUMN] (empty fields take defaults, e.g. "
+              "hf:nateraw/parti-prompts::train:Prompt)")
+_TEXT_DTYPES = ("string", "large_string")
+_HF_FIELD_RE = re.compile(r":(?![^\[]*\])")  # a colon inside a split slice such as train[:100] separates nothing
+
+
+def _read_hf(spec: str, column: str | None) -> list[Any]:
+    """The raw entries of one text column of one split of a ``datasets`` dataset (lists of texts flattened)."""
+    fields = _HF_FIELD_RE.split(spec[len("hf:"):])
+    if len(fields) > 4 or not fields[0].strip():
+        raise PromptSetError(f"prompt set {spec!r}: expected {HF_GRAMMAR}")
+    path, config, split, col = (f.strip() or None for f in fields + [""] * (4 - len(fields)))
+    if col and column and col != column:
+        raise PromptSetError(f"prompt set {spec!r} names column {col!r} but --column says {column!r}; give one")
+    try:
+        import datasets
+    except ImportError as e:
+        raise PromptSetError(f"prompt set {spec!r} needs the datasets library: pip install 'dpo-diff[prompts]'") from e
+    ds = _hf_saved_split(datasets, spec, Path(str(path)), config, split) or _hf_split(datasets, spec, str(path),
+                                                                                      config, split)
+    name = _hf_column(ds, col or column, spec)
+    out: list[Any] = []
+    for value in ds[name]:
+        if isinstance(value, list):  # COCO-style sets hold several captions per image in one cell: each is one
+            out.extend(value)
+        else:
+            out.append(value)
+    return out
+
+
+def _pick_split(splits: list[str], split: str | None, spec: str) -> str:
+    if split is None:
+        if len(splits) == 1:
+            return splits[0]
+        raise PromptSetError(f"prompt set {spec!r}: the dataset has splits {splits}; name one as the third field "
+                             f"({HF_GRAMMAR})")
+    if split.partition("[")[0] not in splits:  # datasets' slices ("train[:100]") are of a split that exists
+        raise PromptSetError(f"prompt set {spec!r}: no split {split!r}; splits: {splits} ({HF_GRAMMAR})")
+    return split
+
+
+def _hf_saved_split(datasets: Any, spec: str, folder: Path, config: str | None, split: str | None) -> Any:
+    """A folder written by ``save_to_disk`` (a Dataset or a DatasetDict), or None for anything else."""
+    if not ((folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()):
+        return None
+    if config is not None:
+        raise PromptSetError(f"prompt set {spec!r}: {str(folder)!r} is a save_to_disk folder, which has no "
+                             f"configs; leave CONFIG empty ({HF_GRAMMAR})")
+    if split is not None and "[" in split:
+        raise PromptSetError(f"prompt set {spec!r}: split slices ({split!r}) work on hub datasets and data folders, "
+                             "not on save_to_disk folders; name the whole split")
+    saved = datasets.load_from_disk(str(folder))
+    if isinstance(saved, datasets.DatasetDict):
+        return saved[_pick_split(list(saved), split, spec)]
+    own = str(saved.split) if saved.split is not None else None
+    if split is not None and split != own:
+        raise PromptSetError(f"prompt set {spec!r}: {str(folder)!r} holds a single dataset (split {own!r}), not "
+                             f"a split {split!r}; leave SPLIT empty")
+    return saved
+
+
+def _hf_split(datasets: Any, spec: str, path: str, config: str | None, split: str | None) -> Any:
+    """One split of a hub dataset or a data folder, as ``load_dataset`` builds it (cache, offline mode)."""
+    builder = _hf_builder(datasets, spec, path, config)
+    # the data files' split keys are known before anything is downloaded; a builder with metadata lists its splits
+    splits = [str(k) for k in (builder.config.data_files or builder.info.splits or {})]
+    name = _pick_split(splits, split, spec) if splits else (split or "train")
+    try:
+        builder.download_and_prepare()
+        return builder.as_dataset(split=name)
+    except ConnectionError as e:
+        raise PromptSetError(_hf_unreachable(datasets, spec, path, e)) from None
+    except ValueError as e:  # e.g. an unknown split of a builder that could not list its splits up front
+        raise PromptSetError(f"prompt set {spec!r}: {e}") from None
+
+
+def _hf_builder(datasets: Any, spec: str, path: str, config: str | None) -> Any:
+    try:
+        return datasets.load_dataset_builder(path, config)
+    except ConnectionError as e:
+        raise PromptSetError(_hf_unreachable(datasets, spec, path, e)) from None
+    except FileNotFoundError as e:  # DatasetNotFoundError: no such hub id (or private/gated) and no such folder
+        raise PromptSetError(f"prompt set {spec!r}: no dataset {path!r} on the Hub or as a local folder ({e}); "
+                             "a private or gated dataset needs `hf auth login`") from None
+    except RuntimeError as e:  # datasets >= 4 runs no loading scripts
+        raise PromptSetError(f"prompt set {spec!r}: {e}. The installed datasets library no longer runs dataset "
+                             "scripts: point at the data files instead (a folder of Parquet/CSV/JSON files, or "
+                             "one file as --prompts FILE)") from None
+    except ValueError as e:  # a config that does not exist, or one is required
+        configs = _hf_configs(datasets, path)
+        raise PromptSetError(f"prompt set {spec!r}: {e}" + (f" (configs: {configs})" if configs else "")
+                             + f"; the config is the second field ({HF_GRAMMAR})") from None
+
+
+def _hf_configs(datasets: Any, path: str) -> list[str]:
+    try:
+        return list(datasets.get_dataset_config_names(path))
+    except Exception:  # only decorates an error message: the original error is what the user needs
+        return []
+
+
+def _hf_unreachable(datasets: Any, spec: str, path: str, e: Exception) -> str:
+    local = ("or point at a local copy: hf:FOLDER for a folder written by save_to_disk or a folder of "
+             "Parquet/CSV/JSON data files (e.g. `hf download ID --repo-type dataset --local-dir FOLDER`)")
+    if datasets.config.HF_HUB_OFFLINE:
+        return (f"prompt set {spec!r}: dataset {path!r} is not in the datasets cache "
+                f"({datasets.config.HF_DATASETS_CACHE}) and offline mode is on (HF_DATASETS_OFFLINE or "
+                f"HF_HUB_OFFLINE), so it cannot be downloaded: load it once with the network "
+                f"(unset HF_DATASETS_OFFLINE/HF_HUB_OFFLINE), {local}")
+    return (f"prompt set {spec!r}: cannot reach the Hub for dataset {path!r} ({e}); with a cached copy set "
+            f"HF_DATASETS_OFFLINE=1, {local}")
+
+
+def _hf_column(ds: Any, column: str | None, spec: str) -> str:
+    """The text column: the one named, else the first of prompt/caption/text in any case."""
+    features = ds.features
+    text = [n for n in ds.column_names if _is_text(features[n])]
+    if column is not None:
+        if column not in ds.column_names:
+            raise PromptSetError(f"prompt set {spec!r} has no column {column!r}; columns: {ds.column_names} "
+                                 f"(text: {text})")
+        if column not in text:
+            raise PromptSetError(f"prompt set {spec!r}: column {column!r} holds {features[column]}, not text; "
+                                 f"text columns: {text}")
+        return column
+    folded = {n.casefold(): n for n in reversed(text)}  # the first of equal spellings wins
+    for c in DEFAULT_COLUMNS:
+        if c in folded:
+            return folded[c]
+    raise PromptSetError(f"prompt set {spec!r}: no prompt/caption/text column (text columns: {text}); name it as "
+                         f"the fourth field ({HF_GRAMMAR}) or with --column")
+
+
+def _is_text(feature: Any) -> bool:
+    """A string column, or a column of lists of strings (``List``/``Sequence``/``LargeList`` of ``Value``)."""
+    inner = getattr(feature, "feature", None)
+    if inner is not None and not isinstance(feature, dict):
+        feature = inner
+    return getattr(feature, "dtype", None) in _TEXT_DTYPES

@@ -28,8 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--prompts", required=True,
                    help="prompt file (.txt, .json, .jsonl, .csv, .tsv, .parquet, COCO captions, DiffusionDB "
-                        "metadata) or world:<easy|hard>:<n>[:<seed>]")
-    p.add_argument("--column", default=None, help="column of CSV/Parquet/JSONL files (default prompt/caption/text)")
+                        "metadata), world:<easy|hard>:<n>[:<seed>] or hf:DATASET[:CONFIG][:SPLIT][:COLUMN] (a "
+                        "datasets hub id, save_to_disk folder or data folder)")
+    p.add_argument("--column", default=None,
+                   help="column of CSV/Parquet/JSONL files and hf: sets (default prompt/caption/text)")
     p.add_argument("--task", default="improve", choices=("improve", "attack"))
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help=f"comma-separated, from user,promptist,{','.join(METHODS)} (default {DEFAULT_METHODS})")

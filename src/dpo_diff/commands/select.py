@@ -22,8 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from dpo_diff.commands.judge_args import add_judge_arguments
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--prompts", required=True, help="prompt file (any format 'dpo-diff bench' reads)")
-    p.add_argument("--column", default=None, help="column of CSV/Parquet/JSONL files")
+    p.add_argument("--prompts", required=True,
+                   help="prompt file (any format 'dpo-diff bench' reads) or hf:DATASET[:CONFIG][:SPLIT][:COLUMN]")
+    p.add_argument("--column", default=None, help="column of CSV/Parquet/JSONL files and hf: sets")
     p.add_argument("--task", default="improve", choices=("improve", "attack"))
     p.add_argument("--threshold", type=float, default=0.85, help="loss threshold (paper: 0.85)")
     p.add_argument("--max-prompts", type=int, default=None, help="keep at most this many (paper: 100 per source)")
