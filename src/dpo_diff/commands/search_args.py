@@ -35,7 +35,7 @@ def add_search_arguments(g) -> None:
     g.add_argument("--mf-ladder", default=",".join(mf.ladder),
                    help=f"mf: fidelities cheapest first, ending at full: steps:N (a few-step generation), "
                         f"shortcut:K (the no-grad shortcut loss at K), N and K counts or %% of --steps, each "
-                        f"optionally @SEEDS (fewer search seeds) (default {','.join(mf.ladder)})")
+                        f"optionally @SEEDS (fewer search seeds) (default {','.join(mf.ladder).replace('%', '%%')})")
     g.add_argument("--mf-screen-share", type=float, default=mf.screen_share,
                    help=f"mf: share of the budget spent on the cheapest rung (default {mf.screen_share})")
     g.add_argument("--mf-rounds", type=int, default=mf.rounds,
