@@ -11,7 +11,7 @@ import torch
 from dpo_diff.optimize import load_gpo_state, save_gpo_state
 from dpo_diff.relax import WordMixture
 from dpo_diff.search.base import Evaluator
-from dpo_diff.search.gradient import GradientSearchConfig, gpo_extra, train_mixture
+from dpo_diff.search.gradient import GradientError, GradientSearchConfig, gpo_extra, train_mixture
 from dpo_diff.testing import SyntheticProblem, synthetic_space
 
 ONE_SHOT = dict(budget_share=None, min_iterations=1, score_every=0)
@@ -105,3 +105,18 @@ def test_a_resumed_fp16_run_continues_with_its_loss_scale(tmp_path):
     assert resumed.loss_scale.state_dict() == full.loss_scale.state_dict()
     assert again.forwards == 4 + 1  # iterations 4-7 and one redo at 5, as in the uninterrupted run
     assert torch.equal(resumed.mixture.logits, full.mixture.logits)
+
+
+class NaNGradient(Fp16Overflow):
+    """fp16 with a NaN text gradient at any scale (the backward of sqrt at 0, times 0): not the scale's fault."""
+
+    def relaxation(self):
+        real = super().relaxation()
+        return lambda weights, seeds, **kw: real(weights, seeds, **kw) + (weights * 0).sum().sqrt()
+
+
+def test_an_overflow_that_no_loss_scale_cures_stops_with_a_clear_error():
+    problem = NaNGradient(synthetic_space(3, 4), seed=0)
+    with pytest.raises(GradientError, match="still non-finite after 16 halvings .* use --dtype bf16 or fp32"):
+        train_mixture(problem, Evaluator(problem, (0,), 40), FP16, seed=0)
+    assert problem.forwards == 17

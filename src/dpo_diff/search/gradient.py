@@ -405,9 +405,12 @@ def _scaled_step(problem: Problem, relaxed, state: GradientState, config: Gradie
         try:
             loss = _gpo_step(problem, relaxed, state, config, it, k, seeds, scale.scale, chunk, timings)
             break
-        except GradientOverflow:
-            if not scale.dynamic or attempt == MAX_BACKOFFS:
+        except GradientOverflow as e:
+            if not scale.dynamic:
                 raise
+            if attempt == MAX_BACKOFFS:
+                raise GradientError(f"{e}: still non-finite after {MAX_BACKOFFS} halvings of the fp16 loss scale, so "
+                                    f"the overflow is not the scale's; use --dtype bf16 or fp32") from None
         scale.back_off(it)
         state.streams["gumbel"].set_state(gumbel)
     scale.clean_step()
