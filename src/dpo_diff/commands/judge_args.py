@@ -6,7 +6,7 @@ OBJECTIVE_HELP = (
     "weighted judge terms instead of --judge, each normalised against the user prompt on the same seeds, e.g. "
     "'clip:openai/clip-vit-large-patch14=1,aesthetic:sac+logos+ava1-l14-linearMSE.pth=0.2'; a term 'JUDGE<=+M' is "
     "a constraint (its loss may rise at most M above the user prompt's). Judges: clip:ID, siglip:ID, "
-    "aesthetic:FILE[clip=ID] (see docs/judges.md)")
+    "aesthetic:FILE[clip=ID], vqa:ID[dtype=bf16] (see docs/judges.md)")
 EVAL_HELP = ("comma-separated judges that score the final images but not the search (cross-judge evaluation), e.g. "
              "'clip:openai/clip-vit-large-patch14,siglip:google/siglip-base-patch16-224'; 'checker' is the shapes "
              "world's ground truth")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dpo_diff.judges.spec import display_source
+from dpo_diff.judges.spec import JUDGE_KINDS, display_source
 from dpo_diff.loading import ModelNotFoundError, resolve_model
 
 DEFAULT_JUDGE = "openai/clip-vit-base-patch32"
@@ -118,6 +118,11 @@ class ClipJudge(EmbeddingJudge):
         from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
         transformers.logging.set_verbosity_error()
+        kind = model.partition(":")[0].lower()
+        if kind in JUDGE_KINDS and kind != "clip" and not Path(model).exists():
+            raise ValueError(f"--judge takes a CLIP model id or folder, not the {kind} judge {model!r}: use "
+                             f"--objective {model!r} (it ranks candidates by the same loss, reported relative to the "
+                             f"user prompt's) or --eval-judges")
         path, local_only = resolve_model(model, "CLIP judge", "config.json")
         try:
             clip = CLIPModel.from_pretrained(path, local_files_only=local_only, dtype=dtype)
@@ -166,9 +171,14 @@ def enable_checkpointing(model) -> None:
     if dropout:
         raise ValueError(f"gradient checkpointing needs a vision tower without dropout; this one has "
                          f"attention_dropout={dropout}")
+    checkpoint_blocks(model)
+    vision.encoder.train()
+
+
+def checkpoint_blocks(model) -> None:
+    """Turn on transformers' (non-reentrant) gradient checkpointing; it acts only on modules in training mode."""
     enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 (the old name warns)
     if enable is not None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    vision.encoder.train()

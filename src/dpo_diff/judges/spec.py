@@ -6,6 +6,8 @@ A *judge spec* names one judge: ``KIND:SOURCE[key=value;key=value]``.
 * ``siglip:google/siglip-base-patch16-224`` - any transformers ``SiglipModel`` id or folder;
 * ``aesthetic:FILE[clip=openai/clip-vit-large-patch14]`` - the LAION aesthetic predictor (an MLP on unit CLIP
   ViT-L/14 image embeddings) from a user-given weights file; ``clip=`` names its CLIP backbone;
+* ``vqa:Qwen/Qwen2-VL-2B-Instruct`` - VQAScore, ``-log P("Yes")`` of an image-text-to-text model asked whether the
+  image shows the prompt (LLaVA-1.5, Qwen2-VL, Qwen2.5-VL; :mod:`.vqa`); option ``dtype=fp32|bf16|fp16``;
 * ``checker`` - the shapes world's ground-truth checker (evaluation only: it has no gradient).
 
 ``SOURCE`` may be ``world:judge`` or ``world:judge_b`` for the shapes world's bundled judges. Options:
@@ -28,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-JUDGE_KINDS = ("clip", "siglip", "aesthetic", "checker")
+JUDGE_KINDS = ("clip", "siglip", "aesthetic", "vqa", "checker")
 DEFAULT_AESTHETIC_BACKBONE = "openai/clip-vit-large-patch14"
 _OPTIONS = {"clip": ("checkpointing",), "siglip": ("checkpointing",), "aesthetic": ("clip", "checkpointing"),
-            "checker": ()}
+            "vqa": ("checkpointing", "dtype"), "checker": ()}
+VQA_DTYPES = ("fp32", "bf16", "fp16")
 _WEIGHT_RE = re.compile(r"^(?P<judge>.*?)(?:=(?P<weight>[-+0-9.eE]+))?$")
 
 
@@ -116,6 +119,9 @@ def parse_judge(text: str) -> JudgeSpec:
     bad = [k for k, _ in opts if k not in _OPTIONS[kind]]
     if bad:
         raise ValueError(f"unknown option(s) {bad} for {kind} judges; allowed: {', '.join(_OPTIONS[kind]) or 'none'}")
+    dtype = dict(opts).get("dtype")
+    if dtype is not None and dtype not in VQA_DTYPES:
+        raise ValueError(f"judge {text!r}: dtype={dtype!r} is not one of {', '.join(VQA_DTYPES)}")
     return JudgeSpec(kind, source, tuple(opts))
 
 
@@ -233,6 +239,14 @@ class JudgeRegistry:
             backbone_spec = JudgeSpec("clip", opts.get("clip", DEFAULT_AESTHETIC_BACKBONE),
                                       (("checkpointing", "1"),) if ckpt else ())
             judge = AestheticJudge.from_file(resolve_source(spec.source), self.load(backbone_spec))
+        elif spec.kind == "vqa":
+            import torch
+
+            from dpo_diff.judges.vqa import VqaJudge
+
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.get("dtype", "fp32")]
+            judge = VqaJudge.from_pretrained(resolve_source(spec.source), device=self.device, dtype=dtype,
+                                             checkpointing=ckpt)
         else:
             from dpo_diff.judges.checker import CheckerJudge
 
