@@ -222,9 +222,9 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         if needed:
             resolve_device(device)  # a clear error before anything is written or loaded
     space = select_target(full_space, cfg.task, cfg.target)
-    resolve_sampling(cfg, space, backend)  # before config.json is written: it records the values used
     out = Path(cfg.out)
-    with output_lock(out):
+    with output_lock(out):  # a busy folder is the first error, before the model's defaults are looked up
+        resolve_sampling(cfg, space, backend)  # before config.json is written: it records the values used
         prepare_folder(cfg, space, out, resume=resume, overwrite=overwrite)
         problem = load_problem(cfg, space, backend, judge, constraint)
         calibrate_run(cfg, problem)

@@ -91,12 +91,14 @@ def sampling_defaults(args: argparse.Namespace) -> tuple[int | None, float | Non
 
         defaults = RECOMMENDED_STEPS, RECOMMENDED_GUIDANCE
     elif args.model:
+        from dpo_diff.files import output_lock
         from dpo_diff.loading import resolve_device
         from dpo_diff.optimize import pipeline_defaults
 
         if args.ray is None:  # an unusable device is the first error, before the model is looked up (as optimize)
             resolve_device(args.device)
-        defaults = pipeline_defaults(args.model, negative=args.task == "improve")
+        with output_lock(args.out):  # and a busy output folder the next (run_bench takes the lock again)
+            defaults = pipeline_defaults(args.model, negative=args.task == "improve")
     else:
         return steps, guidance  # no model: BenchConfig's own error says so
     return (defaults[0] if steps is None else steps), (defaults[1] if guidance is None else guidance)
