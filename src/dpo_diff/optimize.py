@@ -29,6 +29,7 @@ from dpo_diff.fidelity import check_ladder
 from dpo_diff.search import DEFAULT_METHOD, DEFAULT_RERANK_TOP, METHODS
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
+from dpo_diff.search.llm_search import LLMSearchConfig
 from dpo_diff.search.model_based import TPEConfig
 from dpo_diff.search.multi_fidelity import MultiFidelityConfig
 from dpo_diff.search.selection import SelectionConfig
@@ -67,6 +68,7 @@ class OptimizeConfig:
     epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
     mf: MultiFidelityConfig = field(default_factory=MultiFidelityConfig)
     tpe: TPEConfig = field(default_factory=TPEConfig)
+    llm: LLMSearchConfig = field(default_factory=LLMSearchConfig)  # the endpoint of method "llm"
     # seed-robust selection: re-rank the best 4 on 2 validation seeds (chosen above the search seeds when not given)
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))
     time_budget: float | None = None  # optional wall-clock limit of the search, seconds
@@ -86,6 +88,11 @@ class OptimizeConfig:
             self.mf = MultiFidelityConfig(**self.mf)
         if isinstance(self.tpe, dict):
             self.tpe = TPEConfig(**self.tpe)
+        if isinstance(self.llm, dict):
+            self.llm = from_known_keys(LLMSearchConfig, self.llm)
+        if self.method == "llm" and not self.llm.model:
+            raise ValueError("method llm needs a chat model: --llm-model NAME (and --llm-base-url URL for a local "
+                             "OpenAI-compatible server)")
         if isinstance(self.selection, dict):
             self.selection = SelectionConfig(**self.selection)
         if self.time_budget is not None and not self.time_budget > 0:
@@ -467,7 +474,7 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         bar.close()
         return _Searched(None, user, space.default, note, t0, earlier)
     result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
-                    epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, on_evaluation=on_eval,
+                    epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm, on_evaluation=on_eval,
                     on_iteration=on_iter,
                     preloaded=preloaded, gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
                     time_budget=cfg.time_budget, should_stop=should_stop)

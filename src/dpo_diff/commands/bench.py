@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 
-from dpo_diff.search import METHODS
+from dpo_diff.search import METHODS, NEEDS_ENDPOINT
 
-DEFAULT_METHODS = ",".join(("user", "random", *(m for m in reversed(METHODS) if m != "random")))
+# bench configures no LLM endpoint yet: llm (--method llm of optimize) is left out of its defaults
+DEFAULT_METHODS = ",".join(("user", "random", *(m for m in reversed(METHODS) if m != "random"
+                                                and m not in NEEDS_ENDPOINT)))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

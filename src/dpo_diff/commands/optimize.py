@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="recompute the shortcut gradient's UNet calls and VAE decode in backward: same gradient, "
                         "less memory (SDXL at 1024 px), about one more forward per GPO step")
     add_search_arguments(p)
+    add_llm_arguments(p.add_argument_group("llm search (--method llm)"))
     p.add_argument("--similarity-threshold", type=float, default=0.9,
                    help="meaning constraint for rewritten prompts (positive slots): minimum sentence-embedding "
                         "similarity to the user prompt; 0 disables (default 0.9, as the paper)")
@@ -62,6 +63,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="reuse evaluations already in DIR/progress.jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_llm_arguments(g) -> None:
+    from dpo_diff.search.llm_search import LLMSearchConfig
+
+    d = LLMSearchConfig()
+    g.add_argument("--llm-model", default="", help="chat model that proposes candidates, e.g. gpt-4o or llama3.1")
+    g.add_argument("--llm-base-url", default=None,
+                   help="OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama, ...; default: $OPENAI_BASE_URL or "
+                        "OpenAI)")
+    g.add_argument("--llm-api-key-env", default=d.api_key_env,
+                   help=f"environment variable holding the key (default {d.api_key_env})")
+    g.add_argument("--llm-per-round", type=int, default=d.per_round,
+                   help=f"candidates asked for per round (default {d.per_round})")
+    g.add_argument("--llm-temperature", type=float, default=d.temperature,
+                   help=f"sampling temperature of the proposals (default {d.temperature})")
+
+
+def llm_settings(args: argparse.Namespace):
+    from dpo_diff.search.llm_search import LLMSearchConfig
+
+    return LLMSearchConfig(model=args.llm_model, base_url=args.llm_base_url, api_key_env=args.llm_api_key_env,
+                           per_round=args.llm_per_round, temperature=args.llm_temperature)
 
 
 def judge_lines(result: dict) -> list[str]:
@@ -94,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, dtype=args.dtype, device=device,
         batch_size=args.batch_size, out=args.out, similarity_threshold=args.similarity_threshold or None,
         similarity_model=args.similarity_model, objective=args.objective, grad_checkpointing=args.grad_checkpointing,
-        eval_judges=eval_judge_specs(args.eval_judges), **search_settings(args),
+        eval_judges=eval_judge_specs(args.eval_judges), llm=llm_settings(args), **search_settings(args),
     )
     result = optimize(cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({k: result[k] for k in ("user_prompt", "best", "before", "after", "cost")}, indent=2))

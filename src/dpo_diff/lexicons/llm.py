@@ -348,8 +348,6 @@ class LLMLexicon(Lexicon):
         named in a warning (:class:`~dpo_diff.files.FileWarning`). Unusable answers are retried; a corrupt cache file
         is discarded with a warning naming it, and the endpoint is asked again.
         """
-        import openai
-
         if words is None:
             words = [w for w in prompt_words(prompt) if not (self.skip_stopwords and w.text.lower() in STOP_WORDS)]
         messages = self.messages(prompt, relation)
@@ -359,6 +357,29 @@ class LLMLexicon(Lexicon):
             if parsed is not None:
                 self._warn_missing(prompt, relation, missing, f"answer cached in {cache}")
                 return parsed
+
+        def check(text: str) -> tuple[dict[str, list[str]], str | None]:
+            parsed = parse_answer(text)
+            return parsed, self._problem(prompt, words, parsed)[0]
+
+        text, parsed = self.complete(messages, check, f"{relation} answer for {prompt!r}")
+        if cache is not None:
+            from dpo_diff.space import atomic_write_text
+
+            atomic_write_text(cache, json.dumps({"model": self.model, "endpoint": self.endpoint,
+                                                 "messages": messages, "answer": text}))
+        self._warn_missing(prompt, relation, self._problem(prompt, words, parsed)[1],
+                           f"at {self.endpoint} (model {self.model!r})")
+        return parsed
+
+    def complete(self, messages: list[dict[str, str]], check: Callable[[str], tuple[Any, str | None]],
+                 what: str) -> tuple[str, Any]:
+        """Ask the endpoint until ``check(answer text)`` gives ``(result, None)``; ``(result, why)`` marks the
+        answer unusable (retried like a transport error). Returns ``(text, result)``; raises
+        :class:`~dpo_diff.lexicons.base.LexiconError` naming ``what`` and the last problem when attempts run out.
+        Also the transport of LLM-driven searches (:mod:`dpo_diff.search.llm_search`)."""
+        import openai
+
         last = "no attempt made"
         for attempt in range(self.max_attempts):
             wait = min(self.backoff * 2**attempt, 60.0)
@@ -367,16 +388,9 @@ class LLMLexicon(Lexicon):
                 resp = self._get_client().chat.completions.create(
                     model=self.model, messages=messages, temperature=self.temperature)
                 text = (resp.choices[0].message.content or "") if resp.choices else ""
-                parsed = parse_answer(text)
-                why, missing = self._problem(prompt, words, parsed)
+                result, why = check(text)
                 if why is None:
-                    if cache is not None:
-                        from dpo_diff.space import atomic_write_text
-
-                        atomic_write_text(cache, json.dumps({"model": self.model, "endpoint": self.endpoint,
-                                                             "messages": messages, "answer": text}))
-                    self._warn_missing(prompt, relation, missing, f"at {self.endpoint} (model {self.model!r})")
-                    return parsed
+                    return text, result
                 last = f"unusable answer ({why}): {text[:120]!r}"
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError,
                     openai.BadRequestError) as e:
@@ -395,8 +409,8 @@ class LLMLexicon(Lexicon):
             if attempt + 1 < self.max_attempts:
                 self.sleep(wait)
         raise LexiconError(
-            f"the LLM endpoint {self.endpoint} (model {self.model!r}) gave no usable {relation} answer for "
-            f"{prompt!r} after {self.max_attempts} attempts; last problem: {last}; {self._hint()}")
+            f"the LLM endpoint {self.endpoint} (model {self.model!r}) gave no usable {what} after "
+            f"{self.max_attempts} attempts; last problem: {last}; {self._hint()}")
 
     def _propose(self, prompt: str, words: list[WordSpan], relation: Relation) -> Mapping[str, Sequence[str]]:
         return self.ask(prompt, relation, words)

@@ -1,10 +1,11 @@
 """Searches over a prompt's space: GPO (shortcut text gradient), EPO (evolution), their hybrid, random search,
-multi-fidelity successive halving (mf) and model-based search (tpe, optuna's TPE).
+multi-fidelity successive halving (mf), model-based search (tpe, optuna's TPE) and an LLM proposer (llm, OPT2I-style).
 
 Only constants live here, so that configuration code can name the methods without importing torch.
 """
 
-METHODS = ("hybrid", "gpo", "epo", "random", "mf", "tpe")  # the one list of search methods
+METHODS = ("hybrid", "gpo", "epo", "random", "mf", "tpe", "llm")  # the one list of search methods
+NEEDS_ENDPOINT = ("llm",)  # methods that need an LLM endpoint configured: left out of "run every method" defaults
 DEFAULT_METHOD = "hybrid"
 """The method of optimize, bench (first search), the UI and the demo; it follows the registered evaluation
 (docs/evaluation_protocol.md, docs/world_bench.md)."""

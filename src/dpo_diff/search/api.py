@@ -10,6 +10,8 @@ Methods (all at the same, honestly counted budget, see :mod:`dpo_diff.search.bas
   full evaluations for the best (:mod:`dpo_diff.search.multi_fidelity`).
 * ``tpe``: optuna's Tree-structured Parzen Estimator, optionally with a cheap rung
   (:mod:`dpo_diff.search.model_based`).
+* ``llm``: an OpenAI-compatible chat model proposes candidates from the scored history (OPT2I-style;
+  :mod:`dpo_diff.search.llm_search`; needs ``llm=LLMSearchConfig(model=...)``).
 
 Whatever the method, a space whose every candidate fits the budget is enumerated (nothing is left to chance), and
 with a :class:`~dpo_diff.search.selection.SelectionConfig` the best candidates are re-ranked on validation seeds.
@@ -26,6 +28,7 @@ from dpo_diff.search.base import BudgetExhausted, Evaluation, Evaluator, Nothing
 from dpo_diff.search.evolution import EvolutionSearchConfig, evolution_search
 from dpo_diff.search.gradient import GradientSearchConfig, GradientState, gradient_search
 from dpo_diff.search.hybrid import hybrid_search
+from dpo_diff.search.llm_search import LLMSearchConfig, llm_search
 from dpo_diff.search.model_based import TPEConfig, tpe_search
 from dpo_diff.search.multi_fidelity import MultiFidelityConfig, multi_fidelity_search
 from dpo_diff.search.random_search import random_search
@@ -37,7 +40,7 @@ __all__ = ["METHODS", "search"]
 def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds: Sequence[int] = (0,), seed: int = 0,
            gpo: GradientSearchConfig | None = None, epo: EvolutionSearchConfig | None = None,
            selection: SelectionConfig | None = None, mf: MultiFidelityConfig | None = None,
-           tpe: TPEConfig | None = None,
+           tpe: TPEConfig | None = None, llm: LLMSearchConfig | None = None,
            on_evaluation: Callable[[Evaluation], None] | None = None,
            on_iteration: Callable[[GradientState], None] | None = None,
            preloaded: dict | None = None, gpo_resume: dict[str, Any] | None = None,
@@ -52,6 +55,7 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
         seed: root of the search's random streams; the same seed gives the same result.
         selection: re-rank the best candidates on validation seeds (budget reserved up front).
         mf, tpe: settings of the multi-fidelity and model-based searches (defaults when ``None``).
+        llm: the LLM proposer's endpoint and settings (``method="llm"`` needs its ``model``).
         on_evaluation: called after every new evaluation (to persist progress).
         preloaded: evaluations from an interrupted run, reused without generating again.
         gpo_resume: the GPO checkpoint of an interrupted run (continued exactly instead of re-learned).
@@ -87,6 +91,8 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
         result = multi_fidelity_search(problem, evaluator, mf, seed=seed)
     elif method == "tpe":
         result = tpe_search(problem, evaluator, tpe, seed=seed)
+    elif method == "llm":
+        result = llm_search(problem, evaluator, llm, seed=seed)
     else:
         result = random_search(problem, evaluator, seed=seed)
     if evaluator.cancelled:

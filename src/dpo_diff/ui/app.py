@@ -37,14 +37,14 @@ def error_text(e: Exception) -> str:
 
 def build_app(controller: Controller, defaults: RunRequest | None = None) -> Any:
     gr = offline_gradio()
-    from dpo_diff.search import METHODS
+    from dpo_diff.search import METHODS, NEEDS_ENDPOINT
 
     d = defaults or DEFAULTS
     with gr.Blocks(title="dpo-diff", analytics_enabled=False) as app:
         gr.Markdown(f"# dpo-diff\nDiscrete prompt optimization on **{controller.models.name}** "
                     f"({controller.models.device}); runs are written to `{controller.root.name}/`.")
         with gr.Tab("Run"):
-            _run_tab(gr, controller, d, METHODS)
+            _run_tab(gr, controller, d, tuple(m for m in METHODS if m not in NEEDS_ENDPOINT))  # no LLM settings here
         with gr.Tab("Past runs"):
             _runs_tab(gr, controller)
         with gr.Tab("Benchmarks"):
