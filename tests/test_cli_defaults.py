@@ -76,14 +76,15 @@ def test_a_flux_attack_runs_without_true_cfg_by_default(space_file, tiny_clip, t
     assert (config["guidance"], config["steps"]) == (1.0, 4)
 
 
-def test_bench_takes_the_same_defaults(tiny_flux):
+def test_bench_takes_the_same_defaults(tiny_flux, tmp_path):
     from dpo_diff.commands import bench
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    base = ["--prompts", "p.txt", "--model", tiny_flux, "--out", "unused"]
+    out = str(tmp_path / "out")  # bench probes the folder's lock: never the working directory
+    base = ["--prompts", "p.txt", "--model", tiny_flux, "--out", out]
     for task, guidance in (("attack", 1.0), ("improve", 4.0)):
         cfg = bench.config_from_args(parser.parse_args(base + ["--task", task]))
         assert (cfg.steps, cfg.guidance) == (28, guidance)
-    world = bench.config_from_args(parser.parse_args(["--prompts", "p.txt", "--world", "--out", "unused"]))
+    world = bench.config_from_args(parser.parse_args(["--prompts", "p.txt", "--world", "--out", out]))
     assert (world.steps, world.guidance) == (50, 7.5)

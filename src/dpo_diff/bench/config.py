@@ -21,6 +21,7 @@ from dpo_diff.fidelity import check_ladder
 from dpo_diff.loading import model_fingerprint  # in loading: judges use it and must not import bench
 from dpo_diff.search import DEFAULT_RERANK_TOP
 from dpo_diff.search import METHODS as SEARCH_METHOD_NAMES
+from dpo_diff.search import NEEDS_ENDPOINT
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
 from dpo_diff.search.model_based import TPEConfig
@@ -47,7 +48,7 @@ class BenchConfig:
     """Everything that defines a benchmark (saved in ``DIR/bench.json``; see the module docstring)."""
 
     task: str = "improve"
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = tuple(m for m in METHODS if m not in NEEDS_ENDPOINT)  # llm needs an endpoint
     budget: float = 40.0  # full-generation equivalents per (prompt, method), the paper's 40
     seeds: tuple[int, ...] = (0,)  # image seeds the searches see
     report_seeds: tuple[int, ...] = (100, 101, 102)  # held-out seeds of the reported numbers

@@ -41,8 +41,8 @@ def add_search_arguments(g) -> None:
     g.add_argument("--mf-rounds", type=int, default=mf.rounds,
                    help=f"mf: rounds, each ending with full evaluations (anytime; default {mf.rounds})")
     g.add_argument("--tpe-ladder", default=",".join(tpe.ladder),
-                   help="tpe: full (default), or one cheap rung then full: each batch is previewed there and its best "
-                        "--tpe-keep share evaluated in full")
+                   help=f"tpe: one cheap rung then full (default {','.join(tpe.ladder).replace('%', '%%')}: each "
+                        f"batch is previewed there and its best --tpe-keep share evaluated in full), or full alone")
     g.add_argument("--tpe-keep", type=float, default=tpe.keep,
                    help=f"tpe: share of each batch promoted past the cheap rung (default {tpe.keep})")
 

@@ -34,7 +34,7 @@ class TPEConfig:
 
     batch: int = 8
     startup: int = 10
-    ladder: tuple[str, ...] = ("full",)
+    ladder: tuple[str, ...] = ("steps:10%", "full")  # BOHB-style: previews are cheap and inform the model too
     keep: float = 0.34
 
     def __post_init__(self) -> None:
