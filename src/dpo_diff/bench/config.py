@@ -19,9 +19,8 @@ from typing import Any
 from dpo_diff.config_dict import from_known_keys
 from dpo_diff.fidelity import check_ladder
 from dpo_diff.loading import model_fingerprint  # in loading: judges use it and must not import bench
-from dpo_diff.search import DEFAULT_RERANK_TOP
+from dpo_diff.search import DEFAULT_RERANK_TOP, NEEDS_ENDPOINT
 from dpo_diff.search import METHODS as SEARCH_METHOD_NAMES
-from dpo_diff.search import NEEDS_ENDPOINT
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
 from dpo_diff.search.model_based import TPEConfig
