@@ -52,6 +52,25 @@ def prompt_record(problem, fidelities: list[str], seeds: tuple[int, ...], n: int
     return rec
 
 
+def timing(problem, fidelities: list[str], seeds: tuple[int, ...], n: int, repeats: int) -> dict[str, float]:
+    """Median wall seconds of scoring ``n`` candidates in one batch at each fidelity over the full sampler's, the
+    fidelities interleaved in every repeat (so a change of machine load hits all of them alike)."""
+    import statistics
+
+    from dpo_diff.search.evolution import distinct_random
+    from dpo_diff.seeding import rng as make_rng
+
+    cands = distinct_random(problem.space.sizes, n, make_rng(0, "fidelity-timing"))
+    times: dict[str, list[float]] = {f: [] for f in ["full", *fidelities]}
+    for _ in range(repeats):
+        for spec in times:
+            t0 = time.perf_counter()
+            problem.candidate_losses(cands, seeds, spec)
+            times[spec].append(time.perf_counter() - t0)
+    full = statistics.median(times["full"])
+    return {spec: statistics.median(v) / full for spec, v in times.items()}
+
+
 def summarize(records: list[dict], fidelities: list[str]) -> str:
     import numpy as np
     from scipy.stats import bootstrap
@@ -127,6 +146,30 @@ def run(args: argparse.Namespace) -> list[dict]:
     return list(read_jsonl(path, what="fidelity record").records)
 
 
+def timing_table(args: argparse.Namespace) -> str:
+    import torch
+
+    from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+    from dpo_diff.judges.clip import ClipJudge
+    from dpo_diff.problem import Problem, SamplingConfig, Task
+    from dpo_diff.seeding import parse_seeds
+    from dpo_diff.world import RECOMMENDED_GUIDANCE, generator_path, judge_path
+
+    torch.set_num_threads(args.threads)
+    backend = StableDiffusionBackend.from_pretrained(str(generator_path()))
+    judge = ClipJudge.from_pretrained(str(judge_path()))
+    sampling = SamplingConfig(args.steps, RECOMMENDED_GUIDANCE, batch_size=args.batch_size)
+    lines = [f"seconds per batch of {args.batch_size} candidates over the full sampler's ({args.threads} thread(s), "
+             f"median of 3 interleaved repeats)", "", "| task | " + " | ".join(args.fidelities) + " |",
+             "|---|" + "---|" * len(args.fidelities)]
+    for task in args.tasks:
+        _, space = prompts_for(task, args)[0]
+        problem = Problem(space, Task(task), backend, judge, sampling)
+        ratios = timing(problem, args.fidelities, tuple(parse_seeds(args.seeds)), args.batch_size, 3)
+        lines.append(f"| {task} | " + " | ".join(f"{ratios[f]:.3f}" for f in args.fidelities) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompt-seed", type=int, default=11, help="a development prompt seed (2-999, pool v1)")
@@ -141,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--timing", action="store_true",
+                   help="only measure seconds per batch at each fidelity over the full sampler's (interleaved "
+                        "repeats on the first prompt of each task), printed as ratios")
     p.add_argument("--out", default="runs/fidelity")
     args = p.parse_args(argv)
     from dpo_diff.seeding import parse_seeds
@@ -150,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--prompt-seed {args.prompt_seed} is not a development prompt seed (2-999); evaluation seeds are "
                 f"never used to choose a ladder")
     parse_seeds(args.seeds)
+    if args.timing:
+        print(timing_table(args))
+        return 0
     if args.summary_only:
         from dpo_diff.files import read_jsonl
 
