@@ -2,12 +2,14 @@
 
 Steps (SD v1.x architecture at 512 px with random weights: costs do not depend on values):
 
-1. ``pytest -m gpu tests/test_gpu.py``: CPU/CUDA image parity, one GPO iteration per dtype and preset (peak memory,
-   finite non-zero text gradient), GPO's recovery from a real CUDA out-of-memory and from fp16 gradient overflow
+1. ``pytest -m gpu`` (``tests/test_gpu.py`` and :data:`GPU_TEST_FILES`): CPU/CUDA image parity, one GPO iteration
+   per dtype and preset (peak memory, finite non-zero text gradient), the soft chunk bias in fp16/bf16, long prompts
+   on SD 3/FLUX, GPO's recovery from a real CUDA out-of-memory and from fp16 gradient overflow
    (tiny model, fp16).
 2. ``benchmarks/shortcut_memory.py`` per dtype: one GPO iteration's saved bytes, time and peak at 25/50/100 steps.
 3. ``benchmarks/eval_throughput.py`` per dtype: batched vs one-at-a-time evaluation; hybrid at budget 40.
-4. ``dpo-diff optimize --method hybrid`` on the random weights saved in ``save_pretrained`` layout (first dtype).
+4. ``dpo-diff optimize --method hybrid`` and ``--method mf`` on the random weights saved in ``save_pretrained``
+   layout (first dtype).
 5. ``benchmarks/shortcut_memory.py --arch sdxl``, ``--arch sd3`` and ``--arch flux``: one GPO iteration's peak at
    50 steps for SDXL-base (with ``--grad-checkpointing``), SD 3.5 medium and FLUX.1-dev shapes (1024 px, bf16,
    random weights; FLUX with true CFG, as its improve task needs).
@@ -88,11 +90,17 @@ def sizes(dry: bool) -> dict:
                 opt_steps=50, timeout=240.0)
 
 
+GPU_TEST_FILES = ("tests/test_key_bias.py", "tests/test_flow_long_prompts.py")  # gpu tests outside test_gpu.py
+
+
 def plan(args: argparse.Namespace, work: Path) -> list[Step]:
     py, sz = args.python, sizes(args.dry)
     results = work / "gpu_tests.jsonl"
     pytest_marks = "not slow" if args.dry else "gpu"  # dry: the CPU variant of the GPU test's measurement
-    steps = [Step("pytest -m gpu", [py, "-m", "pytest", "tests/test_gpu.py", "-q", "-m", pytest_marks, "-rs",
+    # Every file with @pytest.mark.gpu tests (the dry run keeps test_gpu.py's CPU variants only: the others are the
+    # CPU suite's own tests there).
+    files = ["tests/test_gpu.py"] if args.dry else ["tests/test_gpu.py", *GPU_TEST_FILES]
+    steps = [Step("pytest -m gpu", [py, "-m", "pytest", *files, "-q", "-m", pytest_marks, "-rs",
                                     "-p", "no:cacheprovider"], sz["timeout"],
                   env={"DPO_DIFF_GPU_RESULTS": str(results), "HF_HUB_OFFLINE": "1"})]
     for dtype in args.dtypes:
@@ -116,6 +124,13 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         "--model", str(model), "--judge", str(judge), "--method", "hybrid", "--budget", "40",
         "--steps", str(sz["opt_steps"]), "--dtype", dtype, "--device", args.device, "--seeds", "0",
         "--report-seeds", "100", "--batch-size", str(sz["batch_size"]), "--out", str(work / "optimize"),
+        "--overwrite", "--quiet",
+    ], sz["timeout"], env={"HF_HUB_OFFLINE": "1"}))
+    steps.append(Step(f"optimize mf {dtype}", [  # multi-fidelity: few-step previews batched on the device
+        py, "-m", "dpo_diff.cli", "optimize", "--prompt", PROMPT, "--task", "improve", "--space", str(space),
+        "--model", str(model), "--judge", str(judge), "--method", "mf", "--budget", "40",
+        "--steps", str(sz["opt_steps"]), "--dtype", dtype, "--device", args.device, "--seeds", "0",
+        "--report-seeds", "100", "--batch-size", str(sz["batch_size"]), "--out", str(work / "optimize_mf"),
         "--overwrite", "--quiet",
     ], sz["timeout"], env={"HF_HUB_OFFLINE": "1"}))
     for arch, mode in BIG_ARCHS.items():  # full shapes in bf16 on a GPU (fp16 overflows them); tiny models in dry mode
@@ -194,8 +209,10 @@ def collect(work: Path, dtypes: list[str]) -> dict:
                     if r["mode"] == mode}
             out[col][f"{arch}_peak"] = rows[max(rows)]["peak_bytes"] if rows else None
     res = _read_json(work / "optimize" / "result.json") or {}
+    res_mf = _read_json(work / "optimize_mf" / "result.json") or {}
     if dtypes:
         out[dtypes[0]]["cli_hybrid_s"] = res.get("search_seconds")
+        out[dtypes[0]]["cli_mf_s"] = res_mf.get("search_seconds")
     return out
 
 
@@ -237,6 +254,7 @@ def summary(numbers: dict, steps: list[Step], dry: bool) -> str:
          TARGETS["gpo_unit_ratio"], False),
         ("hybrid, budget 40, one prompt (benchmark)", "hybrid_s", "s", TARGETS["hybrid_s"], False),
         ("hybrid, budget 40, `dpo-diff optimize` search time", "cli_hybrid_s", "s", TARGETS["hybrid_s"], False),
+        ("mf, budget 40, `dpo-diff optimize` search time", "cli_mf_s", "s", TARGETS["hybrid_s"], False),
         ("SDXL GPO iteration peak, 1024 px, grad checkpointing (benchmark)", "sdxl_peak", "gb",
          TARGETS["sdxl_peak_gb"] * GIB, False),
         ("SD 3.5 medium GPO iteration peak, 1024 px (benchmark)", "sd3_peak", "gb", TARGETS["sd3_peak_gb"] * GIB,

@@ -38,10 +38,12 @@ def test_the_gpu_plan_covers_every_step_at_sd15_sizes(suite, tmp_path):
     steps = suite.plan(suite.parse_args([], environ={}), tmp_path)
     names = [s.name for s in steps]
     assert names == ["pytest -m gpu", "shortcut_memory fp16", "eval_throughput fp16", "shortcut_memory bf16",
-                     "eval_throughput bf16", "save random model", "optimize hybrid fp16", "shortcut_memory sdxl",
-                     "shortcut_memory sd3", "shortcut_memory flux"]
+                     "eval_throughput bf16", "save random model", "optimize hybrid fp16", "optimize mf fp16",
+                     "shortcut_memory sdxl", "shortcut_memory sd3", "shortcut_memory flux"]
     argv = {s.name: s.argv for s in steps}
     assert argv["pytest -m gpu"][-5:-3] == ["-m", "gpu"]
+    assert {"tests/test_gpu.py", *suite.GPU_TEST_FILES} <= set(argv["pytest -m gpu"])  # every file with gpu tests
+    assert argv["optimize mf fp16"][argv["optimize mf fp16"].index("--method") + 1] == "mf"
     for name in names[1:6]:
         assert "sd15" in argv[name] and "cuda" in argv[name]
     opt = argv["optimize hybrid fp16"]
@@ -108,3 +110,11 @@ def test_dry_run_end_to_end(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = (tmp_path / "gpu.md").read_text()
     assert "batched / one-at-a-time throughput" in report and "| optimize hybrid fp32 | ok |" in report
+
+
+def test_the_suite_runs_every_file_that_has_gpu_tests(suite):
+    """A new @pytest.mark.gpu test in another file must be added to the suite, or it never runs anywhere."""
+    tests = Path(__file__).parent
+    marked = {f"tests/{f.name}" for f in tests.glob("test_*.py")
+              if "\n@pytest.mark.gpu" in f.read_text() or "mark.gpu\n" in f.read_text()}
+    assert marked == {"tests/test_gpu.py", *suite.GPU_TEST_FILES}
