@@ -20,7 +20,7 @@ from dpo_diff.ui.space_text import space_to_text, text_to_space
 
 
 # ---------------------------------------------------------------------------------------------- cancellation
-@pytest.mark.parametrize("method", ["random", "epo", "hybrid"])
+@pytest.mark.parametrize("method", ["random", "epo", "hybrid", "mf", "tpe"])
 def test_a_cancelled_search_stops_early_and_keeps_its_best(method):
     problem = SyntheticProblem(synthetic_space(6, 4), seed=2)
     seen = []
@@ -160,6 +160,17 @@ def test_status_line_shows_cost_of_budget_and_best_loss(tmp_path):
     snap = Snapshot(1, "running", tmp_path, 40.0, cost=12.0, evaluations=6, best_loss=0.2345)
     assert status_line(snap) == "**running** · cost 12 of budget 40 · best loss 0.2345 · 6 evaluations"
     assert status_line(Snapshot(2, "queued", tmp_path, 4.0, queue_position=2)) == "**queued** (2 run(s) ahead)"
+    mf = Snapshot(3, "running", tmp_path, 40.0, cost=9.0, evaluations=4, previews=25, best_loss=0.3)
+    assert status_line(mf) == "**running** · cost 9 of budget 40 · best loss 0.3000 · 4 evaluations · 25 previews"
+
+
+def test_progress_counts_full_evaluations_and_previews_apart(tmp_path):
+    from dpo_diff.ui.jobs import read_progress
+
+    rows = [{"cost": 0.2, "fidelity": "steps:4"}, {"cost": 0.4, "fidelity": "steps:4"}, {"cost": 1.4},
+            {"cost": 2.4, "fidelity": "full"}]
+    (tmp_path / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"cost": 3')
+    assert read_progress(tmp_path) == (2.4, 2, 2, None)
 
 
 # ---------------------------------------------------------------------------------------------- editable space

@@ -168,6 +168,8 @@ def status_line(snap: Snapshot) -> str:
     if snap.best_loss is not None:
         parts.append(f"best loss {snap.best_loss:.4f}")
     parts.append(f"{snap.evaluations} evaluations")
+    if snap.previews:
+        parts.append(f"{snap.previews} previews")
     if snap.state == "running" and snap.result is None and snap.evaluations == 0:
         parts.append("preparing the first evaluation (models, the user prompt's loss, GPO)")
     if snap.state == "cancelled":

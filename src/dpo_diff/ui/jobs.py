@@ -188,6 +188,7 @@ class Snapshot:
     budget: float
     cost: float = 0.0
     evaluations: int = 0
+    previews: int = 0  # cheaper looks of a multi-fidelity search (never the answer)
     best_loss: float | None = None
     best_prompt: str = ""
     best_negative_prompt: str = ""
@@ -202,25 +203,29 @@ class Snapshot:
         return self.state in DONE
 
 
-def read_progress(out: Path) -> tuple[float, int, dict[str, Any] | None]:
-    """Cost spent, evaluations made and the best so far, from the files a running ``optimize`` keeps on disk
-    (a line being written is skipped: the next poll reads it)."""
-    cost, n = 0.0, 0
+def read_progress(out: Path) -> tuple[float, int, int, dict[str, Any] | None]:
+    """Cost spent, full evaluations and cheaper previews made (:mod:`dpo_diff.fidelity`), and the best so far,
+    from the files a running ``optimize`` keeps on disk (a line being written is skipped: the next poll reads it)."""
+    cost, n, looks = 0.0, 0, 0
     try:
         lines = (out / "progress.jsonl").read_text().splitlines()
     except OSError:
         lines = []
     for line in lines:
         try:
-            cost = max(cost, float(json.loads(line)["cost"]))
-            n += 1
+            record = json.loads(line)
+            cost = max(cost, float(record["cost"]))
         except (ValueError, KeyError, TypeError):
             continue
+        if record.get("fidelity", "full") == "full":
+            n += 1
+        else:
+            looks += 1
     try:
         best = json.loads((out / "best.json").read_text())
     except (OSError, ValueError):
         best = None
-    return cost, n, best
+    return cost, n, looks, best
 
 
 ModelLoader = Callable[[Models, str], tuple[Any, Any, Any]]
@@ -321,7 +326,7 @@ class JobManager:
                 device = job.models.device
                 running = sum(j.state == "running" and j.models.device == device for j in self._jobs.values())
                 snap.queue_position = self._pending[device].index(job.id) + running
-        snap.cost, snap.evaluations, best = read_progress(job.out)
+        snap.cost, snap.evaluations, snap.previews, best = read_progress(job.out)
         if best is not None:
             snap.best_loss = sum(best["losses"]) / len(best["losses"])
             snap.best_prompt, snap.best_negative_prompt = best["prompt"], best["negative_prompt"]
