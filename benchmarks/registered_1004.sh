@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# The registered evaluation of issue #19 (docs/evaluation_protocol.md, 2026-12-03), exactly as registered.
+# The registered evaluation of issue #19 (docs/evaluation_protocol.md, 2026-12-03), exactly as registered: the code
+# is the registering commit's, 70bdb4d, so continue it from a checkout of that commit and write into this one:
+#   git worktree add ../registered 70bdb4d && cp benchmarks/registered_1004.sh ../registered/benchmarks/
+#   (cd ../registered && PYTHONPATH=src PY=$PWD/../main/.venv/bin/python OUT=$OLDPWD/docs/world_bench/registered_1004 \
+#       bash benchmarks/registered_1004.sh)
 # Resumable: each lane appends one record per finished search to its folder and skips finished ones on a rerun, so
 # it can be stopped and continued across sessions. Two lanes (one per core), each one process writing its own
 # folders: improve (budget 40, then budgets 20 and 80), attack (the same), then the summaries.

@@ -115,3 +115,13 @@ def test_mf_on_the_tiny_model_batched_equals_one_at_a_time(backend, judge):
     assert [e.candidate for e in a.evaluations] == [e.candidate for e in b.evaluations]
     torch.testing.assert_close(torch.tensor([e.losses for e in a.previews]),
                                torch.tensor([e.losses for e in b.previews]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_spent_time_budget_stops_after_the_first_full_evaluation(method):
+    problem = SyntheticProblem(synthetic_space(6, 5), steps=20)
+    result = search(problem, method=method, budget=200, seeds=(0,), seed=0, time_budget=1e-9, **settings(method))
+    assert result.evaluations and result.best.fidelity == "full"  # an answer, however short the time
+    first_full = min(e.cost for e in result.evaluations)
+    assert result.cost == pytest.approx(max(e.cost for e in result.evaluations + result.previews))
+    assert result.cost <= first_full + 8  # nothing after the batch that produced the first full evaluation

@@ -75,6 +75,9 @@ def multi_fidelity_search(problem: Problem, evaluator: Evaluator, config: MultiF
     shares = [config.screen_share] + [(1 - config.screen_share) / (len(rungs) - 1)] * (len(rungs) - 1)
     rng = make_rng(seed, "mf")
     rounds = max(1, min(config.rounds, int(shares[-1] * budget // costs[-1])))
+    # Promotions go in sampler-sized batches: a time budget or a cancel is checked between them, and full
+    # evaluations batch exactly as every other search's do.
+    step = max(1, getattr(getattr(problem, "sampling", None), "batch_size", 8))
     try:
         for _ in range(rounds):
             for i, fid in enumerate(rungs):
@@ -84,7 +87,7 @@ def multi_fidelity_search(problem: Problem, evaluator: Evaluator, config: MultiF
                 if i == 0:
                     screen(problem, evaluator, fid, n, rng, config.chunk)
                 else:
-                    promote(evaluator, rungs[i - 1], fid, n, config.chunk)
+                    promote(evaluator, rungs[i - 1], fid, n, step if fid.is_full else config.chunk)
         while True:  # the rest of the budget: full evaluations of the next-best previews, then random ones
             if not promote(evaluator, rungs[-2], rungs[-1], 1, 1):
                 random_search(problem, evaluator, seed=seed)
