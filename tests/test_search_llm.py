@@ -158,3 +158,23 @@ def test_optimize_runs_the_llm_search_from_the_cli(server, tiny_sd, tiny_clip, s
     assert json.loads((out / "config.json").read_text())["config"]["llm"]["base_url"] == server.url
     assert "a red dog on the grass" in server.requests[0]["messages"][0]["content"]
     assert list((tmp_path / "xdg" / "dpo-diff" / "llm").glob("*.json"))
+
+
+def test_bench_compares_the_llm_search_with_random_at_one_budget(server, tiny_sd, tiny_clip, tmp_path, monkeypatch,
+                                                                 capsys):
+    from dpo_diff.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    server.default = answer((1, 2), (2, 1), (1, 1))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red dog on the grass\n")
+    out = tmp_path / "bench"
+    args = ["bench", "--prompts", str(prompts), "--model", tiny_sd, "--judge", tiny_clip, "--methods", "random,llm",
+            "--steps", "3", "--guidance", "7.5", "--budget", "4", "--seeds", "0", "--report-seeds", "5",
+            "--device", "cpu", "--rerank-top", "0", "--out", str(out)]
+    assert main(args) != 0  # without an endpoint: refused before anything runs, saying what to give
+    assert "method llm needs a chat model: --llm-model" in capsys.readouterr().err
+    assert main([*args, "--llm-model", "test-model", "--llm-base-url", server.url, "--llm-per-round", "2"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["method"] for r in records) == ["llm", "random"]
+    assert all(r["cost"] <= 4 + 1e-9 for r in records) and server.requests

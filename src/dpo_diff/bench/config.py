@@ -23,6 +23,7 @@ from dpo_diff.search import DEFAULT_RERANK_TOP, NEEDS_ENDPOINT
 from dpo_diff.search import METHODS as SEARCH_METHOD_NAMES
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
+from dpo_diff.search.llm_search import LLMSearchConfig
 from dpo_diff.search.model_based import TPEConfig
 from dpo_diff.search.multi_fidelity import MultiFidelityConfig
 from dpo_diff.search.selection import SelectionConfig
@@ -35,7 +36,8 @@ SPACE_KINDS = ("antonym", "synonym", "nplib", "hybrid")
 DEFAULT_JUDGE = "openai/clip-vit-base-patch32"
 PROMPTIST = "microsoft/Promptist"
 _NOT_IN_KEY = ("methods", "device", "batch_size")
-_METHOD_ONLY = ("promptist_model", "promptist_tokenizer", "gpo", "epo", "mf", "tpe")
+_METHOD_ONLY = ("promptist_model", "promptist_tokenizer", "gpo", "epo", "mf", "tpe", "llm")
+_LLM_KEYED = ("model", "base_url", "per_round", "history", "reasks", "temperature")  # what changes llm's answers
 
 
 class BenchError(ValueError):
@@ -71,6 +73,7 @@ class BenchConfig:
     epo: EvolutionSearchConfig = field(default_factory=EvolutionSearchConfig)
     mf: MultiFidelityConfig = field(default_factory=MultiFidelityConfig)
     tpe: TPEConfig = field(default_factory=TPEConfig)
+    llm: LLMSearchConfig = field(default_factory=LLMSearchConfig)  # the chat endpoint of method "llm"
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))  # seed-robust
     time_budget: float | None = None  # wall-clock seconds per search job (equal-time comparisons on one machine)
     objective: str | None = None  # weighted judge terms instead of `judge` (dpo_diff.judges.objective)
@@ -89,6 +92,8 @@ class BenchConfig:
             self.mf = MultiFidelityConfig(**self.mf)
         if isinstance(self.tpe, dict):
             self.tpe = TPEConfig(**self.tpe)
+        if isinstance(self.llm, dict):
+            self.llm = from_known_keys(LLMSearchConfig, self.llm, what="bench llm settings", error=BenchError)
         if isinstance(self.selection, dict):
             self.selection = SelectionConfig(**self.selection)
         if self.time_budget is not None and not self.time_budget > 0:
@@ -130,6 +135,9 @@ class BenchConfig:
         SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
         if set(self.methods) & {"gpo", "hybrid"}:
             self.gpo.validate_for(self.steps)
+        if "llm" in self.methods and not self.llm.model:
+            raise BenchError("method llm needs a chat model: --llm-model NAME (and --llm-base-url URL for a local "
+                             "OpenAI-compatible server)")
         for method in set(self.methods) & {"mf", "tpe"}:
             try:
                 check_ladder(getattr(self, method).ladder, self.steps)
@@ -204,6 +212,8 @@ class BenchConfig:
             d["epo"] = asdict(self.epo)
         if method in ("mf", "tpe"):
             d[method] = getattr(self, method).to_dict()
+        if method == "llm":
+            d["llm"] = {k: getattr(self.llm, k) for k in _LLM_KEYED}
         return d
 
     def key(self) -> str:

@@ -17,14 +17,14 @@ import argparse
 
 from dpo_diff.search import METHODS, NEEDS_ENDPOINT
 
-# bench configures no LLM endpoint yet: llm (--method llm of optimize) is left out of its defaults
+# llm needs an endpoint (--llm-model, --llm-base-url): it runs when asked for, never by default
 DEFAULT_METHODS = ",".join(("user", "random", *(m for m in reversed(METHODS) if m != "random"
                                                 and m not in NEEDS_ENDPOINT)))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from dpo_diff.commands.judge_args import add_judge_arguments
-    from dpo_diff.commands.optimize import BACKBONE_GUIDANCE, BACKBONE_STEPS
+    from dpo_diff.commands.optimize import BACKBONE_GUIDANCE, BACKBONE_STEPS, add_llm_arguments
     from dpo_diff.commands.search_args import add_search_arguments
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -68,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda where available)")
     s.add_argument("--batch-size", type=int, default=8, help="candidate x seed rows per UNet batch")
     add_search_arguments(s)
+    add_llm_arguments(p.add_argument_group("llm search (--methods ...,llm)"))
     s.add_argument("--similarity-threshold", type=float, default=0.9,
                    help="attack meaning constraint (sentence similarity); 0 disables (default 0.9)")
     s.add_argument("--similarity-model", default=None)
@@ -109,6 +110,7 @@ def sampling_defaults(args: argparse.Namespace) -> tuple[int | None, float | Non
 def config_from_args(args: argparse.Namespace):
     from dpo_diff.bench.config import BenchConfig
     from dpo_diff.commands.judge_args import eval_judge_specs
+    from dpo_diff.commands.optimize import llm_settings
     from dpo_diff.commands.search_args import search_settings
     from dpo_diff.seeding import parse_seeds
 
@@ -122,7 +124,7 @@ def config_from_args(args: argparse.Namespace):
         similarity_threshold=args.similarity_threshold or None, similarity_model=args.similarity_model,
         promptist_model=args.promptist_model, promptist_tokenizer=args.promptist_tokenizer,
         **search_settings(args), device=args.device, batch_size=args.batch_size, objective=args.objective,
-        eval_judges=eval_judge_specs(args.eval_judges),
+        eval_judges=eval_judge_specs(args.eval_judges), llm=llm_settings(args),
     )
 
 
