@@ -6,7 +6,9 @@
 #       bash benchmarks/registered_1004.sh)
 # Resumable: each lane appends one record per finished search to its folder and skips finished ones on a rerun, so
 # it can be stopped and continued across sessions. Two lanes (one per core), each one process writing its own
-# folders: improve (budget 40, then budgets 20 and 80), attack (the same), then the summaries.
+# folders: improve (budget 40, then budgets 20 and 80), attack (the same), then the summaries. A lane's curves may
+# also run as one process per root seed (--roots 0 and --roots 1 into ${task}_curves_root0/_root1): every job
+# depends only on its prompt, method, budget and root, and the summary reads every ${task}_curves* folder.
 #
 #   bash benchmarks/registered_1004.sh            # both lanes in the background, logs in runs/registered_1004/
 #   bash benchmarks/registered_1004.sh summary    # the tables from whatever records exist
@@ -30,7 +32,7 @@ lane() {  # lane TASK_ARGS_NAME FOLDER
 summary() {  # both budget views over the budget-40 and the budget-curve records of a task
   for t in improve attack; do
     mkdir -p "runs/registered_1004/summary_$t"
-    cat "$OUT/$t/records.jsonl" "$OUT/${t}_curves/records.jsonl" 2>/dev/null \
+    cat "$OUT/$t/records.jsonl" "$OUT/${t}_curves"*/records.jsonl 2>/dev/null \
       > "runs/registered_1004/summary_$t/records.jsonl" || true
     "$PY" benchmarks/robustness.py --summary-only --pairs mf/rerank:random/rerank@80 \
       --out "runs/registered_1004/summary_$t" > /dev/null

@@ -4,9 +4,6 @@ backward does not grow with the number of sampling steps."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -77,19 +74,11 @@ def test_flux_positive_slots_without_cfg_and_negative_slots_need_true_cfg(tiny_f
         backend.relaxed_conditioning(SPACE, guidance_scale=1.0)
 
 
-def _memory_benchmark():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "shortcut_memory.py"
-    spec = importlib.util.spec_from_file_location("shortcut_memory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("which", ["tiny_sd3", "tiny_flux"])
-def test_shortcut_memory_is_flat_in_the_number_of_steps(which, judge, request):
+def test_shortcut_memory_is_flat_in_the_number_of_steps(which, judge, request, load_script):
     """Bytes saved for backward by one GPO iteration at 4 and 16 steps (k = 15/50 of the steps, one grad step), with
     and without the backends' per-block checkpointing; against backprop through every step (without it)."""
-    bench = _memory_benchmark()
+    bench = load_script("benchmarks/shortcut_memory.py")
     backend = load_backend(request.getfixturevalue(which))
     problem = Problem(SPACE, Task("improve"), backend, judge, SamplingConfig())
     for blocks in (True, False):

@@ -145,27 +145,23 @@ def test_checker_accepts_pil_uint8_and_float_images(checker):
         assert f.all_correct, (type(form), f.checks)
 
 
-def test_training_script_defaults_are_the_shipped_generator_schedule():
+def test_training_script_defaults_are_the_shipped_generator_schedule(load_script):
     """The default generator schedule is the shipped one: 3300 steps with a 600-step cool-down, then a warm restart
     (cosine from 5e-4 over 800 steps), 4100 steps in all, as recorded in the shipped training_state.json."""
-    import importlib.util
     import json
     import math
     from pathlib import Path
 
     from dpo_diff.world import generator_path
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "train_world.py"
-    spec = importlib.util.spec_from_file_location("train_world", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/train_world.py")
     captured = {}
 
     def fake_stage(args):
         captured["args"] = args
 
     mod.train_vae = mod.train_checker = mod.train_judge = mod.train_generator = fake_stage
-    mod.world_data_dir = lambda: Path(path.parent)  # exists; nothing is written
+    mod.world_data_dir = lambda: Path(mod.__file__).parent  # exists; nothing is written
     threads = torch.get_num_threads()  # main() sets the process's thread count: restore it for later tests
     try:
         assert mod.main(["--stages", "generator", "--threads", str(threads)]) == 0

@@ -2,10 +2,11 @@
 
 Methods (all at the same, honestly counted budget, see :mod:`dpo_diff.search.base`):
 
-* ``hybrid`` (default, the paper's best): GPO, then EPO seeded from the learned distribution.
+* ``hybrid`` (the paper's best): GPO, then EPO seeded from the learned distribution.
 * ``gpo``: shortcut-gradient training, then samples from the learned distribution (GPO-sampling).
 * ``epo``: evolutionary search from a uniform population.
-* ``random``: uniform random search, the baseline.
+* ``random`` (default, :data:`dpo_diff.search.DEFAULT_METHOD`): uniform random search, the baseline; nothing
+  beat it on the registered evaluation (``docs/world_bench.md``).
 * ``mf``: multi-fidelity successive halving: many cheap looks (the no-grad shortcut loss, few-step generations),
   full evaluations for the best (:mod:`dpo_diff.search.multi_fidelity`).
 * ``tpe``: optuna's Tree-structured Parzen Estimator, optionally with a cheap rung
