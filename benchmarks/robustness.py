@@ -192,8 +192,36 @@ def summarise(records: list[dict], pairs: list[tuple[str, str, str, str]] = ()) 
         cost, secs = statistics.mean(r["cost"] for r in rs), statistics.mean(r["seconds"] for r in rs)
         lines.append(f"| {task} | {method} | {variant} | {n_prompts} | {len(by_run)} | {_cell(dl)} | "
                      f"{_cell(df)} | {cost:.1f} | {secs:.1f} |")
-    lines += ["", *paired_lines(records, pairs), "", *time_matched_lines(records), "", *thread_lines(records)]
+    lines += ["", *paired_lines(records, pairs), "", *time_matched_lines(records), "", *gaming_lines(records), "",
+              *thread_lines(records)]
     return "\n".join(lines)
+
+
+def gaming_lines(records: list[dict]) -> list[str]:
+    """Does the ground truth follow the judge? Per (task, method, variant), over prompts (roots averaged): of the
+    prompts where the answer moved the judge's loss the task's way, how often faithfulness moved the task's way too,
+    could not (the user prompt already fully faithful for improve, fully broken for attack), stayed although it could
+    move, or moved against it. The last two are judge gaming: a better loss without a better ground truth."""
+    from collections import defaultdict
+
+    loss, faith = _per_prompt(records, "best_report_loss"), _per_prompt(records, "best_faithful")
+    user_l, user_f = _per_prompt(records, "user_report_loss"), _per_prompt(records, "user_faithful")
+    lines = ["Ground truth against the judge (prompts, roots averaged; judge gain: the loss moved the task's way; "
+             "gaming: unchanged with room to move, or against):", "",
+             "| task | method | variant | prompts | judge gain | ground truth gains too | no room to move | "
+             "unchanged (gaming) | against (gaming) |", "|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(loss):
+        sign = 1 if key[0] == "improve" else -1
+        counts: dict[str, int] = defaultdict(int)
+        for p, value in loss[key].items():
+            if sign * (user_l[key][p] - value) <= 0:
+                continue
+            df, saturated = sign * (faith[key][p] - user_f[key][p]), user_f[key][p] == (1.0 if sign > 0 else 0.0)
+            counts["gain"] += 1
+            counts["also" if df > 0 else "against" if df < 0 else "full" if saturated else "same"] += 1
+        lines.append(f"| {' | '.join(key)} | {len(loss[key])} | {counts['gain']} | {counts['also']} | "
+                     f"{counts['full']} | {counts['same']} | {counts['against']} |")
+    return lines
 
 
 def _per_prompt(records: list[dict], field: str) -> dict[tuple, dict[str, float]]:

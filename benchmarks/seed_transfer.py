@@ -51,14 +51,14 @@ def candidate_record(problem, checker, prompt: str, cands, search: list[int], he
     return rec
 
 
-def proxies(rec: dict, search_seeds: int) -> dict[str, list[float]]:
+def proxies(rec: dict) -> dict[str, list[float]]:
     """Proxy name -> per-candidate value (lower is better in the task's direction)."""
     import numpy as np
 
     out = {}
     for f in FIDELITIES:
         arr = np.array(rec[f])
-        for s in sorted({1, 2, search_seeds}):
+        for s in sorted({1, 2, arr.shape[1]}):  # one seed, two, and every seed recorded at this fidelity
             if s <= arr.shape[1]:
                 out[f"{f}@{s}"] = arr[:, :s].mean(1).tolist()
     return out
@@ -86,7 +86,7 @@ def prompt_metrics(rec: dict) -> dict[str, dict]:
     h = held.shape[1] // 2
     out = {"ceiling": {"rho": float(spearmanr(held[:, :h].mean(1), held[:, h:].mean(1)).statistic)}}
     rng = np.random.default_rng(0)
-    for name, vals in proxies(rec, len(rec["full"][0])).items():
+    for name, vals in proxies(rec).items():
         fid, seeds = name.rsplit("@", 1)
         row = {"rho": float(spearmanr(vals, target).statistic), "cost": rec["cost_per_seed"][fid] * int(seeds)}
         for c in COSTS:  # equal spend: a cheaper proxy looks at more candidates

@@ -52,3 +52,8 @@ def test_spends_the_recorded_candidates_cannot_cover_are_left_out(bench):
     table = bench.summarize([_record("improve", n=30), _record("improve", n=30, seed=1)])
     assert "| improve | steps:10%@1 | 0.10 | 2 |" in table
     assert "| - |" in table
+
+
+def test_every_seed_count_recorded_is_a_proxy(bench):
+    names = set(bench.proxies(_record("improve")))
+    assert {"steps:10%@4", "steps:20%@4", "full@2"} <= names and "full@4" not in names
