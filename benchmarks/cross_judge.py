@@ -123,7 +123,7 @@ def summarise(out: Path, roots: list[int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="improve", choices=("improve", "attack"))
-    p.add_argument("--pool", default="eval", choices=("v1", "eval"))
+    p.add_argument("--pool", default="eval", choices=("v1", "eval", "eval2"))
     p.add_argument("--prompt-seed", type=int, default=1003)
     p.add_argument("--n", type=int, default=3, help="prompts kept after screening")
     p.add_argument("--screen", type=int, default=10, help="candidates screened per kept prompt")

@@ -354,8 +354,9 @@ def thread_lines(records: list[dict]) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default="improve,attack", type=lambda s: s.split(","))
-    p.add_argument("--pool", default="v1", choices=("v1", "eval"))
-    p.add_argument("--prompt-seed", type=int, default=2, help="development: 2-999 (v1); evaluation: 1000-1004")
+    p.add_argument("--pool", default="v1", choices=("v1", "eval", "eval2"))
+    p.add_argument("--prompt-seed", type=int, default=2,
+                   help="development: 2-999 (v1); evaluation: 1000-1004 (eval), 1005-1014 (eval2: hard prompts only)")
     p.add_argument("--n", type=int, default=8, help="prompts per task")
     p.add_argument("--screen", type=int, default=1,
                    help="screen up to N x n prompts on --screen-seeds and keep n worth searching (improve: generator "
@@ -387,6 +388,8 @@ def main() -> None:
                         "mf/rerank:random/rerank@80")
     p.add_argument("--out", default="runs/robustness")
     args = p.parse_args()
+    if args.pool == "eval2" and "attack" in args.tasks and args.attack_kind == "easy":
+        p.error("the eval2 pool has hard prompts only: attack with --attack-kind hard")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")

@@ -82,3 +82,42 @@ def test_protocol_seeds_do_not_overlap():
     assert len(set().union(*map(set, parts))) == sum(len(p) for p in parts)
     assert len(EVAL_QUALITY_SEEDS) == len(EVAL_PROMPT_SEEDS)
     assert min(EVAL_IMAGE_SEEDS) >= 9000
+
+
+def _longest_hard_list(seed: int) -> list[str]:
+    """Everything a first-pool evaluation seed can ever return as hard prompts (its longest list)."""
+    n = 3 * len(eval_pool("unseen_combo")[EVAL_PROMPT_SEEDS.index(seed)::5])
+    return heldout_prompts("hard", n, seed=seed, pool="eval")
+
+
+def test_first_pool_lists_are_the_ones_registered_evaluations_used():
+    """The slices never move (a fixed stride, whatever seeds are added): the registered evaluation of prompt seed
+    1004 drew its prompts from the first 240 hard and 256 hard prompts of its slice."""
+    hard = set(heldout_prompts("hard", 256, seed=1004, pool="eval"))
+    for task in ("improve", "attack"):
+        path = ROOT / "docs" / "world_bench" / "registered_1004" / task / "records.jsonl"
+        prompts = {json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()}
+        assert prompts and prompts <= hard, task
+    with pytest.raises(ValueError, match="too few"):
+        heldout_prompts("hard", len(_longest_hard_list(1004)) + 3, seed=1004, pool="eval")
+
+
+def test_the_eval2_pool_is_beyond_every_first_pool_seed_and_split_between_its_seeds():
+    from dpo_diff.world.prompts import EVAL2_PROMPT_SEEDS, eval2_pool
+
+    reachable = set().union(*(_longest_hard_list(s) for s in EVAL_PROMPT_SEEDS))
+    used = reachable | set().union(*(v1_pool(k) for k in KINDS))
+    lists = [heldout_prompts("hard", 200, seed=s, pool="eval2") for s in EVAL2_PROMPT_SEEDS]
+    for a, b in itertools.combinations(lists, 2):
+        assert not set(a) & set(b)
+    for lst in lists:
+        assert not used & set(lst)
+        assert [prompt_kind(p) == "two_objects" for p in lst[:4]] == [False, True] * 2  # rare words, two objects
+    assert len(eval2_pool("rare_word")) + len(eval2_pool("two_objects")) > 15000  # documented: 6793 + 8835
+    assert not set(EVAL2_PROMPT_SEEDS) & (set(EVAL_PROMPT_SEEDS) | set(DEV_PROMPT_SEEDS))
+    with pytest.raises(ValueError, match="pre-registered prompt seeds 1005-1014"):
+        heldout_prompts("hard", 5, seed=1000, pool="eval2")
+    with pytest.raises(ValueError, match="hard prompts only"):
+        heldout_prompts("easy", 5, seed=1005, pool="eval2")
+    with pytest.raises(ValueError, match="only"):
+        eval2_pool("easy")

@@ -45,11 +45,16 @@ _BUCKETS = 8
 
 Role = Literal["generator", "judge"]
 Difficulty = Literal["easy", "hard"]
-Pool = Literal["v1", "eval"]
+Pool = Literal["v1", "eval", "eval2"]
+POOLS: tuple[str, ...] = ("v1", "eval", "eval2")
 
 # The evaluation protocol (docs/evaluation_protocol.md), pre-registered before any result on them was looked at.
 # No training, tuning, prompt selection or model-selection step may use these prompt seeds or image seeds.
 EVAL_PROMPT_SEEDS: tuple[int, ...] = (1000, 1001, 1002, 1003, 1004)
+_EVAL_STRIDE = 5  # seed EVAL_PROMPT_SEEDS[k] owns eval_pool(kind)[k::5]: fixed forever, whatever is added later
+# The second evaluation pool ("eval2", docs/evaluation_protocol.md): hard prompts that no seed above can ever return.
+EVAL2_PROMPT_SEEDS: tuple[int, ...] = tuple(range(1005, 1015))
+_EVAL2_KINDS = ("rare_word", "two_objects")  # the only kinds with prompts left beyond the first pool's reach
 EVAL_IMAGE_SEEDS: tuple[int, ...] = tuple(range(9000, 9016))
 EVAL_SELECT_SEEDS = EVAL_IMAGE_SEEDS[0:2]  # `dpo-diff select` on evaluation prompts
 EVAL_REPORT_SEEDS = EVAL_IMAGE_SEEDS[2:10]  # `--report-seeds` of evaluation runs
@@ -140,14 +145,18 @@ def heldout_prompts(difficulty: Difficulty, n: int, seed: int = 0, pool: Pool = 
 
     ``pool="v1"`` (default) gives the lists every result before the evaluation protocol used. ``pool="eval"`` takes
     the ``seed``-th slice of the evaluation pool (:func:`eval_pool`); ``seed`` must be one of
-    :data:`EVAL_PROMPT_SEEDS` and a shorter list is a prefix of a longer one.
+    :data:`EVAL_PROMPT_SEEDS` and a shorter list is a prefix of a longer one. ``pool="eval2"`` does the same for the
+    second evaluation pool (:func:`eval2_pool`: hard prompts only, rare words and two objects alternating; seeds
+    :data:`EVAL2_PROMPT_SEEDS`).
     """
     if difficulty not in ("easy", "hard"):
         raise ValueError(f"difficulty must be 'easy' or 'hard', got {difficulty!r}")
     if pool == "eval":
         return _eval_prompts(difficulty, n, seed)
+    if pool == "eval2":
+        return _eval2_prompts(difficulty, n, seed)
     if pool != "v1":
-        raise ValueError(f"pool must be 'v1' or 'eval', got {pool!r}")
+        raise ValueError(f"pool must be one of {list(POOLS)}, got {pool!r}")
     rng = np.random.default_rng([seed, 0 if difficulty == "easy" else 1])
     out: list[str] = []
     seen: set[str] = set()
@@ -291,14 +300,51 @@ def _eval_prompts(difficulty: Difficulty, n: int, seed: int) -> list[str]:
         raise ValueError(f"the evaluation pool is drawn only with the pre-registered prompt seeds "
                          f"{list(EVAL_PROMPT_SEEDS)}, got {seed}; use pool='v1' (seeds {DEV_PROMPT_SEEDS[0]}-"
                          f"{DEV_PROMPT_SEEDS[-1]}) for development")
-    k, every = EVAL_PROMPT_SEEDS.index(seed), len(EVAL_PROMPT_SEEDS)
+    k = EVAL_PROMPT_SEEDS.index(seed)
     kinds = ("easy",) if difficulty == "easy" else _HARD_ORDER
-    slices = {kind: eval_pool(kind)[k::every] for kind in kinds}
+    slices = {kind: eval_pool(kind)[k::_EVAL_STRIDE] for kind in kinds}
+    return _interleave(slices, n, f"evaluation pool's {difficulty}")
+
+
+def _interleave(slices: dict[str, tuple[str, ...]], n: int, what: str) -> list[str]:
+    """The first ``n`` prompts taking the kinds in turn (a shorter list is a prefix of a longer one)."""
+    kinds = tuple(slices)
     want = {kind: len(range(i, n, len(kinds))) for i, kind in enumerate(kinds)}
     short = {kind: len(slices[kind]) for kind in kinds if want[kind] > len(slices[kind])}
     if short:
-        raise ValueError(f"the evaluation pool has too few {difficulty} prompts per seed for n={n}: {short}")
+        raise ValueError(f"the {what} prompts per seed are too few for n={n}: {short}")
     return [slices[kinds[i % len(kinds)]][i // len(kinds)] for i in range(n)]
+
+
+def eval_reach(kind: str) -> int:
+    """How far into :func:`eval_pool` the seeds :data:`EVAL_PROMPT_SEEDS` can ever reach. Their hard lists take the
+    three hard kinds in turn and end where a seed's unseen-combination slice ends, so the rare-word and two-object
+    prompts beyond that are never returned by any of them."""
+    if kind not in _HARD_ORDER:
+        return len(eval_pool(kind))
+    longest_combo_slice = -(-len(eval_pool("unseen_combo")) // _EVAL_STRIDE)
+    return min(len(eval_pool(kind)), _EVAL_STRIDE * longest_combo_slice)
+
+
+def eval2_pool(kind: str) -> tuple[str, ...]:
+    """The second evaluation pool of ``kind`` (rare words or two objects): :func:`eval_pool` beyond
+    :func:`eval_reach`, in the same fixed order, so no first-pool evaluation seed can have seen one of them."""
+    if kind not in _EVAL2_KINDS:
+        raise ValueError(f"the eval2 pool has only {list(_EVAL2_KINDS)} prompts (every unseen easy and "
+                         f"unseen-combination caption is in the v1 or eval pool), got {kind!r}")
+    return eval_pool(kind)[eval_reach(kind):]
+
+
+def _eval2_prompts(difficulty: Difficulty, n: int, seed: int) -> list[str]:
+    if seed not in EVAL2_PROMPT_SEEDS:
+        raise ValueError(f"the eval2 pool is drawn only with its pre-registered prompt seeds "
+                         f"{EVAL2_PROMPT_SEEDS[0]}-{EVAL2_PROMPT_SEEDS[-1]}, got {seed}; use pool='v1' for "
+                         f"development")
+    if difficulty != "hard":
+        raise ValueError("the eval2 pool has hard prompts only (rare words and two objects); every unseen easy "
+                         "caption of the world's grammar is in the v1 or eval pool")
+    k, every = EVAL2_PROMPT_SEEDS.index(seed), len(EVAL2_PROMPT_SEEDS)
+    return _interleave({kind: eval2_pool(kind)[k::every] for kind in _EVAL2_KINDS}, n, "eval2 pool's hard")
 
 
 def scene_for_prompt(prompt: str, rng: np.random.Generator) -> Scene:
