@@ -17,7 +17,7 @@ SPACE = space_from_substitutes(PROMPT, {}, {"red": ["blue", "green"], "grass": [
 def config(tiny_sd, tiny_clip, out, **kw):
     gpo = GradientSearchConfig(iterations=4, samples=2, budget_share=0.6, score_every=2)
     return OptimizeConfig(prompt=PROMPT, task="improve", model=tiny_sd, judge=tiny_clip, budget=14, steps=6,
-                          seeds=(0,), report_seeds=(5,), out=str(out), gpo=gpo, **kw)
+                          seeds=(0,), report_seeds=(5,), out=str(out), gpo=gpo, method="hybrid", **kw)
 
 
 def test_resume_continues_gpo_from_its_checkpoint(tiny_sd, tiny_clip, tmp_path, monkeypatch):
