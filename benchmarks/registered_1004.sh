@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# COMPLETE (2026-12-06): every registered job's record is committed; `bash benchmarks/registered_1004.sh summary`
+# remakes the tables of docs/world_bench.md from them. Running the lanes again only skips finished jobs.
+#
 # The registered evaluation of issue #19 (docs/evaluation_protocol.md, 2026-12-03), exactly as registered: the code
 # is the registering commit's, 70bdb4d, so continue it from a checkout of that commit and write into this one:
 #   git worktree add ../registered 70bdb4d && cp benchmarks/registered_1004.sh ../registered/benchmarks/
