@@ -18,9 +18,9 @@ DEMO_IMPROVE_PROMPT = "a green orb"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    from dpo_diff.search import DEFAULT_METHOD, DEFAULT_RERANK_TOP, METHODS
+    from dpo_diff.search import DEFAULT_METHOD, DEFAULT_RERANK_TOP, METHOD_HELP, METHODS
 
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS)
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help=METHOD_HELP)
     p.add_argument("--budget", type=float, default=40.0)
     p.add_argument("--seed", type=int, default=0, help="root seed of the searches' random streams")
     p.add_argument("--seeds", default="0", help="search seeds")

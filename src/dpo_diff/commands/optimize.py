@@ -20,7 +20,7 @@ BACKBONE_GUIDANCE = ("the backbone's pipeline default: 7.5 for SD 1.x/2.x, 5.0 f
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from dpo_diff.commands.judge_args import add_judge_arguments
     from dpo_diff.commands.search_args import add_search_arguments
-    from dpo_diff.search import DEFAULT_METHOD, METHODS
+    from dpo_diff.search import DEFAULT_METHOD, METHOD_HELP, METHODS
     from dpo_diff.space import SEARCH_TARGETS
 
     p.add_argument("--prompt", required=True, help="the user prompt")
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Stable Diffusion hub id or local diffusers folder")
     p.add_argument("--judge", default="openai/clip-vit-base-patch32", help="CLIP hub id or local folder")
     add_judge_arguments(p)
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS)
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help=METHOD_HELP)
     p.add_argument("--budget", type=float, default=40.0, help="full-generation equivalents (default 40, as the paper)")
     p.add_argument("--seeds", default="0", help="image seeds for the search, e.g. 0,1,2")
     p.add_argument("--report-seeds", default="1000,1001,1002", help="held-out seeds for before/after numbers")

@@ -11,5 +11,7 @@ DEFAULT_METHOD = "random"
 docs/world_bench.md). On the powered evaluation of prompt seed 1004 no search beat random search at budget 40 with
 a paired interval above zero (improve or attack), so by the registered rule the default is the cheapest of the tied
 best: random search (no gradient pass, no previews, no model; the same charged cost and wall seconds)."""
+METHOD_HELP = (f"search method (default {DEFAULT_METHOD}: on the registered evaluation no search beat random search, "
+               f"docs/world_bench.md)")
 GPO_PRESET_NAMES = ("robust", "paper")  # dpo_diff.search.gradient.GPO_PRESETS, by name
 DEFAULT_RERANK_TOP = 4  # seed-robust selection of optimize, bench and demo (docs/world_bench.md: the measurement)
