@@ -11,8 +11,13 @@ Methods (all at the same, honestly counted budget, see :mod:`dpo_diff.search.bas
   full evaluations for the best (:mod:`dpo_diff.search.multi_fidelity`).
 * ``tpe``: optuna's Tree-structured Parzen Estimator, optionally with a cheap rung
   (:mod:`dpo_diff.search.model_based`).
+* ``greedy``: sparse-first: every single edit, then the best combined (greedy, or beam search with
+  ``GreedyConfig(beam=B)``; :mod:`dpo_diff.search.greedy`).
 * ``llm``: an OpenAI-compatible chat model proposes candidates from the scored history (OPT2I-style;
   :mod:`dpo_diff.search.llm_search`; needs ``llm=LLMSearchConfig(model=...)``).
+
+``proposal`` (:mod:`dpo_diff.search.proposal`) says how random, epo, hybrid's EPO, tpe and mf draw candidates:
+uniform over the product space (the paper's) or sparse edits of the user prompt.
 
 Whatever the method, a space whose every candidate fits the budget is enumerated (nothing is left to chance), and
 with a :class:`~dpo_diff.search.selection.SelectionConfig` the best candidates are re-ranked on validation seeds.
@@ -28,10 +33,12 @@ from dpo_diff.search import DEFAULT_METHOD, METHODS
 from dpo_diff.search.base import BudgetExhausted, Evaluation, Evaluator, NothingToSearch, SearchResult, finish
 from dpo_diff.search.evolution import EvolutionSearchConfig, evolution_search
 from dpo_diff.search.gradient import GradientSearchConfig, GradientState, gradient_search
+from dpo_diff.search.greedy import GreedyConfig, greedy_search
 from dpo_diff.search.hybrid import hybrid_search
 from dpo_diff.search.llm_search import LLMSearchConfig, llm_search
 from dpo_diff.search.model_based import TPEConfig, tpe_search
 from dpo_diff.search.multi_fidelity import MultiFidelityConfig, multi_fidelity_search
+from dpo_diff.search.proposal import UNIFORM, Proposal
 from dpo_diff.search.random_search import random_search
 from dpo_diff.search.selection import SelectionConfig, rerank
 
@@ -42,6 +49,7 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
            gpo: GradientSearchConfig | None = None, epo: EvolutionSearchConfig | None = None,
            selection: SelectionConfig | None = None, mf: MultiFidelityConfig | None = None,
            tpe: TPEConfig | None = None, llm: LLMSearchConfig | None = None,
+           greedy: GreedyConfig | None = None, proposal: Proposal | None = None,
            on_evaluation: Callable[[Evaluation], None] | None = None,
            on_iteration: Callable[[GradientState], None] | None = None,
            preloaded: dict | None = None, gpo_resume: dict[str, Any] | None = None,
@@ -55,7 +63,8 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
         seeds: image seeds the search sees; a candidate evaluation costs ``len(seeds)``.
         seed: root of the search's random streams; the same seed gives the same result.
         selection: re-rank the best candidates on validation seeds (budget reserved up front).
-        mf, tpe: settings of the multi-fidelity and model-based searches (defaults when ``None``).
+        mf, tpe, greedy: settings of the multi-fidelity, model-based and greedy searches (defaults when ``None``).
+        proposal: how the samplers draw candidates (default uniform, the paper's).
         llm: the LLM proposer's endpoint and settings (``method="llm"`` needs its ``model``).
         on_evaluation: called after every new evaluation (to persist progress).
         preloaded: evaluations from an interrupted run, reused without generating again.
@@ -75,6 +84,7 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
             f"the search space of {problem.space.prompt!r} has {len(problem.space.slots)} slots and none offers a "
             f"second option: nothing to search"
         )
+    proposal = proposal or UNIFORM
     selection = (selection or SelectionConfig()).resolved(seeds)
     top = selection.top_for(budget)
     evaluator = Evaluator(problem, tuple(seeds), budget - selection.reserve(budget), on_evaluation,
@@ -85,17 +95,19 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
         result = gradient_search(problem, evaluator, gpo, seed=seed, on_iteration=on_iteration, resume=gpo_resume)
     elif method == "hybrid":
         result = hybrid_search(problem, evaluator, gpo, epo, seed=seed, on_iteration=on_iteration,
-                               resume=gpo_resume)
+                               resume=gpo_resume, proposal=proposal)
     elif method == "epo":
-        result = evolution_search(problem, evaluator, epo, seed=seed)
+        result = evolution_search(problem, evaluator, epo, seed=seed, proposal=proposal)
     elif method == "mf":
-        result = multi_fidelity_search(problem, evaluator, mf, seed=seed)
+        result = multi_fidelity_search(problem, evaluator, mf, seed=seed, proposal=proposal)
     elif method == "tpe":
-        result = tpe_search(problem, evaluator, tpe, seed=seed)
+        result = tpe_search(problem, evaluator, tpe, seed=seed, proposal=proposal)
+    elif method == "greedy":
+        result = greedy_search(problem, evaluator, greedy, seed=seed)
     elif method == "llm":
         result = llm_search(problem, evaluator, llm, seed=seed)
     else:
-        result = random_search(problem, evaluator, seed=seed)
+        result = random_search(problem, evaluator, seed=seed, proposal=proposal)
     if evaluator.cancelled:
         result.extra["cancelled"] = True  # re-ranking would spend more after the user said stop
     elif top:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from dpo_diff.problem import Problem
 from dpo_diff.search.base import BudgetExhausted, Evaluator, SearchResult, finish
+from dpo_diff.search.proposal import UNIFORM, Proposal
 from dpo_diff.seeding import rng as make_rng
 from dpo_diff.space import Candidate
 
@@ -46,25 +47,9 @@ class EvolutionSearchConfig:
         return asdict(self)
 
 
-def random_candidate(sizes: Sequence[int], rng: random.Random) -> Candidate:
-    return tuple(rng.randrange(s) for s in sizes)
-
-
 def mutate(parent: Candidate, sizes: Sequence[int], p: float, rng: random.Random) -> Candidate:
-    """Resample each gene with probability ``p`` to a *different* option; at least one gene changes."""
-    mutable = [i for i, s in enumerate(sizes) if s > 1]
-    if not mutable:
-        return parent
-    genes = list(parent)
-    changed = False
-    for i in mutable:
-        if rng.random() < p:
-            genes[i] = rng.choice([o for o in range(sizes[i]) if o != parent[i]])
-            changed = True
-    if not changed:  # an unchanged child is its parent: a wasted (duplicate) proposal
-        i = rng.choice(mutable)
-        genes[i] = rng.choice([o for o in range(sizes[i]) if o != parent[i]])
-    return tuple(genes)
+    """The paper's mutation: resample each gene with probability ``p`` to a *different* option (at least one)."""
+    return UNIFORM.mutate(parent, sizes, p, rng)
 
 
 def crossover(a: Candidate, b: Candidate, rng: random.Random) -> Candidate:
@@ -81,8 +66,9 @@ class _Seen:
 
 
 def evolve(problem: Problem, evaluator: Evaluator, config: EvolutionSearchConfig, rng: random.Random,
-           initial: Sequence[Candidate]) -> None:
-    """Run EPO generations from ``initial`` until the budget is spent or no unseen offspring can be found."""
+           initial: Sequence[Candidate], proposal: Proposal = UNIFORM) -> None:
+    """Run EPO generations from ``initial`` until the budget is spent or no unseen offspring can be found;
+    ``proposal`` draws fresh populations and mutates (sparse: one added, dropped or swapped change)."""
     sizes = problem.space.sizes
     seen = _Seen(evaluator)
     barren = 0  # consecutive generations whose proposals were all rejected by the constraint
@@ -93,7 +79,7 @@ def evolve(problem: Problem, evaluator: Evaluator, config: EvolutionSearchConfig
             parents = [e.candidate for e in ranked[: config.num_parents]]
             if not parents:  # the whole population was rejected: draw a fresh one
                 before = len(evaluator.rejected)
-                fresh = distinct_random(sizes, config.population_size, rng, exclude=set(evaluator.rejected))
+                fresh = proposal.distinct(sizes, config.population_size, rng, exclude=set(evaluator.rejected))
                 if not fresh:
                     break
                 evaluator.evaluate(fresh, source="init")
@@ -109,7 +95,7 @@ def evolve(problem: Problem, evaluator: Evaluator, config: EvolutionSearchConfig
                         return
 
             for _ in range(config.num_mutants):
-                propose(lambda: mutate(rng.choice(parents), sizes, config.mutation_prob, rng))
+                propose(lambda: proposal.mutate(rng.choice(parents), sizes, config.mutation_prob, rng))
             for _ in range(config.num_crossovers):
                 if len(parents) >= 2:
                     propose(lambda: crossover(*rng.sample(parents, 2), rng))
@@ -123,27 +109,15 @@ def evolve(problem: Problem, evaluator: Evaluator, config: EvolutionSearchConfig
 
 
 def evolution_search(problem: Problem, evaluator: Evaluator, config: EvolutionSearchConfig | None = None, *,
-                     seed: int = 0) -> SearchResult:
-    """EPO from a uniformly random initial population (distinct candidates)."""
+                     seed: int = 0, proposal: Proposal = UNIFORM) -> SearchResult:
+    """EPO from an initial population of distinct candidates drawn by ``proposal`` (the paper's: uniform)."""
     config = config or EvolutionSearchConfig()
     rng = make_rng(seed, "epo")
-    init = distinct_random(problem.space.sizes, config.population_size, rng)
-    evolve(problem, evaluator, config, rng, init)
-    return finish("epo", evaluator)
+    init = proposal.distinct(problem.space.sizes, config.population_size, rng)
+    evolve(problem, evaluator, config, rng, init, proposal)
+    return finish("epo", evaluator, {"proposal": proposal.to_dict()} if proposal.sparse else None)
 
 
 def distinct_random(sizes: Sequence[int], n: int, rng: random.Random, exclude=frozenset()) -> list[Candidate]:
     """Up to ``n`` distinct uniform random candidates not in ``exclude``."""
-    total = 1
-    for s in sizes:
-        total *= s
-    out: list[Candidate] = []
-    seen = set(exclude)
-    for _ in range(50 * max(n, 1)):
-        if len(out) >= n or len(seen) >= total:
-            break
-        c = random_candidate(sizes, rng)
-        if c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
+    return UNIFORM.distinct(sizes, n, rng, exclude)

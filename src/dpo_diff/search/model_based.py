@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from dpo_diff.fidelity import parse_ladder
 from dpo_diff.problem import Problem
 from dpo_diff.search.base import BudgetExhausted, Evaluator, SearchResult, finish
-from dpo_diff.search.evolution import distinct_random
+from dpo_diff.search.proposal import UNIFORM, Proposal
 from dpo_diff.seeding import derive_seed
 from dpo_diff.seeding import rng as make_rng
 from dpo_diff.space import Candidate
@@ -67,7 +67,10 @@ def _quiet_optuna() -> Iterator[None]:
 
 
 def tpe_search(problem: Problem, evaluator: Evaluator, config: TPEConfig | None = None, *,
-               seed: int = 0) -> SearchResult:
+               seed: int = 0, proposal: Proposal = UNIFORM) -> SearchResult:
+    """TPE; with a sparse ``proposal`` its start-up trials (uniform under the paper's settings) are sparse edits of
+    the user prompt, enqueued before the model takes over, the model's suggestions are projected onto the prior's
+    number of changes (:meth:`~dpo_diff.search.proposal.Proposal.sparsify`), and top-ups are drawn by the proposal."""
     import optuna
 
     config = config or TPEConfig()
@@ -81,16 +84,20 @@ def tpe_search(problem: Problem, evaluator: Evaluator, config: TPEConfig | None 
     rng = make_rng(seed, "tpe-topup")
     with _quiet_optuna():
         study = optuna.create_study(direction="minimize", sampler=sampler)
+        if proposal.sparse:
+            for c in proposal.distinct(sizes, config.startup, rng):
+                study.enqueue_trial(_params(c, sizes))
         barren = 0  # consecutive batches the meaning constraint rejected entirely
         try:
             while barren < 20:
-                got = run_batch(study, dists, sizes, evaluator, rungs, config, rng)
+                got = run_batch(study, dists, sizes, evaluator, rungs, config, rng, proposal)
                 if got is None:
                     break  # every candidate has been scored
                 barren = 0 if got else barren + 1
         except BudgetExhausted:
             pass
-    return finish("tpe", evaluator, {"ladder": [f.name for f in rungs], "trials": len(study.trials)})
+    extra = {"ladder": [f.name for f in rungs], "trials": len(study.trials)}
+    return finish("tpe", evaluator, {**extra, "proposal": proposal.to_dict()} if proposal.sparse else extra)
 
 
 def _candidate(params: dict, sizes) -> Candidate:
@@ -101,16 +108,17 @@ def _params(candidate: Candidate, sizes) -> dict:
     return {f"slot{i}": int(c) for i, (c, n) in enumerate(zip(candidate, sizes)) if n > 1}
 
 
-def propose(study, dists, sizes, evaluator: Evaluator, n: int, rng) -> list[tuple[object, Candidate]]:
+def propose(study, dists, sizes, evaluator: Evaluator, n: int, rng,
+            proposal: Proposal = UNIFORM) -> list[tuple[object, Candidate]]:
     """``n`` trials with candidates nobody scored yet. A repeat of a scored candidate is told its known score (free)
-    and replaced; after :data:`MAX_REDRAWS` repeats the batch is topped up with uniform unseen candidates."""
+    and replaced; after :data:`MAX_REDRAWS` repeats the batch is topped up with unseen candidates of ``proposal``."""
     out: list[tuple[object, Candidate]] = []
     repeats = 0
     while len(out) < n:
         taken = {c for _, c in out}
         if repeats >= MAX_REDRAWS:
             seen = set(evaluator.evaluations) | set(evaluator.rejected) | taken
-            fresh = distinct_random(sizes, n - len(out), rng, exclude=seen)
+            fresh = proposal.distinct(sizes, n - len(out), rng, exclude=seen)
             if not fresh:
                 break
             for c in fresh:
@@ -119,6 +127,14 @@ def propose(study, dists, sizes, evaluator: Evaluator, n: int, rng) -> list[tupl
             break
         trial = study.ask(dists)
         c = _candidate(trial.params, sizes)
+        projected = proposal.sparsify(c, rng)
+        if projected != c:
+            # The prior decides how many changes: TPE's suggestion is dropped (told as failed, which TPE ignores)
+            # and its sparse projection asked in its place, so the model learns from what is really scored.
+            c = projected
+            study.tell(trial, state=optuna_state("FAIL"))
+            study.enqueue_trial(_params(c, sizes))
+            trial = study.ask(dists)
         known = evaluator.evaluations.get(c)
         if known is not None or c in evaluator.rejected or c in taken:
             repeats += 1
@@ -137,13 +153,14 @@ def optuna_state(name: str):
     return getattr(optuna.trial.TrialState, name)
 
 
-def run_batch(study, dists, sizes, evaluator: Evaluator, rungs, config: TPEConfig, rng) -> int | None:
+def run_batch(study, dists, sizes, evaluator: Evaluator, rungs, config: TPEConfig, rng,
+              proposal: Proposal = UNIFORM) -> int | None:
     """Ask a batch, score it (previews first if the ladder has a cheap rung), tell TPE; returns how many were
     scored in full (``None``: no unseen candidate is left)."""
     full = rungs[-1]
     unit = config.batch * sum(evaluator.cost_of(f) * (1 if i == 0 else config.keep) for i, f in enumerate(rungs))
     n = config.batch if evaluator.remaining >= unit else max(1, int(config.batch * evaluator.remaining / unit))
-    trials = propose(study, dists, sizes, evaluator, n, rng)
+    trials = propose(study, dists, sizes, evaluator, n, rng, proposal)
     if not trials:
         return None
     cands = [c for _, c in trials]

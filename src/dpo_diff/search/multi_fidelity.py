@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from dpo_diff.fidelity import Fidelity, parse_ladder
 from dpo_diff.problem import Problem
 from dpo_diff.search.base import BudgetExhausted, Evaluator, SearchResult, finish
-from dpo_diff.search.evolution import distinct_random
+from dpo_diff.search.proposal import UNIFORM, Proposal
 from dpo_diff.search.random_search import random_search
 from dpo_diff.seeding import rng as make_rng
 from dpo_diff.space import Candidate
@@ -59,7 +59,7 @@ class MultiFidelityConfig:
 
 
 def multi_fidelity_search(problem: Problem, evaluator: Evaluator, config: MultiFidelityConfig | None = None, *,
-                          seed: int = 0) -> SearchResult:
+                          seed: int = 0, proposal: Proposal = UNIFORM) -> SearchResult:
     config = config or MultiFidelityConfig()
     rungs = [evaluator.fidelity(f) for f in parse_ladder(config.ladder, problem.sampling.steps)]
     rungs = list(dict.fromkeys(rungs))  # a rung that normalises to another (steps:N at full steps) is one rung
@@ -69,7 +69,7 @@ def multi_fidelity_search(problem: Problem, evaluator: Evaluator, config: MultiF
     if len(rungs) == 1 or budget * config.screen_share < config.min_screen * costs[0] or budget < 2 * costs[-1]:
         extra["mf_skipped"] = (f"budget {budget:g} affords fewer than {config.min_screen} looks at {rungs[0].name} "
                                f"or two full evaluations: random search instead")
-        result = random_search(problem, evaluator, seed=seed)
+        result = random_search(problem, evaluator, seed=seed, proposal=proposal)
         result.method, result.extra = "mf", {**result.extra, **extra}
         return result
     shares = [config.screen_share] + [(1 - config.screen_share) / (len(rungs) - 1)] * (len(rungs) - 1)
@@ -85,26 +85,30 @@ def multi_fidelity_search(problem: Problem, evaluator: Evaluator, config: MultiF
                 if i == len(rungs) - 1:
                     n = max(n, 1)  # every round ends with a full evaluation: the best-so-far is real early
                 if i == 0:
-                    screen(problem, evaluator, fid, n, rng, config.chunk)
+                    screen(problem, evaluator, fid, n, rng, config.chunk, proposal)
                 else:
                     promote(evaluator, rungs[i - 1], fid, n, step if fid.is_full else config.chunk)
         while True:  # the rest of the budget: full evaluations of the next-best previews, then random ones
             if not promote(evaluator, rungs[-2], rungs[-1], 1, 1):
-                random_search(problem, evaluator, seed=seed)
+                random_search(problem, evaluator, seed=seed, proposal=proposal)
                 break
     except BudgetExhausted:
         pass
     extra["rounds"] = rounds
+    if proposal.sparse:
+        extra["proposal"] = proposal.to_dict()
     extra["looks"] = {f.name: sum(1 for k in evaluator.previews if k[1] == f.name) for f in rungs[:-1]}
     return finish("mf", evaluator, extra)
 
 
-def screen(problem: Problem, evaluator: Evaluator, fid: Fidelity, n: int, rng, chunk: int) -> int:
-    """Score ``n`` fresh uniform candidates at the cheapest rung (rejected ones are replaced); returns how many."""
+def screen(problem: Problem, evaluator: Evaluator, fid: Fidelity, n: int, rng, chunk: int,
+           proposal: Proposal = UNIFORM) -> int:
+    """Score ``n`` fresh candidates drawn by ``proposal`` at the cheapest rung (rejected ones are replaced);
+    returns how many."""
     done, barren = 0, 0
     while done < n and barren < 20:
         seen = {c for c, name in evaluator.previews if name == fid.name} | set(evaluator.rejected)
-        cands = distinct_random(problem.space.sizes, min(chunk, n - done), rng, exclude=seen)
+        cands = proposal.distinct(problem.space.sizes, min(chunk, n - done), rng, exclude=seen)
         if not cands:
             break  # the whole space has been screened
         got = sum(e is not None for e in evaluator.evaluate(cands, source="screen", fidelity=fid))
