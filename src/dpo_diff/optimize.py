@@ -29,9 +29,11 @@ from dpo_diff.fidelity import check_ladder
 from dpo_diff.search import DEFAULT_METHOD, DEFAULT_RERANK_TOP, METHODS
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
+from dpo_diff.search.greedy import GreedyConfig
 from dpo_diff.search.llm_search import LLMSearchConfig
 from dpo_diff.search.model_based import TPEConfig
 from dpo_diff.search.multi_fidelity import MultiFidelityConfig
+from dpo_diff.search.proposal import Proposal
 from dpo_diff.search.selection import SelectionConfig
 from dpo_diff.space import SEARCH_TARGETS, SearchSpace, atomic_write_text
 
@@ -69,6 +71,8 @@ class OptimizeConfig:
     mf: MultiFidelityConfig = field(default_factory=MultiFidelityConfig)
     tpe: TPEConfig = field(default_factory=TPEConfig)
     llm: LLMSearchConfig = field(default_factory=LLMSearchConfig)  # the endpoint of method "llm"
+    greedy: GreedyConfig = field(default_factory=GreedyConfig)  # method "greedy": beam width, expansions, ...
+    proposal: Proposal = field(default_factory=Proposal)  # how random, epo, hybrid, tpe and mf draw candidates
     # seed-robust selection: re-rank the best 4 on 2 validation seeds (chosen above the search seeds when not given)
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))
     time_budget: float | None = None  # optional wall-clock limit of the search, seconds
@@ -90,6 +94,10 @@ class OptimizeConfig:
             self.tpe = TPEConfig(**self.tpe)
         if isinstance(self.llm, dict):
             self.llm = from_known_keys(LLMSearchConfig, self.llm)
+        if isinstance(self.greedy, dict):
+            self.greedy = from_known_keys(GreedyConfig, self.greedy)
+        if isinstance(self.proposal, dict):
+            self.proposal = from_known_keys(Proposal, self.proposal)
         if self.method == "llm" and not self.llm.model:
             raise ValueError("method llm needs a chat model: --llm-model NAME (and --llm-base-url URL for a local "
                              "OpenAI-compatible server)")
@@ -474,7 +482,8 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         bar.close()
         return _Searched(None, user, space.default, note, t0, earlier)
     result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
-                    epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm, on_evaluation=on_eval,
+                    epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm, greedy=cfg.greedy,
+                    proposal=cfg.proposal, on_evaluation=on_eval,
                     on_iteration=on_iter,
                     preloaded=preloaded, gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
                     time_budget=cfg.time_budget, should_stop=should_stop)

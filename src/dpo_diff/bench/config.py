@@ -19,13 +19,15 @@ from typing import Any
 from dpo_diff.config_dict import from_known_keys
 from dpo_diff.fidelity import check_ladder
 from dpo_diff.loading import model_fingerprint  # in loading: judges use it and must not import bench
-from dpo_diff.search import DEFAULT_RERANK_TOP, NEEDS_ENDPOINT
+from dpo_diff.search import DEFAULT_RERANK_TOP, NEEDS_ENDPOINT, PROPOSAL_METHODS
 from dpo_diff.search import METHODS as SEARCH_METHOD_NAMES
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
+from dpo_diff.search.greedy import GreedyConfig
 from dpo_diff.search.llm_search import LLMSearchConfig
 from dpo_diff.search.model_based import TPEConfig
 from dpo_diff.search.multi_fidelity import MultiFidelityConfig
+from dpo_diff.search.proposal import Proposal
 from dpo_diff.search.selection import SelectionConfig
 
 # baseline first in tables: random, then the others (tpe, mf, epo, gpo, hybrid)
@@ -36,7 +38,7 @@ SPACE_KINDS = ("antonym", "synonym", "nplib", "hybrid")
 DEFAULT_JUDGE = "openai/clip-vit-base-patch32"
 PROMPTIST = "microsoft/Promptist"
 _NOT_IN_KEY = ("methods", "device", "batch_size")
-_METHOD_ONLY = ("promptist_model", "promptist_tokenizer", "gpo", "epo", "mf", "tpe", "llm")
+_METHOD_ONLY = ("promptist_model", "promptist_tokenizer", "gpo", "epo", "mf", "tpe", "llm", "greedy", "proposal")
 _LLM_KEYED = ("model", "base_url", "per_round", "history", "reasks", "temperature")  # what changes llm's answers
 
 
@@ -74,6 +76,8 @@ class BenchConfig:
     mf: MultiFidelityConfig = field(default_factory=MultiFidelityConfig)
     tpe: TPEConfig = field(default_factory=TPEConfig)
     llm: LLMSearchConfig = field(default_factory=LLMSearchConfig)  # the chat endpoint of method "llm"
+    greedy: GreedyConfig = field(default_factory=GreedyConfig)  # method "greedy"
+    proposal: Proposal = field(default_factory=Proposal)  # how random, epo, hybrid, tpe and mf draw candidates
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))  # seed-robust
     time_budget: float | None = None  # wall-clock seconds per search job (equal-time comparisons on one machine)
     objective: str | None = None  # weighted judge terms instead of `judge` (dpo_diff.judges.objective)
@@ -94,6 +98,10 @@ class BenchConfig:
             self.tpe = TPEConfig(**self.tpe)
         if isinstance(self.llm, dict):
             self.llm = from_known_keys(LLMSearchConfig, self.llm, what="bench llm settings", error=BenchError)
+        if isinstance(self.greedy, dict):
+            self.greedy = from_known_keys(GreedyConfig, self.greedy, what="bench greedy settings", error=BenchError)
+        if isinstance(self.proposal, dict):
+            self.proposal = from_known_keys(Proposal, self.proposal, what="bench proposal", error=BenchError)
         if isinstance(self.selection, dict):
             self.selection = SelectionConfig(**self.selection)
         if self.time_budget is not None and not self.time_budget > 0:
@@ -214,6 +222,10 @@ class BenchConfig:
             d[method] = getattr(self, method).to_dict()
         if method == "llm":
             d["llm"] = {k: getattr(self.llm, k) for k in _LLM_KEYED}
+        if method == "greedy":
+            d["greedy"] = self.greedy.to_dict()
+        if method in PROPOSAL_METHODS and self.proposal.sparse:  # uniform: the fingerprints from before it existed
+            d["proposal"] = self.proposal.to_dict()
         return d
 
     def key(self) -> str:

@@ -134,7 +134,8 @@ def run_job(cfg: BenchConfig, job: Job, workdir: str | os.PathLike[str]) -> dict
         guidance=cfg.guidance, scheduler=cfg.scheduler, dtype=cfg.dtype, device=models.device,
         batch_size=cfg.batch_size, height=cfg.height, width=cfg.width, out=str(workdir),
         similarity_threshold=None if cfg.world else cfg.similarity_threshold, similarity_model=cfg.similarity_model,
-        gpo=cfg.gpo, epo=cfg.epo, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm, selection=cfg.selection,
+        gpo=cfg.gpo, epo=cfg.epo, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm, greedy=cfg.greedy, proposal=cfg.proposal,
+        selection=cfg.selection,
         time_budget=cfg.time_budget,
         objective=cfg.objective, eval_judges=cfg.eval_judges,
     )

@@ -45,14 +45,39 @@ def add_search_arguments(g) -> None:
                         f"batch is previewed there and its best --tpe-keep share evaluated in full), or full alone")
     g.add_argument("--tpe-keep", type=float, default=tpe.keep,
                    help=f"tpe: share of each batch promoted past the cheap rung (default {tpe.keep})")
+    add_sparse_arguments(g)
+
+
+def add_sparse_arguments(g) -> None:
+    """The proposal every sampler takes and the greedy search's settings."""
+    from dpo_diff.search import DEFAULT_PROPOSAL, DEFAULT_SPARSE_MEAN, PROPOSAL_HELP, PROPOSALS
+    from dpo_diff.search.greedy import GreedyConfig
+
+    greedy = GreedyConfig()
+    g.add_argument("--proposal", default=DEFAULT_PROPOSAL, choices=PROPOSALS,
+                   help=f"{PROPOSAL_HELP} (default {DEFAULT_PROPOSAL})")
+    g.add_argument("--sparsity-mean", type=float, default=DEFAULT_SPARSE_MEAN,
+                   help=f"--proposal sparse: mean number of changed words/terms per candidate (>= 1; default "
+                        f"{DEFAULT_SPARSE_MEAN:g})")
+    g.add_argument("--beam", type=int, default=greedy.beam,
+                   help=f"greedy: beam width (1: greedy; default {greedy.beam})")
+    g.add_argument("--greedy-expand", type=int, default=greedy.expand,
+                   help=f"greedy: best single changes each state tries to add per round (default {greedy.expand})")
+    g.add_argument("--max-changes", type=int, default=greedy.max_changes,
+                   help="greedy: most words/terms an answer may change (default 0: no limit)")
+    g.add_argument("--greedy-screen", default=greedy.screen,
+                   help="greedy: preview the single changes at this cheaper fidelity when they do not fit the budget "
+                        "(e.g. steps:10%%; default: sample them, every slot first)")
 
 
 def search_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """``gpo``, ``mf``, ``tpe``, ``selection`` and ``time_budget`` keyword arguments of OptimizeConfig /
-    BenchConfig."""
+    """``gpo``, ``mf``, ``tpe``, ``greedy``, ``proposal``, ``selection`` and ``time_budget`` keyword arguments of
+    OptimizeConfig / BenchConfig."""
     from dpo_diff.search.gradient import GradientSearchConfig
+    from dpo_diff.search.greedy import GreedyConfig
     from dpo_diff.search.model_based import TPEConfig
     from dpo_diff.search.multi_fidelity import MultiFidelityConfig
+    from dpo_diff.search.proposal import Proposal
     from dpo_diff.search.selection import SelectionConfig
     from dpo_diff.seeding import parse_seeds
 
@@ -63,4 +88,7 @@ def search_settings(args: argparse.Namespace) -> dict[str, Any]:
             "mf": MultiFidelityConfig(ladder=args.mf_ladder, screen_share=args.mf_screen_share,
                                       rounds=args.mf_rounds),
             "tpe": TPEConfig(ladder=args.tpe_ladder, keep=args.tpe_keep),
+            "greedy": GreedyConfig(beam=args.beam, expand=args.greedy_expand, max_changes=args.max_changes,
+                                   screen=args.greedy_screen),
+            "proposal": Proposal(args.proposal, args.sparsity_mean),
             "selection": SelectionConfig(args.rerank_top, validation), "time_budget": args.time_budget}

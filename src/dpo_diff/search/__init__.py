@@ -16,6 +16,7 @@ METHOD_HELP = (f"search method (default {DEFAULT_METHOD}: on the registered eval
                f"docs/world_bench.md)")
 GPO_PRESET_NAMES = ("robust", "paper")  # dpo_diff.search.gradient.GPO_PRESETS, by name
 DEFAULT_RERANK_TOP = 4  # seed-robust selection of optimize, bench and demo (docs/world_bench.md: the measurement)
+PROPOSAL_METHODS = ("random", "epo", "hybrid", "tpe", "mf")  # the samplers that take a proposal
 PROPOSALS = ("uniform", "sparse")  # how samplers draw candidates (dpo_diff.search.proposal)
 DEFAULT_PROPOSAL = "uniform"
 """The paper's: uniform over the product space. ``sparse`` (edits of the user prompt, few slots first) is measured on

@@ -34,8 +34,8 @@ def hybrid_search(problem: Problem, evaluator: Evaluator, gpo: GradientSearchCon
         first = proposal.distinct(problem.space.sizes, epo.population_size, rng)
         evolve(problem, evaluator, epo, rng, first, proposal)
         extra = gpo_extra(state)
-        extra["gpo_skipped"] += (f"; the hybrid ran EPO from a {proposal.kind} first population (random search's draws; "
-                                 "below one population it is random search)")
+        extra["gpo_skipped"] += (f"; the hybrid ran EPO from a {proposal.kind} first population (random search's "
+                                 "draws; below one population it is random search)")
         return finish("hybrid", evaluator, extra)
     rng = make_rng(seed, "epo")
     init = sample_learned(state, epo.population_size, seed)
