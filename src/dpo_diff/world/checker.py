@@ -54,6 +54,11 @@ class Faithfulness:
     def judgeable(self) -> bool:
         return not self.unknown_words
 
+    @property
+    def attribute_accuracy(self) -> float:
+        """The share of the prompt's claims the image gets right (1.0 for a prompt without claims)."""
+        return sum(ok for _, ok in self.checks) / len(self.checks) if self.checks else 1.0
+
     def per_attribute(self) -> dict[str, float]:
         out: dict[str, list[bool]] = {}
         for attr, ok in self.checks:
@@ -106,13 +111,15 @@ def score_reading(reading: SceneReading, spec: PromptSpec) -> Faithfulness:
 
 
 def summarize(results: Sequence[Faithfulness]) -> dict[str, float]:
-    """Mean per-attribute accuracy over all claims, the all-correct rate, and the share of judgeable prompts."""
+    """Mean per-attribute accuracy over all claims, the all-correct rate, the attribute accuracy (per image the share
+    of its claims right, averaged), and the share of judgeable prompts."""
     per: dict[str, list[bool]] = {}
     for r in results:
         for attr, ok in r.checks:
             per.setdefault(attr, []).append(ok)
     out = {f"acc_{k}": float(np.mean(v)) for k, v in sorted(per.items())}
     out["all_correct"] = float(np.mean([r.all_correct for r in results])) if results else float("nan")
+    out["attribute_accuracy"] = float(np.mean([r.attribute_accuracy for r in results])) if results else float("nan")
     out["judgeable"] = float(np.mean([r.judgeable for r in results])) if results else float("nan")
     out["n"] = float(len(results))
     return out
