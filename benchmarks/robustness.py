@@ -46,8 +46,30 @@ def user_baseline(problem, checker, prompt: str, seeds: list[int], report: list[
     from dpo_diff.world import summarize
 
     losses, imgs = problem.losses([problem.space.render(problem.space.default)], seeds + report, keep_images=True)
-    faith = summarize(checker.score(imgs[len(seeds):], [prompt] * len(report)))["all_correct"]
-    return {"losses": dict(zip(seeds + report, losses[0].tolist())), "faithful": faith}
+    truth = summarize(checker.score(imgs[len(seeds):], [prompt] * len(report)))
+    return {"losses": dict(zip(seeds + report, losses[0].tolist())), "faithful": truth["all_correct"],
+            "attribute_accuracy": truth["attribute_accuracy"]}
+
+
+def method_spec(spec: str) -> tuple[str, dict]:
+    """``NAME[+MOD...]`` -> (search method, extra search() settings): ``+sparse`` (the sparse proposal, mean 2),
+    ``+sparseM`` (mean M), ``+beamB`` (greedy's beam width). E.g. ``random+sparse``, ``greedy+beam3``."""
+    from dpo_diff.search import METHODS
+    from dpo_diff.search.greedy import GreedyConfig
+    from dpo_diff.search.proposal import Proposal
+
+    name, *mods = spec.split("+")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} in {spec!r}; choose from {METHODS}")
+    extra: dict = {}
+    for mod in mods:
+        if mod.startswith("sparse"):
+            extra["proposal"] = Proposal("sparse", float(mod[6:] or 2.0))
+        elif mod.startswith("beam") and name == "greedy":
+            extra["greedy"] = GreedyConfig(beam=int(mod[4:]))
+        else:
+            raise ValueError(f"unknown modifier {mod!r} in {spec!r}: use +sparse[MEAN] or, for greedy, +beamB")
+    return name, extra
 
 
 def worth_searching(problem, checker, prompt: str, task: str, seeds: list[int], attack_min_rate: float = 0.75) -> bool:
@@ -80,10 +102,11 @@ def run_job(problem, checker, prompt: str, method: str, variant: str, root: int,
 
     v = VARIANTS[variant]
     selection = SelectionConfig(v["rerank_top"], v["validation_seeds"])
-    settings = settings or {}
+    name, extra = method_spec(method)
+    settings = {k: c for k, c in (settings or {}).items() if k == name}  # only the method's own settings
     t0 = time.perf_counter()
-    result = search(problem, method=method, budget=budget, seeds=v["seeds"], seed=root, selection=selection,
-                    **settings)
+    result = search(problem, method=name, budget=budget, seeds=v["seeds"], seed=root, selection=selection,
+                    **settings, **extra)
     chosen = result.best
     rows = result.extra.get("selection", {}).get("candidates")
     judged = list(v["seeds"]) + list(v["validation_seeds"] if rows else ())
@@ -93,14 +116,18 @@ def run_job(problem, checker, prompt: str, method: str, variant: str, root: int,
     pair = space.render(chosen.candidate)
     if problem.task.objective(best_mean) >= problem.task.objective(user_mean):
         pair = space.render(space.default)  # nothing beat the user prompt where the search could see: keep it
+    kept = chosen.candidate if pair != space.render(space.default) else space.default
     losses, imgs = problem.losses([pair], report, keep_images=True)
-    faith = summarize(checker.score(imgs, [prompt] * len(report)))["all_correct"]
+    truth = summarize(checker.score(imgs, [prompt] * len(report)))
     return {"best_prompt": pair.prompt, "best_negative_prompt": pair.negative_prompt,
             "user_report_loss": sum(base["losses"][s] for s in report) / len(report),
-            "best_report_loss": float(losses.mean()), "user_faithful": base["faithful"], "best_faithful": faith,
+            "best_report_loss": float(losses.mean()), "user_faithful": base["faithful"],
+            "best_faithful": truth["all_correct"], "user_attribute_accuracy": base["attribute_accuracy"],
+            "best_attribute_accuracy": truth["attribute_accuracy"], "best_changes": sum(1 for c in kept if c),
             "cost": result.cost, "seconds": time.perf_counter() - t0, "timings": result.timings,
             "gpo_skipped": result.extra.get("gpo_skipped", ""), "mf_skipped": result.extra.get("mf_skipped", ""),
-            "settings": {k: c.to_dict() for k, c in settings.items() if k == method}}
+            "settings": {**{k: c.to_dict() for k, c in settings.items()},
+                         **{k: c.to_dict() for k, c in extra.items()}}}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -181,19 +208,24 @@ def summarise(records: list[dict], pairs: list[tuple[str, str, str, str]] = ()) 
     for r in records:
         groups[(r["task"], r["method"], r["variant"])].append(r)
     lines = ["| task | method | variant | prompts | roots x threads | Δ report loss | Δ faithful (points) | "
-             "cost | seconds / search |", "|---|---|---|---|---|---|---|---|---|"]
+             "Δ attribute accuracy (points) | changes (median) | cost | seconds / search |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (task, method, variant), rs in sorted(groups.items()):
         by_run: dict[tuple, list[dict]] = defaultdict(list)
         for r in rs:
             by_run[(r["root"], r["threads"])].append(r)
         dl = [statistics.mean(r["best_report_loss"] - r["user_report_loss"] for r in v) for v in by_run.values()]
         df = [100 * statistics.mean(r["best_faithful"] - r["user_faithful"] for r in v) for v in by_run.values()]
+        da = [100 * statistics.mean(r["best_attribute_accuracy"] - r["user_attribute_accuracy"] for r in v)
+              for v in by_run.values() if all("best_attribute_accuracy" in r for r in v)]
+        changes = [r["best_changes"] for r in rs if "best_changes" in r]
         n_prompts = len({r["prompt"] for r in rs})
         cost, secs = statistics.mean(r["cost"] for r in rs), statistics.mean(r["seconds"] for r in rs)
         lines.append(f"| {task} | {method} | {variant} | {n_prompts} | {len(by_run)} | {_cell(dl)} | "
-                     f"{_cell(df)} | {cost:.1f} | {secs:.1f} |")
-    lines += ["", *paired_lines(records, pairs), "", *time_matched_lines(records), "", *gaming_lines(records), "",
-              *thread_lines(records)]
+                     f"{_cell(df)} | {_cell(da)} | {statistics.median(changes) if changes else '-'} | {cost:.1f} | "
+                     f"{secs:.1f} |")
+    lines += ["", *paired_lines(records, pairs), "", *user_lines(records), "", *time_matched_lines(records), "",
+              *gaming_lines(records), "", *sparsity_lines(records), "", *thread_lines(records)]
     return "\n".join(lines)
 
 
@@ -257,13 +289,65 @@ def paired_advantage(pp: dict[tuple, dict[str, float]], task: str, method: str, 
     return d, ci, stats.wilcoxon(nonzero).pvalue if len(nonzero) >= 3 else 1.0
 
 
+SPARSITY = (("1-2", 1, 2), ("3-5", 3, 5), ("6+", 6, 10**9))
+
+
+def sparsity_lines(records: list[dict]) -> list[str]:
+    """Answers by how many slots they change (the user prompt kept: 0), per (task, method, variant): how many, and
+    their mean Δ all-correct, Δ attribute accuracy and Δ report loss against the user prompt."""
+    import statistics
+    from collections import defaultdict
+
+    have = [r for r in records if "best_changes" in r]
+    if not have:
+        return []
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in have:
+        k = r["best_changes"]
+        label = "0" if k == 0 else next(name for name, lo, hi in SPARSITY if lo <= k <= hi)
+        groups[(r["task"], r["method"], r["variant"], label)].append(r)
+    lines = ["Answers by changed slots (0: the user prompt kept):", "",
+             "| task | method | variant | changes | answers | Δ faithful (points) | Δ attribute accuracy (points) | "
+             "Δ report loss |", "|---|---|---|---|---|---|---|---|"]
+    for (task, method, variant, label), rs in sorted(groups.items()):
+        df = 100 * statistics.mean(r["best_faithful"] - r["user_faithful"] for r in rs)
+        da = 100 * statistics.mean(r["best_attribute_accuracy"] - r["user_attribute_accuracy"] for r in rs)
+        dl = statistics.mean(r["best_report_loss"] - r["user_report_loss"] for r in rs)
+        lines.append(f"| {task} | {method} | {variant} | {label} | {len(rs)} | {df:+.1f} | {da:+.1f} | {dl:+.4f} |")
+    return lines
+
+
+def user_lines(records: list[dict]) -> list[str]:
+    """Each method's answers against the user prompt on the judge (report loss; positive: the answer is better for
+    the task), paired over prompts with a bootstrap interval: an answer must still beat the user prompt."""
+    import numpy as np
+    from scipy import stats
+
+    loss, user = _per_prompt(records, "best_report_loss"), _per_prompt(records, "user_report_loss")
+    lines = []
+    for key in sorted(loss):
+        sign = 1 if key[0] == "improve" else -1
+        d = np.array([sign * (user[key][p] - loss[key][p]) for p in sorted(loss[key])])
+        if len(d) < 3:
+            continue
+        ci = stats.bootstrap((d,), np.mean, n_resamples=2000, method="percentile",
+                             random_state=np.random.default_rng(0)).confidence_interval
+        lines.append(f"- {' '.join(key[:2])} ({key[2]}) vs the user prompt, loss: advantage {d.mean():+.4f} "
+                     f"[{ci.low:+.4f}, {ci.high:+.4f}] over {len(d)} prompts")
+    return ["Against the user prompt (judge loss on report seeds; positive = better for the task):", ""] + lines \
+        if lines else []
+
+
 def paired_lines(records: list[dict], pairs=()) -> list[str]:
     """Every method against random search at the same variant (and budget), plus the ``pairs``
     ``(method, variant, ref_method, ref_variant)`` asked for (e.g. mf at budget 40 against random at 80)."""
     from scipy import stats
 
     out: list[tuple[str, float]] = []
-    for field, unit, scale in (("best_report_loss", "loss", 1.0), ("best_faithful", "faithful points", 100.0)):
+    fields = [("best_report_loss", "loss", 1.0), ("best_faithful", "faithful points", 100.0)]
+    if all("best_attribute_accuracy" in r for r in records):
+        fields.append(("best_attribute_accuracy", "attribute accuracy points", 100.0))
+    for field, unit, scale in fields:
         pp = _per_prompt(records, field)
         asked = [(t, m, v, "random", v) for t, m, v in sorted(pp) if m != "random"]
         asked += [(t, m, v, rm, rv) for t in sorted({k[0] for k in pp}) for m, v, rm, rv in pairs]
@@ -373,7 +457,8 @@ def main() -> None:
     p.add_argument("--mf-rounds", type=int, default=None, help="mf: rounds (anytime)")
     p.add_argument("--tpe-ladder", default=None, help="tpe: the ladder (default full: no previews)")
     p.add_argument("--tpe-keep", type=float, default=None, help="tpe: share of a batch promoted past the cheap rung")
-    p.add_argument("--methods", default="random,hybrid", type=lambda s: s.split(","))
+    p.add_argument("--methods", default="random,hybrid", type=lambda s: s.split(","),
+                   help="search methods, each NAME[+sparse[MEAN]][+beamB], e.g. random,random+sparse,greedy")
     p.add_argument("--variants", default="1seed", type=lambda s: s.split(","))
     p.add_argument("--roots", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--threads", default="1", type=lambda s: [int(x) for x in s.split(",")])

@@ -33,3 +33,43 @@ def test_roots_are_averaged_before_counting(bench):
     records = [_rec("improve", "p", 0.3, 0.2, 0.0, 0.5, root=0), _rec("improve", "p", 0.3, 0.35, 0.0, 0.0, root=1)]
     line = next(line for line in bench.gaming_lines(records) if line.startswith("| improve"))
     assert line.endswith("| 1 | 1 | 1 | 0 | 0 | 0 |")  # mean loss 0.275 < 0.3, mean faithfulness 0.25 > 0
+
+
+def _full(method, prompt, user_faith, best_faith, user_acc, best_acc, changes, best_loss=0.2, root=0):
+    rec = _rec("improve", prompt, 0.3, best_loss, user_faith, best_faith, root)
+    rec.update(method=method, user_attribute_accuracy=user_acc, best_attribute_accuracy=best_acc,
+               best_changes=changes, best_prompt=prompt, best_negative_prompt=f"{changes} terms")
+    return rec
+
+
+def test_attribute_accuracy_and_answers_by_changed_slots_are_reported(bench):
+    records = []
+    for i in range(4):
+        records += [_full("random", f"p{i}", 0.0, 0.0, 0.8, 0.7, 7, best_loss=0.15),  # dense: judge gamed
+                    _full("greedy", f"p{i}", 0.0, 0.5, 0.8, 0.9, 1)]  # sparse: ground truth gains
+    table = bench.summarise(records)
+    row = next(line for line in table.splitlines() if line.startswith("| improve | greedy | rerank | 4 |"))
+    assert "+10.0000" in row and "| 1 |" in row  # Δ attribute accuracy +10 points, median 1 change
+    assert "improve greedy (rerank) vs random, attribute accuracy points: advantage +20.0000" in table
+    assert "better/tie/worse 4/0/0" in table
+    by_changes = [line for line in bench.sparsity_lines(records) if line.startswith("| improve")]
+    assert by_changes == ["| improve | greedy | rerank | 1-2 | 4 | +50.0 | +10.0 | -0.1000 |",
+                          "| improve | random | rerank | 6+ | 4 | +0.0 | -10.0 | -0.1500 |"]
+    assert "improve greedy (rerank) vs the user prompt, loss: advantage +0.1000 [+0.1000, +0.1000]" in table
+
+
+def test_records_without_attribute_accuracy_still_summarise(bench):
+    table = bench.summarise([{**_rec("improve", f"p{i}", 0.3, 0.2, 0.0, 0.5), "best_prompt": "x",
+                              "best_negative_prompt": ""} for i in range(3)])
+    assert "| improve | random | rerank | 3 | 1 |" in table and "attribute accuracy points" not in table
+
+
+def test_method_specs_name_the_proposal_and_the_beam(bench):
+    name, extra = bench.method_spec("random+sparse")
+    assert name == "random" and extra["proposal"].kind == "sparse" and extra["proposal"].mean_changes == 2.0
+    name, extra = bench.method_spec("greedy+beam3")
+    assert name == "greedy" and extra["greedy"].beam == 3
+    assert bench.method_spec("epo+sparse1.5")[1]["proposal"].mean_changes == 1.5
+    for bad in ("walk", "random+beam2", "random+dense"):
+        with pytest.raises(ValueError):
+            bench.method_spec(bad)
