@@ -222,7 +222,7 @@ def test_hybrid_follows_the_gradient_and_survives_a_misleading_one():
     assert worse >= 5
 
 
-@pytest.mark.parametrize("method", ["hybrid", "random"])
+@pytest.mark.parametrize("method", ["hybrid", "random", "greedy"])
 def test_a_wall_clock_budget_stops_the_search_after_its_first_answer(method):
     problem = SyntheticProblem(synthetic_space(10, 6), seed=11)
     result = search(problem, method=method, budget=40, seed=0, time_budget=1e-9)
