@@ -26,7 +26,6 @@ to the budget), so a run stopped early keeps an evaluated best-so-far prompt (an
 
 from __future__ import annotations
 
-import gc
 import math
 import random
 import re
@@ -37,6 +36,7 @@ from typing import Any, Literal
 
 import torch
 
+from dpo_diff.device import is_out_of_memory, release_memory
 from dpo_diff.problem import Problem
 from dpo_diff.relax import WordMixture
 from dpo_diff.search.base import BudgetExhausted, Evaluator, SearchResult, finish
@@ -308,13 +308,13 @@ def _seed_gradient(problem: Problem, relaxed, weights: torch.Tensor, seed: int, 
     while True:
         try:
             return _chunked_gradient(problem, relaxed, weights, seed, k, config, scale, chunk[0])
-        except torch.OutOfMemoryError:
-            if chunk[0] == 1:
+        except Exception as e:  # noqa: BLE001 - only out-of-memory (cuBLAS/cuDNN allocation failures too) is retried
+            if chunk[0] == 1 or not is_out_of_memory(e):
                 raise
         # Retried only here, after the except block: until it ends, the exception's traceback pins the failed
         # forward's frames and so its graph and activations, which would then share the GPU with the retry.
         chunk[0] = max(1, chunk[0] // 2)  # remembered for later seeds and iterations
-        _release_memory()
+        release_memory()
 
 
 def _chunked_gradient(problem: Problem, relaxed, weights: torch.Tensor, seed: int, k: int, config, scale: float,
@@ -336,14 +336,6 @@ def _chunk_gradient(problem: Problem, relaxed, weights: torch.Tensor, seed: int,
     part = relaxed(w, [seed] * w.shape[0], start_step=k, grad_steps=config.grad_steps)
     objective = problem.task.objective(part).sum() * factor
     return torch.autograd.grad(objective, w)[0], part.detach().float()
-
-
-def _release_memory() -> None:
-    """Collect what an out-of-memory failure left (cycles included) and hand cached CUDA blocks back to the
-    driver, so a retry with a smaller chunk starts from the memory the failed attempt held."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _check_gradient(grad: torch.Tensor | None, it: int, scale: float, dtype) -> None:
