@@ -417,22 +417,18 @@ def _scaled_step(problem: Problem, relaxed, state: GradientState, config: Gradie
         try:
             loss = _gpo_step(problem, relaxed, state, config, it, k, seeds, scale.scale, chunk, timings)
             break
-        except GradientUnderflow as e:
+        except (GradientUnderflow, GradientOverflow) as e:
             if not scale.dynamic:
                 raise
-            if doublings == MAX_GROWTHS:
-                raise GradientError(f"{e}: still exactly zero after {MAX_GROWTHS} doublings of the fp16 loss scale, "
-                                    f"so the objective does not depend on the prompt here") from None
-            doublings += 1
-            scale.grow(it)
-        except GradientOverflow as e:
-            if not scale.dynamic:
-                raise
-            if halvings == MAX_BACKOFFS:
-                raise GradientError(f"{e}: still non-finite after {MAX_BACKOFFS} halvings of the fp16 loss scale, so "
-                                    f"the overflow is not the scale's; use --dtype bf16 or fp32") from None
-            halvings += 1
-            scale.back_off(it)
+            under = isinstance(e, GradientUnderflow)
+            if (doublings, halvings)[not under] == (MAX_GROWTHS, MAX_BACKOFFS)[not under]:
+                raise GradientError(f"{e}: " + (
+                    f"still exactly zero after {MAX_GROWTHS} doublings of the fp16 loss scale, so the objective "
+                    f"does not depend on the prompt here" if under else
+                    f"still non-finite after {MAX_BACKOFFS} halvings of the fp16 loss scale, so the overflow is not "
+                    f"the scale's; use --dtype bf16 or fp32")) from None
+            doublings, halvings = doublings + under, halvings + (not under)
+            (scale.grow if under else scale.back_off)(it)
         state.streams["gumbel"].set_state(gumbel)
     if scale.dynamic:
         zero = _zero_slots(state.mixture)
