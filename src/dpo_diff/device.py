@@ -6,6 +6,7 @@ A leaf module: it imports nothing from the package.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 
@@ -35,16 +36,9 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-DETERMINISTIC_ENV = "DPO_DIFF_DETERMINISTIC"
-
-
-def deterministic_requested(environ: dict[str, str] | None = None) -> bool:
-    """``DPO_DIFF_DETERMINISTIC=1`` in the environment asks for :func:`use_deterministic`."""
-    return (os.environ if environ is None else environ).get(DETERMINISTIC_ENV, "") not in ("", "0")
-
-
 def use_deterministic(on: bool = True) -> None:
-    """Bit-for-bit repeatable CUDA kernels where PyTorch has them, at some speed cost.
+    """Bit-for-bit repeatable CUDA kernels where PyTorch has them, at some speed cost (``dpo-diff --deterministic``
+    or ``DPO_DIFF_DETERMINISTIC=1``).
 
     Sets ``torch.use_deterministic_algorithms`` (an op without a deterministic kernel then raises instead of
     silently varying; upsampling's backward, used by the shortcut gradient's VAE decode, has none in some versions,
@@ -59,3 +53,19 @@ def use_deterministic(on: bool = True) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default either way
     torch.backends.cudnn.allow_tf32 = not on  # PyTorch's default: on (TF32 convolutions)
+
+
+@contextlib.contextmanager
+def deterministic_kernels():
+    """:func:`use_deterministic` inside the block, every flag it touches restored afterwards (tests that compare
+    devices: TF32 convolutions alone move a CUDA image by ~1e-3 from the CPU's)."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    use_deterministic(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = saved[2:]
