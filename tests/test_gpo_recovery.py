@@ -120,3 +120,66 @@ def test_an_overflow_that_no_loss_scale_cures_stops_with_a_clear_error():
     with pytest.raises(GradientError, match="still non-finite after 16 halvings .* use --dtype bf16 or fp32"):
         train_mixture(problem, Evaluator(problem, (0,), 40), FP16, seed=0)
     assert problem.forwards == 17
+
+
+class Attenuate(torch.autograd.Function):
+    """Identity forward; the backward passes the gradient through fp16 times ``factor`` (a Jacobian that small, as
+    in a deep fp16 network) and undoes the factor in fp32: below 2^-24 / factor it underflows to exactly zero."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * ctx.factor).half().float() / ctx.factor, None
+
+
+class Fp16Underflow(SyntheticProblem):
+    """fp16 whose text gradient underflows to exactly zero below a loss scale of 2^16 (factor 2^-40: 2^16 x 2^-40 is
+    fp16's smallest subnormal); ``slot``: only that slot's weights are attenuated, beyond any scale (partial)."""
+
+    def __init__(self, *a, slot: int | None = None, **k):
+        super().__init__(*a, **k)
+        self.compute_dtype, self.forwards, self.slot = torch.float16, 0, slot
+
+    def relaxation(self):
+        real = super().relaxation()
+
+        def loss(weights, seeds, **kw):
+            self.forwards += 1
+            if self.slot is None:
+                return Attenuate.apply(real(weights, seeds, **kw), 2.0**-40)
+            dim = self.slot
+            parts = [Attenuate.apply(w, 2.0**-80) if i == dim else w
+                     for i, w in enumerate(weights.unbind(dim=-2))]
+            return real(torch.stack(parts, dim=-2), seeds, **kw)
+
+        return loss
+
+
+def test_an_fp16_underflow_grows_the_loss_scale_and_redoes_the_iteration():
+    problem = Fp16Underflow(synthetic_space(3, 4), seed=0)
+    state = train_mixture(problem, Evaluator(problem, (0,), 40), FP16, seed=0)
+    assert len(state.log) == 8 and torch.isfinite(state.mixture.logits).all()
+    assert not torch.equal(state.mixture.logits, WordMixture(problem.space.sizes).logits), "nothing was learned"
+    assert [(g["iteration"], g["from"]) for g in state.loss_scale.growths] == [(0, 2.0**s) for s in range(10, 16)]
+    assert state.loss_scale.backoffs == [] and problem.forwards == 8 + 6
+    assert state.loss_scale.scale == 2.0**17  # 2^16 after the redo, doubled after 5 clean iterations
+    assert gpo_extra(state)["loss_scale"]["growths"] == state.loss_scale.growths
+
+
+def test_a_zero_gradient_no_scale_cures_stops_with_a_clear_error():
+    problem = Fp16Underflow(synthetic_space(3, 4), seed=0)
+    problem.relaxation = lambda real=problem.relaxation: (lambda w, s, **kw: real()(w, s, **kw) * 0)
+    with pytest.raises(GradientError, match="still exactly zero after 12 doublings"):
+        train_mixture(problem, Evaluator(problem, (0,), 40), FP16, seed=0)
+
+
+def test_a_partial_fp16_underflow_is_recorded():
+    problem = Fp16Underflow(synthetic_space(3, 4), seed=0, slot=1)
+    state = train_mixture(problem, Evaluator(problem, (0,), 40), FP16, seed=0)
+    assert len(state.log) == 8 and state.loss_scale.growths == []
+    assert [(u["iteration"], u["zero_slots"]) for u in state.loss_scale.underflows] == [(i, 1) for i in range(8)]
+    assert gpo_extra(state)["loss_scale"]["underflows"] == state.loss_scale.underflows

@@ -169,3 +169,34 @@ def test_judge_flag_points_a_vqa_spec_to_objective(vlms):
     with pytest.raises(ValueError, match=r"--judge takes a CLIP model id or folder, not the vqa judge .* use "
                                          r"--objective"):
         ClipJudge.from_pretrained(f"vqa:{vlms['llava']}")
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2vl"])
+def test_scoring_builds_no_kv_cache(family, judges):
+    """One forward per score, never a generation: a KV cache would cost ~0.65 GB per image for a 7B model."""
+    seen = []
+    hook = judges[family].model.register_forward_hook(
+        lambda m, args, kwargs, out: seen.append((kwargs.get("use_cache"), getattr(out, "past_key_values", None))),
+        with_kwargs=True)
+    try:
+        judges[family].loss(torch.rand(2, 3, 32, 32), PROMPT)
+    finally:
+        hook.remove()
+    assert seen == [(False, None)]
+
+
+def test_the_registry_loads_vqa_judges_in_bf16_on_cuda_and_fp32_elsewhere(vlms, monkeypatch):
+    from types import SimpleNamespace
+
+    loaded = []
+
+    def fake(cls, source, *, device, dtype, checkpointing):
+        loaded.append((str(device), dtype))
+        return SimpleNamespace()
+
+    monkeypatch.setattr(VqaJudge, "from_pretrained", classmethod(fake))
+    for device in ("cuda", "cuda:1", "cpu"):
+        JudgeRegistry(device).load(f"vqa:{vlms['llava']}")
+    JudgeRegistry("cuda").load(f"vqa:{vlms['llava']}[dtype=fp32]")
+    assert loaded == [("cuda", torch.bfloat16), ("cuda:1", torch.bfloat16), ("cpu", torch.float32),
+                      ("cuda", torch.float32)]

@@ -36,6 +36,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from dpo_diff import __version__
 
     parser.add_argument("--version", action="version", version=f"dpo-diff {__version__}")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic CUDA kernels, TF32 off (slower; also DPO_DIFF_DETERMINISTIC=1); what is "
+                             "then reproducible on a GPU: docs/reproducibility.md")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         if only is not None and name != only:
@@ -80,6 +83,10 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
+    if args.deterministic or os.environ.get("DPO_DIFF_DETERMINISTIC", "") not in ("", "0"):
+        from dpo_diff.device import use_deterministic  # imports torch: only when asked
+
+        use_deterministic()
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dpo_diff.device import is_out_of_memory, release_memory
 from dpo_diff.fidelity import FULL, Fidelity
 from dpo_diff.space import Candidate, PromptPair, SearchSpace
 
@@ -109,15 +110,17 @@ class Problem:
         from dpo_diff.judges.objective import judge_rows, judge_values
 
         rows = [(p, s) for p in pairs for s in seeds]
-        losses, images = [], []
-        for _, imgs in self._batches(rows, steps):
+
+        def run(chunk):  # generation and judge in one back-off unit: a judge out of memory halves the batch too
+            imgs = self._generate(chunk, steps)
             with torch.no_grad():
-                losses.append(judge_values(self.judge, imgs, self.user_prompt).cpu())  # [B] or [B, terms]
-            if keep_images:
-                images.append(imgs.cpu())
-        out = (judge_rows(self.judge, torch.cat(losses), len(pairs), seeds) if rows
+                values = judge_values(self.judge, imgs, self.user_prompt).cpu()  # [B] or [B, terms]
+            return values, (imgs.cpu() if keep_images else None)
+
+        parts = [out for _, out in self._backoff(rows, run)]
+        out = (judge_rows(self.judge, torch.cat([v for v, _ in parts]), len(pairs), seeds) if rows
                else torch.empty(len(pairs), len(seeds)))
-        return out, (torch.cat(images) if keep_images and images else None)
+        return out, (torch.cat([i for _, i in parts]) if keep_images and parts else None)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -192,31 +195,33 @@ class Problem:
         return (judge_rows(self.judge, torch.cat(values), len(candidates), seeds) if rows
                 else torch.empty(len(candidates), len(seeds)))
 
+    def _generate(self, chunk: list[tuple[PromptPair, int]], steps: int | None = None) -> Tensor:
+        sc = self.sampling
+        return self.backend.generate([p.prompt for p, _ in chunk], [p.negative_prompt for p, _ in chunk],
+                                     [s for _, s in chunk], steps=steps or sc.steps, guidance_scale=sc.guidance_scale,
+                                     height=sc.height, width=sc.width)
+
     def _batches(self, rows: list[tuple[PromptPair, int]], steps: int | None = None):
         """Yield ``(rows, images)`` batches of the sampler (``steps``: a few-step generation instead)."""
-        sc = self.sampling
+        yield from self._backoff(rows, lambda chunk: self._generate(chunk, steps))
 
-        def run(chunk):
-            return self.backend.generate([p.prompt for p, _ in chunk], [p.negative_prompt for p, _ in chunk],
-                                         [s for _, s in chunk], steps=steps or sc.steps,
-                                         guidance_scale=sc.guidance_scale, height=sc.height, width=sc.width)
-
-        yield from self._backoff(rows, run)
-
-    def _backoff(self, rows: list, run: Callable[[list], Tensor]):
-        """Yield ``(rows, run(rows))`` in batches; on out-of-memory halve the batch size and retry."""
+    def _backoff(self, rows: list, run: Callable[[list], object]):
+        """Yield ``(rows, run(rows))`` in batches; on out-of-memory (:func:`dpo_diff.device.is_out_of_memory`)
+        halve the batch size and retry."""
         i, bs = 0, getattr(self, "_batch_size", self.sampling.batch_size)
         while i < len(rows):
-            chunk = rows[i : i + bs]
+            chunk, out, failed = rows[i : i + bs], None, False
             try:
                 out = run(chunk)
-            except torch.OutOfMemoryError:
-                if bs == 1:
+            except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
+                if bs == 1 or not is_out_of_memory(e):
                     raise
+                failed = True
+            if failed:
+                # Only here, after the except block: until it ends, the exception's traceback pins the failed
+                # attempt's frames and activations, so emptying the cache inside it would free nothing.
                 bs = self._batch_size = max(1, bs // 2)  # remembered: later calls start from the size that fit
-                out = None  # free the failed attempt before the retry allocates
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                release_memory()
                 continue
             yield chunk, out
             i += len(chunk)

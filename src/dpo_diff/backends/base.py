@@ -125,6 +125,39 @@ class DiffusionBackend(Protocol):
     def decode(self, latents: Tensor) -> Tensor: ...
 
 
+DECODE_PIXELS = 4 * 512 * 512
+"""Image pixels per VAE decode call of the full sampler: 4 images at 512 px, 1 at 1024 px (SDXL's VAE decodes in
+fp32 when fp16 would overflow; one 1024 px image then takes several GB of activations)."""
+
+
+def decode_in_slices(backend: Any, latents: Tensor) -> Tensor:
+    """``backend.decode`` of a denoised batch, a slice of images at a time, as fp32 images.
+
+    The denoising steps are the expensive part: an out-of-memory in the decode halves the slice (remembered in
+    ``backend._decode_slice``) and redoes only the decode, instead of failing the batch and so throwing its
+    denoising away. Slices never exceed :data:`DECODE_PIXELS` of image."""
+    from dpo_diff.device import is_out_of_memory, release_memory
+
+    n = len(latents)
+    pixels = latents.shape[-2] * latents.shape[-1] * getattr(backend, "vae_scale_factor", 8) ** 2
+    size = max(1, min(n, DECODE_PIXELS // max(pixels, 1), getattr(backend, "_decode_slice", n)))
+    images, i = [], 0
+    while i < n:
+        failed = False
+        try:
+            images.append(backend.decode(latents[i : i + size]).float())
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
+            if size == 1 or not is_out_of_memory(e):
+                raise
+            failed = True
+        if failed:  # after the except block: its traceback pins the failed decode's activations
+            size = backend._decode_slice = max(1, size // 2)
+            release_memory()
+            continue
+        i += size
+    return torch.cat(images) if len(images) > 1 else images[0]
+
+
 def check_rows(prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int]) -> None:
     """``generate``'s rows: one prompt, negative prompt and seed each."""
     if not (len(prompts) == len(negative_prompts) == len(seeds)):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from dpo_diff.backends import key_bias
-from dpo_diff.backends.base import DTYPES, Conditioning, check_rows, dtype_name
+from dpo_diff.backends.base import DTYPES, Conditioning, check_rows, decode_in_slices, dtype_name
 from dpo_diff.backends.text import TextView
 from dpo_diff.loading import ModelNotFoundError, resolve_model
 from dpo_diff.seeding import latent_generator
@@ -295,7 +295,7 @@ class StableDiffusionBackend:
         scheduler = self.new_scheduler(steps, height, width)
         latents = self.initial_latents(seeds, scheduler, height, width)
         latents = self.denoise(scheduler, latents, text, guidance_scale, range(len(scheduler.timesteps)))
-        return self.decode(latents).float()
+        return decode_in_slices(self, latents)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int], *,

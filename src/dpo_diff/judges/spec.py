@@ -244,7 +244,10 @@ class JudgeRegistry:
 
             from dpo_diff.judges.vqa import VqaJudge
 
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.get("dtype", "fp32")]
+            # default: bf16 on CUDA (LLaVA-7B: 14 GB of weights instead of 28; the loss is taken in fp32 from the
+            # logits), fp32 elsewhere (CPU bf16 matmuls are slow)
+            default = "bf16" if str(self.device or "cpu").startswith("cuda") else "fp32"
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.get("dtype", default)]
             judge = VqaJudge.from_pretrained(resolve_source(spec.source), device=self.device, dtype=dtype,
                                              checkpointing=ckpt)
         else:

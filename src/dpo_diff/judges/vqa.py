@@ -71,6 +71,8 @@ class VqaJudge:
         self.name = f"vqa:{display_source(source)}" if source else "vqa"
         forward = inspect.signature(type(model).forward).parameters
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in forward else {}  # one position, not [B, L, V]
+        # one forward per scoring, never a generation: no KV cache (a 7B model would build ~0.65 GB per image)
+        self._keep["use_cache"] = False
         self._token_types = "mm_token_type_ids" in forward  # Qwen2-VL's M-RoPE reads which tokens are the image
         self._prompts: dict[str, tuple[list[int], int]] = {}
         self._n_image_tokens: dict[tuple, int] = {}

@@ -26,7 +26,6 @@ to the budget), so a run stopped early keeps an evaluated best-so-far prompt (an
 
 from __future__ import annotations
 
-import gc
 import math
 import random
 import re
@@ -37,6 +36,7 @@ from typing import Any, Literal
 
 import torch
 
+from dpo_diff.device import is_out_of_memory, release_memory
 from dpo_diff.problem import Problem
 from dpo_diff.relax import WordMixture
 from dpo_diff.search.base import BudgetExhausted, Evaluator, SearchResult, finish
@@ -53,6 +53,10 @@ class GradientError(RuntimeError):
 
 class GradientOverflow(GradientError):
     """A non-finite text gradient: under fp16's dynamic loss scale, the scale backs off and the iteration is redone."""
+
+
+class GradientUnderflow(GradientError):
+    """An exactly-zero text gradient: under fp16's dynamic loss scale, the scale grows and the iteration is redone."""
 
 
 class NaNLossError(RuntimeError):
@@ -198,9 +202,17 @@ class LossScale:
     clean: int = 0  # clean iterations since the last back-off or growth
     backoffs: list[dict[str, float]] = field(default_factory=list)  # iteration, scale before and after
 
+    growths: list[dict[str, float]] = field(default_factory=list)  # doublings after an exactly-zero gradient
+    underflows: list[dict[str, float]] = field(default_factory=list)  # iterations with some slots' gradient at 0
+
     def back_off(self, iteration: int) -> None:
         self.backoffs.append({"iteration": iteration, "from": self.scale, "to": self.scale / 2})
         self.scale, self.clean = self.scale / 2, 0
+
+    def grow(self, iteration: int) -> None:
+        """Double the scale after a gradient that underflowed to exactly zero (the iteration is then redone)."""
+        self.growths.append({"iteration": iteration, "from": self.scale, "to": self.scale * 2})
+        self.scale, self.clean = self.scale * 2, 0
 
     def clean_step(self) -> None:
         if not self.dynamic:
@@ -210,10 +222,14 @@ class LossScale:
             self.scale, self.clean = self.scale * 2, 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "clean": self.clean, "backoffs": [dict(b) for b in self.backoffs]}
+        return {"scale": self.scale, "clean": self.clean, "backoffs": [dict(b) for b in self.backoffs],
+                "growths": [dict(b) for b in self.growths], "underflows": [dict(b) for b in self.underflows]}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.scale, self.clean, self.backoffs = float(d["scale"]), int(d["clean"]), [dict(b) for b in d["backoffs"]]
+        # checkpoints written before growths and underflows were kept have neither
+        self.growths = [dict(b) for b in d.get("growths", [])]
+        self.underflows = [dict(b) for b in d.get("underflows", [])]
 
 
 @dataclass
@@ -308,13 +324,13 @@ def _seed_gradient(problem: Problem, relaxed, weights: torch.Tensor, seed: int, 
     while True:
         try:
             return _chunked_gradient(problem, relaxed, weights, seed, k, config, scale, chunk[0])
-        except torch.OutOfMemoryError:
-            if chunk[0] == 1:
+        except Exception as e:  # noqa: BLE001 - only out-of-memory (cuBLAS/cuDNN allocation failures too) is retried
+            if chunk[0] == 1 or not is_out_of_memory(e):
                 raise
         # Retried only here, after the except block: until it ends, the exception's traceback pins the failed
         # forward's frames and so its graph and activations, which would then share the GPU with the retry.
         chunk[0] = max(1, chunk[0] // 2)  # remembered for later seeds and iterations
-        _release_memory()
+        release_memory()
 
 
 def _chunked_gradient(problem: Problem, relaxed, weights: torch.Tensor, seed: int, k: int, config, scale: float,
@@ -338,20 +354,12 @@ def _chunk_gradient(problem: Problem, relaxed, weights: torch.Tensor, seed: int,
     return torch.autograd.grad(objective, w)[0], part.detach().float()
 
 
-def _release_memory() -> None:
-    """Collect what an out-of-memory failure left (cycles included) and hand cached CUDA blocks back to the
-    driver, so a retry with a smaller chunk starts from the memory the failed attempt held."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _check_gradient(grad: torch.Tensor | None, it: int, scale: float, dtype) -> None:
     if grad is None or not torch.isfinite(grad).all():
         raise GradientOverflow(f"non-finite text gradient at iteration {it} (loss scale {scale}); with fp16 use "
                                f"bf16 or a smaller loss_scale")
     if not grad.abs().sum() > 0:
-        raise GradientError(
+        raise GradientUnderflow(
             f"the text gradient is exactly zero at iteration {it} (dtype {dtype}); in fp16 it can "
             f"underflow: use --dtype bf16/fp32 or raise loss_scale (now {scale})"
         )
@@ -386,6 +394,7 @@ def _gpo_step(problem: Problem, relaxed, state: GradientState, config: GradientS
 
 
 MAX_BACKOFFS = 16  # per iteration (1024 -> 1/64): an overflow that survives them is not the scale's (e.g. NaN weights)
+MAX_GROWTHS = 12  # per iteration (1024 -> 2^22): a zero gradient that survives them is not an underflow
 
 
 def _first_loss_scale(problem: Problem, config: GradientSearchConfig) -> LossScale:
@@ -396,25 +405,47 @@ def _first_loss_scale(problem: Problem, config: GradientSearchConfig) -> LossSca
 
 def _scaled_step(problem: Problem, relaxed, state: GradientState, config: GradientSearchConfig, it: int, k: int,
                  seeds: Sequence[int], chunk: list[int], timings: dict[str, float]) -> float:
-    """One iteration under the loss scale. Dynamic (fp16): an overflow halves the scale and redoes the iteration on
-    the same Gumbel samples (GradScaler skips the step instead; GPO's ~20 iterations cannot spare one); the redone
-    work is not charged, so fp16 learns on the budget bf16 would. Other dtypes: a non-finite gradient raises."""
+    """One iteration under the loss scale. Dynamic (fp16): an overflow halves the scale and an exactly-zero gradient
+    (underflow) doubles it, and the iteration is redone on the same Gumbel samples (GradScaler skips the step
+    instead; GPO's ~20 iterations cannot spare one); the redone work is not charged, so fp16 learns on the budget
+    bf16 would. Slots whose gradient alone underflowed are recorded (``LossScale.underflows``). Other dtypes: a
+    non-finite or zero gradient raises."""
     scale = state.loss_scale
     gumbel = state.streams["gumbel"].get_state()
-    for attempt in range(MAX_BACKOFFS + 1):
+    halvings = doublings = 0
+    while True:
         try:
             loss = _gpo_step(problem, relaxed, state, config, it, k, seeds, scale.scale, chunk, timings)
             break
-        except GradientOverflow as e:
+        except (GradientUnderflow, GradientOverflow) as e:
             if not scale.dynamic:
                 raise
-            if attempt == MAX_BACKOFFS:
-                raise GradientError(f"{e}: still non-finite after {MAX_BACKOFFS} halvings of the fp16 loss scale, so "
-                                    f"the overflow is not the scale's; use --dtype bf16 or fp32") from None
-        scale.back_off(it)
+            under = isinstance(e, GradientUnderflow)
+            if (doublings, halvings)[not under] == (MAX_GROWTHS, MAX_BACKOFFS)[not under]:
+                raise GradientError(f"{e}: " + (
+                    f"still exactly zero after {MAX_GROWTHS} doublings of the fp16 loss scale, so the objective "
+                    f"does not depend on the prompt here" if under else
+                    f"still non-finite after {MAX_BACKOFFS} halvings of the fp16 loss scale, so the overflow is not "
+                    f"the scale's; use --dtype bf16 or fp32")) from None
+            doublings, halvings = doublings + under, halvings + (not under)
+            (scale.grow if under else scale.back_off)(it)
         state.streams["gumbel"].set_state(gumbel)
+    if scale.dynamic:
+        zero = _zero_slots(state.mixture)
+        if zero:
+            scale.underflows.append({"iteration": it, "scale": scale.scale, "zero_slots": len(zero)})
     scale.clean_step()
     return loss
+
+
+def _zero_slots(mixture: WordMixture) -> list[int]:
+    """Slots with a choice (two or more options) whose logit gradient is exactly zero while another slot's is not:
+    in fp16, the sign of a partial underflow (a slot that does not reach the loss, e.g. a negative-prompt slot
+    without guidance, looks the same)."""
+    grad = mixture.logits.grad
+    sizes = mixture.sizes
+    zero = [i for i, n in enumerate(sizes) if n > 1 and not bool(grad[i, :n].abs().sum() > 0)]
+    return zero if len(zero) < sum(n > 1 for n in sizes) else []
 
 
 def _update(state: GradientState, config: GradientSearchConfig, value: float, k: int) -> None:
@@ -511,7 +542,10 @@ def gpo_extra(state: GradientState) -> dict[str, Any]:
     if state.skipped:
         extra["gpo_skipped"] = state.skipped
     if state.loss_scale.dynamic:
-        extra["loss_scale"] = {"final": state.loss_scale.scale, "backoffs": state.loss_scale.backoffs}
+        ls = state.loss_scale
+        extra["loss_scale"] = {"final": ls.scale, "backoffs": ls.backoffs,
+                               **({"growths": ls.growths} if ls.growths else {}),
+                               **({"underflows": ls.underflows} if ls.underflows else {})}
     return extra
 
 

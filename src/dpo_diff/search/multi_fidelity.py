@@ -88,8 +88,10 @@ def multi_fidelity_search(problem: Problem, evaluator: Evaluator, config: MultiF
                     screen(problem, evaluator, fid, n, rng, config.chunk, proposal)
                 else:
                     promote(evaluator, rungs[i - 1], fid, n, step if fid.is_full else config.chunk)
-        while True:  # the rest of the budget: full evaluations of the next-best previews, then random ones
-            if not promote(evaluator, rungs[-2], rungs[-1], 1, 1):
+        while True:  # the rest of the budget: full evaluations of the next-best previews, then random ones;
+            # every affordable promotion at once, in sampler-sized batches (not one model call per candidate)
+            n = max(1, int(evaluator.remaining / costs[-1] + 1e-9))
+            if not promote(evaluator, rungs[-2], rungs[-1], n, step):
                 random_search(problem, evaluator, seed=seed, proposal=proposal)
                 break
     except BudgetExhausted:
