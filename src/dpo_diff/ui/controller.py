@@ -103,8 +103,7 @@ class Controller:
                 view.best += f"  \n(images: the previous best, `{prompt}`" + (f" · `{negative}`)" if negative else ")")
         if snap.result is not None:
             view.result = folders.result_markdown(snap.result)
-            grid = snap.out / "comparison.png"
-            view.comparison = grid if grid.is_file() else None
+            view.comparison = folders.inside_file(self.root, snap.out / "comparison.png")
             view.download = self.download(snap.job_id)
         return view
 
