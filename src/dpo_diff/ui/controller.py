@@ -20,6 +20,7 @@ from dpo_diff.ui.jobs import (
     build_space,
     error_line,
     make_config,
+    reserve_folder,
     run_folder_name,
 )
 
@@ -72,6 +73,7 @@ class Controller:
                 request.space_text = None
             out = self.root / run_folder_name(space.prompt)
             cfg, space = make_config(request, self.models, out, space)
+            cfg.out = str(reserve_folder(out))  # only once the request is valid: a refused run leaves no folder
         except UserMessage:
             raise
         except Exception as e:  # noqa: BLE001

@@ -125,9 +125,23 @@ def make_config(request: RunRequest, models: Models, out: Path, built: SearchSpa
 
 
 def run_folder_name(prompt: str) -> str:
-    """A new, sortable, readable folder name for a run of ``prompt``."""
+    """A sortable, readable folder name for a run of ``prompt`` (to the second: :func:`reserve_folder` makes it
+    unique)."""
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "run"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
+
+
+def reserve_folder(path: Path) -> Path:
+    """Create ``path``, or ``path_2``, ``path_3``... when it exists: two runs started in the same second, by one app
+    or by two sharing a run folder, each get their own (``mkdir`` is atomic; ``_`` never occurs in a slug)."""
+    for n in itertools.count(1):
+        folder = path if n == 1 else path.with_name(f"{path.name}_{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")  # itertools.count never ends
 
 
 class RecordingBackend:

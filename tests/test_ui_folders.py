@@ -1,4 +1,5 @@
-"""The web app never reads anything outside its run folder, whatever links a run or benchmark folder holds."""
+"""The web app's run folder: nothing outside it is ever read, whatever links a run or benchmark folder holds, and
+every run gets a folder of its own."""
 
 import json
 import threading
@@ -7,7 +8,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-from dpo_diff.ui import folders
+from dpo_diff.ui import folders, jobs
 from dpo_diff.ui.controller import Controller, UserMessage
 from dpo_diff.ui.jobs import JobManager, Models, RunRequest
 
@@ -28,6 +29,11 @@ def layout(tmp_path):
     (outside / "run" / "config.json").write_text("{}")
     (outside / "run" / "result.json").write_text(json.dumps({"leaked": True}))
     return root, outside
+
+
+def controller(root, runner):
+    """A shapes-world controller whose runs are ``runner`` (no model is loaded)."""
+    return Controller(root, Models(None, None, "cpu"), JobManager(root, runner=runner, loader=lambda m, s: None))
 
 
 def zip_contents(archive):
@@ -89,7 +95,7 @@ def test_a_whole_run_linked_from_outside_is_neither_listed_nor_opened(layout):
     assert folders.list_runs(root) == ["run"]
     with pytest.raises(folders.OutsideRootError):
         folders.zip_folder(root, "linked_run")
-    c = Controller(root, Models(None, None, "cpu"), JobManager(root))
+    c = controller(root, None)
     with pytest.raises(UserMessage, match="'linked_run' is outside the app's run folder"):
         c.run("linked_run")
     assert not (root / folders.DOWNLOADS / "linked_run.zip").exists()
@@ -126,13 +132,13 @@ def test_a_comparison_linked_outside_is_not_shown_while_polling(layout):
     root, outside = layout
 
     def runner(job, loaded):  # a run whose comparison grid was swapped for a link out
-        job.out.mkdir(parents=True)
+        job.out.mkdir(parents=True, exist_ok=True)
         (job.out / "comparison.png").symlink_to(outside / "secret.png")
         (job.out / "secret.txt").symlink_to(outside / "secret.txt")
         return {"cost": 1.0, "cancelled": False, "best": {"prompt": "a cat"}, "user_prompt": "a cat",
                 "before": {}, "after": {}, "task": "improve", "method": "random", "budget": 1.0, "evaluated": 1}
 
-    c = Controller(root, Models(None, None, "cpu"), JobManager(root, runner=runner, loader=lambda m, s: None))
+    c = controller(root, runner)
     job_id = c.start(RunRequest("a green orb", budget=1), None)
     for _ in range(3000):
         view = c.poll(job_id)
@@ -141,3 +147,23 @@ def test_a_comparison_linked_outside_is_not_shown_while_polling(layout):
         threading.Event().wait(0.01)
     assert view.status.startswith("**finished**") and view.comparison is None
     assert all(SECRET not in blob for blob in zip_contents(view.download).values())
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs.time, "strftime", lambda fmt: "20260101-120000")  # every start in the same second
+    release = threading.Event()
+
+    def runner(job, loaded):
+        release.wait(30)
+        return {"cost": 1.0, "cancelled": False}
+
+    c = controller(tmp_path, runner)
+    outs = [c.jobs.get(c.start(RunRequest("a green orb", budget=1), None)).out for _ in range(3)]
+    release.set()
+    assert [p.name for p in outs] == ["20260101-120000-a-green-orb", "20260101-120000-a-green-orb_2",
+                                      "20260101-120000-a-green-orb_3"]
+    assert all(p.is_dir() for p in outs)
+    # A refused run reserves nothing.
+    with pytest.raises(UserMessage, match="budget must be a positive number"):
+        c.start(RunRequest("a green orb", budget=-1), None)
+    assert not (tmp_path / "20260101-120000-a-green-orb_4").exists()
