@@ -279,8 +279,13 @@ def run_optimize(job: Job, loaded: tuple[Any, Any, Any]) -> dict[str, Any]:
 
 def error_line(e: BaseException) -> str:
     """The one-line message the CLI prints for an error (our validation errors carry their own words)."""
+    from dpo_diff.extras import as_missing_extra
+
     if isinstance(e, (ValueError, FileNotFoundError, OSError)):
         return str(e)
+    missing = as_missing_extra(e, "the web app") if isinstance(e, ImportError) else None
+    if missing is not None:
+        return str(missing)  # names the extra to install
     return f"{type(e).__name__}: {e}"
 
 
