@@ -82,6 +82,9 @@ class Problem:
     judge: object  # ClipJudge
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     constraint: Callable[[str, list[str]], list[bool]] | None = None
+    # Told the full-generation equivalents of every generated batch: progress where no evaluation is reported
+    # (re-ranking, the report's images).
+    on_generated: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def user_prompt(self) -> str:
@@ -201,7 +204,10 @@ class Problem:
                                          [s for _, s in chunk], steps=steps or sc.steps,
                                          guidance_scale=sc.guidance_scale, height=sc.height, width=sc.width)
 
-        yield from self._backoff(rows, run)
+        for chunk, images in self._backoff(rows, run):
+            if self.on_generated is not None:
+                self.on_generated(len(chunk) * (steps or sc.steps) / sc.steps)  # a few-step preview costs less
+            yield chunk, images
 
     def _backoff(self, rows: list, run: Callable[[list], Tensor]):
         """Yield ``(rows, run(rows))`` in batches; on out-of-memory halve the batch size and retry."""
