@@ -82,3 +82,42 @@ def test_the_offline_hint_names_the_hf_command(monkeypatch):
         resolve_model("someone/not-a-real-model-xyz", "model")
     assert "`hf download someone/not-a-real-model-xyz --local-dir DIR`" in str(e.value)
     assert "huggingface-cli" not in str(e.value)
+
+
+def test_the_comparison_grid_names_each_images_seed_and_loss(space_file, tiny_sd, tiny_clip, tmp_path, monkeypatch):
+    import dpo_diff.images as images
+
+    drawn = {}
+    real = images.save_grid
+
+    def spy(rows, labels, path, cell=128, captions=None):
+        drawn["captions"] = captions
+        real(rows, labels, path, cell, captions)
+
+    monkeypatch.setattr(images, "save_grid", spy)
+    assert main(optimize_args(space_file, tiny_sd, tiny_clip, tmp_path / "run", "--budget", "6", "--quiet")) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    expected = [[f"seed {s} ({kind})\nloss {result[row][part][str(s)]:.4f}"
+                 for part, kind, seeds in (("search_losses", "search", [0]), ("report_losses", "held-out", [5, 6]))
+                 for s in seeds] for row in ("before", "after")]
+    assert drawn["captions"] == expected
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "comparison.png") as grid:
+        assert grid.size == (3 * 128, 2 * (14 + 128 + 2 * images.CAPTION_LINE))
+
+
+def test_captions_are_drawn_under_the_images(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dpo_diff.images import CAPTION_LINE, save_grid
+
+    rows = [[torch.ones(3, 8, 8)] * 2]  # white images: any dark pixel below them is caption text
+    save_grid(rows, [""], tmp_path / "plain.png", cell=64)
+    save_grid(rows, [""], tmp_path / "captioned.png", cell=64, captions=[["seed 1\nloss 0.5", "seed 2\nloss 0.7"]])
+    with Image.open(tmp_path / "plain.png") as plain, Image.open(tmp_path / "captioned.png") as captioned:
+        assert captioned.height == plain.height + 2 * CAPTION_LINE
+        strip = np.asarray(captioned.convert("L"))[14 + 64:]
+        assert (strip[:, :64] < 128).any() and (strip[:, 64:] < 128).any()  # text under each image

@@ -540,7 +540,7 @@ def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _
     if best_pair == user:
         losses, images = losses.repeat(2, 1), torch.cat([images, images])
     n_s = len(cfg.seeds)
-    _save_images(out, images, seeds_all, user, best_pair)
+    _save_images(out, images, seeds_all, user, best_pair, losses, len(cfg.seeds))
 
     def summary(row) -> dict[str, Any]:
         search, report = row[:n_s].tolist(), row[n_s:].tolist()
@@ -595,7 +595,9 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _save_images(out: Path, images, seeds: list[int], user, best) -> None:
+def _save_images(out: Path, images, seeds: list[int], user, best, losses, searched_on: int) -> None:
+    """The PNGs of both prompts on every seed and ``comparison.png``: each image captioned with its seed (search or
+    held-out: the first ``searched_on`` seeds were searched on) and its loss, so the grid reads without result.json."""
     from dpo_diff.images import save_grid, save_png
 
     img_dir = out / "images"
@@ -605,5 +607,8 @@ def _save_images(out: Path, images, seeds: list[int], user, best) -> None:
         save_png(images[j], img_dir / f"user_seed{s}.png", min_side=128)
         save_png(images[n + j], img_dir / f"best_seed{s}.png", min_side=128)
     neg = f" | neg: {best.negative_prompt}" if best.negative_prompt else ""
+    kinds = ["search" if j < searched_on else "held-out" for j in range(n)]
+    captions = [[f"seed {s} ({kind})\nloss {float(x):.4f}" for s, kind, x in zip(seeds, kinds, row)]
+                for row in losses[:2]]
     save_grid([list(images[:n]), list(images[n:])], [f"user: {user.prompt}", f"best: {best.prompt}{neg}"],
-              out / "comparison.png")
+              out / "comparison.png", captions=captions)
