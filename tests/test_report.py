@@ -178,3 +178,12 @@ def test_report_page_renders_in_headless_chromium(bench_dir, tmp_path):
     assert m, "the probe did not run"
     result = json.loads(m.group(1).replace("&quot;", '"'))
     assert result == {"n": 14, "ok": 14, "rows": 3}  # 12 grid images + the two curves; a row per method
+
+
+def test_report_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as when the report extra is not installed
+    out = write_folder(tmp_path / "bench", {"user": [0.5, 0.6], "random": [0.4, 0.5]}, timed=("random",))
+    assert main(["report", str(out)]) == 0  # the tables stand without the curves
+    err = capsys.readouterr().err
+    assert "no curves" in err and "pip install 'dpo-diff[report]'" in err
+    assert (out / "report.md").is_file() and not (out / "curves.png").exists()

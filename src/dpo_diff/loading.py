@@ -70,7 +70,7 @@ def resolve_model(model_id: str, kind: str, required_file: str | None = None) ->
         raise ModelNotFoundError(
             f"{kind} {model_id!r} is not a local folder, not in the Hugging Face cache, and the hub cannot be "
             f"reached (offline, or HF_HUB_OFFLINE=1). Download it on a connected machine "
-            f"(e.g. `huggingface-cli download {model_id} --local-dir DIR`) and pass the folder path instead; "
+            f"(e.g. `hf download {model_id} --local-dir DIR`) and pass the folder path instead; "
             f"also check the id for typos."
         )
     return model_id, False

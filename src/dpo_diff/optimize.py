@@ -245,7 +245,7 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         calibrate_run(cfg, problem)
         searched = run_search(cfg, problem, full_space, out, resume=resume, progress=progress,
                               should_stop=should_stop)
-        return write_result(cfg, problem, full_space, searched, out, extra_metrics)
+        return write_result(cfg, problem, full_space, searched, out, extra_metrics, progress)
 
 
 def resolve_space(cfg: OptimizeConfig, space: SearchSpace | None) -> SearchSpace:
@@ -433,11 +433,42 @@ def load_gpo_state(path: Path) -> dict[str, Any] | None:
         return None
 
 
+class GenerationBar:
+    """A terminal bar in full-generation equivalents. Evaluations set its position; between them it also moves with
+    every batch ``problem`` generates, so re-ranking (inside the search, after its last evaluation) and the report's
+    images show progress instead of silence."""
+
+    def __init__(self, problem, show: bool, total: float, desc: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="gen", disable=not show,
+                        bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} gen [{elapsed}<{remaining}]{postfix}")
+        self.problem, self.generated = problem, 0.0
+        self._mark = self._written = (0.0, 0.0)
+        problem.on_generated = self.on_generated
+
+    def on_generated(self, n: float) -> None:
+        self.generated += n
+        if self.bar.n != self._written[0]:  # an evaluation moved the bar since: count on from there
+            self._mark = (self.bar.n, self._written[1])
+        base, seen = self._mark
+        self.bar.n = min(self.bar.total, base + self.generated - seen)
+        self._written = (self.bar.n, self.generated)
+        self.bar.refresh()
+
+    def restart(self) -> None:
+        """Count from zero again (what was generated so far is not part of this bar's total)."""
+        self.bar.n, self._mark, self._written = 0, (0.0, self.generated), (0.0, self.generated)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.problem.on_generated = None
+        self.bar.close()
+
+
 def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path, *, resume: bool,
                progress: bool, should_stop: Callable[[], bool] | None = None) -> _Searched:
     """Search, saving every evaluation to ``progress.jsonl`` and the best so far to ``best.json`` as they come."""
-    from tqdm.auto import tqdm
-
     from dpo_diff.files import append_jsonl
     from dpo_diff.search.api import search
 
@@ -446,15 +477,15 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
     preloaded, earlier = load_progress(progress_path) if resume else ({}, 0.0)
     if not resume and progress_path.exists():
         progress_path.unlink()
-    bar = tqdm(total=cfg.budget, desc=f"{cfg.method} ({cfg.task})", unit="gen", disable=not progress,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} gen [{elapsed}<{remaining}]")
+    tracker = GenerationBar(problem, progress, cfg.budget, f"{cfg.method} ({cfg.task})")
+    bar = tracker.bar
     best_so_far: list = []
 
     def on_eval(ev) -> None:
         # Persist as we go: a crash or Ctrl-C leaves every finished evaluation and the best-so-far on disk.
         if ev.key not in preloaded:
             append_jsonl(progress_path, {**ev.to_dict(), "elapsed_s": earlier + time.perf_counter() - t0})
-        bar.n = ev.cost
+        bar.n = max(bar.n, ev.cost)  # the batch that made it may have moved the bar already
         if ev.fidelity != "full":  # a preview scores cheaply and is never the answer
             bar.refresh()
             return
@@ -474,12 +505,13 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
     user = space.render(space.default)
     # The user prompt where the answer is chosen: the baseline every method must beat (not charged to the budget).
     before_search, _ = problem.losses([user], cfg.judged_seeds)
+    tracker.restart()
     if space.is_trivial:
         note = "the space offers no alternative to the user prompt (no slot has a second option); nothing to search"
         if full_space.meta.get("warning"):
             note += f" ({full_space.meta['warning']})"
         print(f"dpo-diff: {note}")
-        bar.close()
+        tracker.close()
         return _Searched(None, user, space.default, note, t0, earlier)
     result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
                     epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm, greedy=cfg.greedy,
@@ -487,7 +519,8 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
                     on_iteration=on_iter,
                     preloaded=preloaded, gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
                     time_budget=cfg.time_budget, should_stop=should_stop)
-    bar.close()
+    bar.n = result.cost  # re-ranking included: all the search was charged
+    tracker.close()
     atomic_write_text(out / "search.json", result.to_json() + "\n")
     rows = result.extra.get("selection", {}).get("candidates")
     best_objective = rows[0]["objective"] if rows else result.best.objective
@@ -500,7 +533,8 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
 
 
 def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _Searched, out: Path,
-                 extra_metrics: Callable[[Any, Any, list[int]], dict[str, Any]] | None) -> dict[str, Any]:
+                 extra_metrics: Callable[[Any, Any, list[int]], dict[str, Any]] | None,
+                 progress: bool = False) -> dict[str, Any]:
     """Final numbers on the search seeds and the held-out report seeds (user prompt vs best), the PNGs and
     ``result.json``."""
     import torch
@@ -509,11 +543,13 @@ def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _
     space, user, best_pair = problem.space, problem.space.render(problem.space.default), found.best_pair
     seeds_all = list(cfg.seeds) + list(cfg.report_seeds)
     pairs = [user] if best_pair == user else [user, best_pair]
+    tracker = GenerationBar(problem, progress, len(pairs) * len(seeds_all), "user vs best on all seeds")
     losses, images = problem.losses(pairs, seeds_all, keep_images=True)
+    tracker.close()
     if best_pair == user:
         losses, images = losses.repeat(2, 1), torch.cat([images, images])
     n_s = len(cfg.seeds)
-    _save_images(out, images, seeds_all, user, best_pair)
+    _save_images(out, images, seeds_all, user, best_pair, losses, len(cfg.seeds))
 
     def summary(row) -> dict[str, Any]:
         search, report = row[:n_s].tolist(), row[n_s:].tolist()
@@ -568,7 +604,9 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _save_images(out: Path, images, seeds: list[int], user, best) -> None:
+def _save_images(out: Path, images, seeds: list[int], user, best, losses, searched_on: int) -> None:
+    """The PNGs of both prompts on every seed and ``comparison.png``: each image captioned with its seed (search or
+    held-out: the first ``searched_on`` seeds were searched on) and its loss, so the grid reads without result.json."""
     from dpo_diff.images import save_grid, save_png
 
     img_dir = out / "images"
@@ -578,5 +616,8 @@ def _save_images(out: Path, images, seeds: list[int], user, best) -> None:
         save_png(images[j], img_dir / f"user_seed{s}.png", min_side=128)
         save_png(images[n + j], img_dir / f"best_seed{s}.png", min_side=128)
     neg = f" | neg: {best.negative_prompt}" if best.negative_prompt else ""
+    kinds = ["search" if j < searched_on else "held-out" for j in range(n)]
+    captions = [[f"seed {s} ({kind})\nloss {float(x):.4f}" for s, kind, x in zip(seeds, kinds, row)]
+                for row in losses[:2]]
     save_grid([list(images[:n]), list(images[n:])], [f"user: {user.prompt}", f"best: {best.prompt}{neg}"],
-              out / "comparison.png")
+              out / "comparison.png", captions=captions)

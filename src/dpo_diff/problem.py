@@ -83,6 +83,9 @@ class Problem:
     judge: object  # ClipJudge
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     constraint: Callable[[str, list[str]], list[bool]] | None = None
+    # Told the full-generation equivalents of every generated batch: progress where no evaluation is reported
+    # (re-ranking, the report's images).
+    on_generated: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def user_prompt(self) -> str:
@@ -203,7 +206,11 @@ class Problem:
 
     def _batches(self, rows: list[tuple[PromptPair, int]], steps: int | None = None):
         """Yield ``(rows, images)`` batches of the sampler (``steps``: a few-step generation instead)."""
-        yield from self._backoff(rows, lambda chunk: self._generate(chunk, steps))
+        sc = self.sampling
+        for chunk, images in self._backoff(rows, lambda chunk: self._generate(chunk, steps)):
+            if self.on_generated is not None:
+                self.on_generated(len(chunk) * (steps or sc.steps) / sc.steps)  # a few-step preview costs less
+            yield chunk, images
 
     def _backoff(self, rows: list, run: Callable[[list], object]):
         """Yield ``(rows, run(rows))`` in batches; on out-of-memory (:func:`dpo_diff.device.is_out_of_memory`)

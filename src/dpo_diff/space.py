@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -539,10 +539,23 @@ def save_spaces(spaces: Iterable[SearchSpace], path: str | os.PathLike[str]) -> 
     atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
+def _create_beside(p: Path) -> tuple[int, Path]:
+    """A new, empty temporary file next to ``p``. Created with mode 0666 so the umask applies as to any other
+    file the tool writes (``mkstemp`` makes 0600 files: teammates and web servers could not read results)."""
+    while True:
+        tmp = p.with_name(f".{p.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue  # a concurrent writer drew the same name: draw again
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a crash never leaves half
+    a file, and a reader sees the old or the new text."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    fd, tmp = _create_beside(p)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -550,6 +563,5 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dpo_diff.constraint import MeaningConstraint
+from dpo_diff.extras import as_missing_extra
 from dpo_diff.lexicons.base import Lexicon
 from dpo_diff.lexicons.nplib import DEFAULT_SLOTS, nplib_slots
 from dpo_diff.space import SearchSpace, SpaceError, load_spaces, prompt_words, save_spaces, space_from_substitutes
@@ -342,6 +343,10 @@ def build_spaces(
                 space = build_space(prompt, kind, lexicon, constraint=constraint, overrides=overrides,
                                     **space_kwargs)
             except Exception as e:
+                missing = as_missing_extra(e, f"the {kind} space") if isinstance(e, ImportError) else None
+                if missing is not None:  # every prompt would fail alike, and no rerun helps: say what to install
+                    save()
+                    raise missing from e
                 report.failed[prompt] = f"{type(e).__name__}: {e}"
                 if progress:
                     progress(i, len(todo), prompt, "failed")

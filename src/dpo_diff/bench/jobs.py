@@ -203,7 +203,7 @@ def evaluate_fixed(ocfg, space: SearchSpace, best: PromptPair, models: Models, m
     losses, images = problem.losses(pairs, seeds_all, keep_images=True)
     if best == user:
         losses, images = losses.repeat(2, 1), torch.cat([images, images])
-    _save_images(out, images, seeds_all, user, best)
+    _save_images(out, images, seeds_all, user, best, losses, len(ocfg.seeds))
     n_s, n_all = len(ocfg.seeds), len(seeds_all)
 
     def summary(row) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ RESULTS = "results.jsonl"
 MANIFEST = "bench.json"
 SPACES = "spaces.json"
 JOBS = "jobs"
+JOB_INDEX = "index.json"  # in JOBS: job folder -> prompt and method
 
 
 def prompt_id(prompt: str) -> str:
@@ -32,6 +34,34 @@ def prompt_id(prompt: str) -> str:
 def job_dir(prompt: str, method: str) -> str:
     """The job's folder, relative to the results folder."""
     return f"{JOBS}/{prompt_id(prompt)}/{method}"
+
+
+def index_jobs(out: str | os.PathLike[str], jobs: Iterable[tuple[str, str]]) -> Path:
+    """Add ``(prompt, method)`` jobs to ``DIR/jobs/index.json``, which maps each job folder (named by a hash of
+    its prompt) to its prompt and method, keeping the entries already there.
+
+    Read, merge and write happen under a lock and the file is replaced atomically, so concurrent writers never
+    drop each other's entries and a reader never sees half a file."""
+    from filelock import FileLock
+
+    from dpo_diff.space import atomic_write_text
+
+    path = Path(out) / JOBS / JOB_INDEX
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_name(f".{JOB_INDEX}.lock"))):
+        index = read_job_index(out)
+        index.update({job_dir(p, m): {"prompt": p, "method": m} for p, m in jobs})
+        atomic_write_text(path, json.dumps(dict(sorted(index.items())), indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_job_index(out: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """``DIR/jobs/index.json`` (empty when missing or damaged: it is rebuilt from the jobs as they run again)."""
+    try:
+        index = json.loads((Path(out) / JOBS / JOB_INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}
 
 
 _NUMBER_LISTS = ("report_losses", "user_report_losses", "search_losses", "user_search_losses")

@@ -24,7 +24,7 @@ from typing import Any
 
 from dpo_diff.bench.config import SEARCH_METHODS, BenchConfig, BenchError, diff_settings
 from dpo_diff.bench.jobs import Job, run_job
-from dpo_diff.bench.results import MANIFEST, RESULTS, SPACES, append_record, load_records, read_manifest
+from dpo_diff.bench.results import MANIFEST, RESULTS, SPACES, append_record, index_jobs, load_records, read_manifest
 from dpo_diff.files import output_lock
 from dpo_diff.prompt_sets import PromptSet, read_prompt_set
 from dpo_diff.space import SearchSpace, atomic_write_text
@@ -108,6 +108,7 @@ def _run_locked(cfg: BenchConfig, pset: PromptSet, out: Path, ray: RayOptions | 
         method_keys = {m: cfg.method_key(m) for m in cfg.methods}
         jobs = [Job(p, m, spaces[p].to_dict(), method_keys[m]) for p in pset.prompts for m in cfg.methods
                 if (p, m) not in done]
+        index_jobs(out, [(p, m) for p in pset.prompts for m in cfg.methods])  # folders are hashes: say whose
         n_total = len(pset.prompts) * len(cfg.methods)
         already = n_total - len(jobs)
         log(f"{pset.summary()}\n{n_total} jobs ({len(pset.prompts)} prompts x {len(cfg.methods)} methods): "

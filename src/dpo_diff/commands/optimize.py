@@ -63,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="reuse evaluations already in DIR/progress.jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print only the answer as one JSON document (user_prompt, "
+                                                       "best, before, after, cost, note, out) instead of lines")
 
 
 def add_llm_arguments(g) -> None:
@@ -86,6 +88,28 @@ def llm_settings(args: argparse.Namespace):
 
     return LLMSearchConfig(model=args.llm_model, base_url=args.llm_base_url, api_key_env=args.llm_api_key_env,
                            per_round=args.llm_per_round, temperature=args.llm_temperature)
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The answer as the demo prints it: the two prompts, the loss before -> after, the cost of the budget."""
+    best, goal = result["best"], "lower" if result["task"] == "improve" else "higher"
+    neg = f"  negative: {best['negative_prompt']!r}" if best.get("negative_prompt") else ""
+    lines = [f"{result['task']} ({goal} loss is better), method {result['method']}",
+             f"  user : {result['user_prompt']!r}", f"  best : {best['prompt']!r}{neg}"]
+    for key, seeds in (("search_mean", "search seeds"), ("report_mean", "held-out seeds")):
+        before, after = result["before"].get(key), result["after"].get(key)
+        if before is not None and after is not None:
+            lines.append(f"  loss {before:.4f} -> {after:.4f} on the {seeds}")
+    # :g shows 40.00000000000001 (a sum of fractional costs) as 40
+    lines.append(f"  cost {result['cost']:g} of budget {result['budget']:g}, {result['evaluated']} candidates "
+                 f"evaluated")
+    return lines
+
+
+def json_summary(result: dict, out: str) -> str:
+    """The machine-readable answer of ``--json`` (the cost rounded as displayed: float sums are not exact)."""
+    shown = {k: result[k] for k in ("user_prompt", "best", "before", "after", "cost", "note")}
+    return json.dumps({**shown, "cost": round(shown["cost"], 6), "out": str(out)}, indent=2)
 
 
 def judge_lines(result: dict) -> list[str]:
@@ -121,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
         eval_judges=eval_judge_specs(args.eval_judges), llm=llm_settings(args), **search_settings(args),
     )
     result = optimize(cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({k: result[k] for k in ("user_prompt", "best", "before", "after", "cost")}, indent=2))
+    if args.json:  # stdout is one JSON document, for scripts
+        print(json_summary(result, args.out))
+        return 0
+    print("\n".join(summary_lines(result)))
     if result["note"]:
         print(result["note"])
     for line in judge_lines(result):

@@ -31,19 +31,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dpo_diff.cli import UserError
+    from dpo_diff.extras import require
     from dpo_diff.loading import resolve_device
 
     if args.judge and not args.model:
         raise UserError("--judge needs --model (the shapes world brings its own judge)")
+    require("gradio", "the web app")  # Gradio is imported only when the page is built: check before any work
     root = Path(args.runs).resolve()
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(root / ".gradio"))  # Gradio's file cache stays in the run folder
-    try:
-        from dpo_diff.ui.app import build_app, launch
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] == "gradio":
-            raise UserError("the web app needs Gradio: pip install 'dpo-diff[ui]'") from None
-        raise
+    from dpo_diff.ui.app import build_app, launch
     from dpo_diff.ui.controller import Controller
     from dpo_diff.ui.jobs import Models
 

@@ -20,6 +20,7 @@ from dpo_diff.ui.jobs import (
     build_space,
     error_line,
     make_config,
+    reserve_folder,
     run_folder_name,
 )
 
@@ -72,6 +73,7 @@ class Controller:
                 request.space_text = None
             out = self.root / run_folder_name(space.prompt)
             cfg, space = make_config(request, self.models, out, space)
+            cfg.out = str(reserve_folder(out))  # only once the request is valid: a refused run leaves no folder
         except UserMessage:
             raise
         except Exception as e:  # noqa: BLE001
@@ -103,8 +105,7 @@ class Controller:
                 view.best += f"  \n(images: the previous best, `{prompt}`" + (f" · `{negative}`)" if negative else ")")
         if snap.result is not None:
             view.result = folders.result_markdown(snap.result)
-            grid = snap.out / "comparison.png"
-            view.comparison = grid if grid.is_file() else None
+            view.comparison = folders.inside_file(self.root, snap.out / "comparison.png")
             view.download = self.download(snap.job_id)
         return view
 

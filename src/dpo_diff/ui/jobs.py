@@ -125,9 +125,23 @@ def make_config(request: RunRequest, models: Models, out: Path, built: SearchSpa
 
 
 def run_folder_name(prompt: str) -> str:
-    """A new, sortable, readable folder name for a run of ``prompt``."""
+    """A sortable, readable folder name for a run of ``prompt`` (to the second: :func:`reserve_folder` makes it
+    unique)."""
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "run"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
+
+
+def reserve_folder(path: Path) -> Path:
+    """Create ``path``, or ``path_2``, ``path_3``... when it exists: two runs started in the same second, by one app
+    or by two sharing a run folder, each get their own (``mkdir`` is atomic; ``_`` never occurs in a slug)."""
+    for n in itertools.count(1):
+        folder = path if n == 1 else path.with_name(f"{path.name}_{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")  # itertools.count never ends
 
 
 class RecordingBackend:
@@ -265,8 +279,13 @@ def run_optimize(job: Job, loaded: tuple[Any, Any, Any]) -> dict[str, Any]:
 
 def error_line(e: BaseException) -> str:
     """The one-line message the CLI prints for an error (our validation errors carry their own words)."""
+    from dpo_diff.extras import as_missing_extra
+
     if isinstance(e, (ValueError, FileNotFoundError, OSError)):
         return str(e)
+    missing = as_missing_extra(e, "the web app") if isinstance(e, ImportError) else None
+    if missing is not None:
+        return str(missing)  # names the extra to install
     return f"{type(e).__name__}: {e}"
 
 
