@@ -224,6 +224,7 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     from dpo_diff.files import output_lock
     from dpo_diff.loading import resolve_device
 
+    built = space is None and not cfg.space  # no space given: the task's default space is built for the prompt
     full_space = resolve_space(cfg, space)
     for device, needed in ((cfg.device, backend is None), (cfg.judge_device or cfg.device, judge is None)):
         if needed:
@@ -233,6 +234,8 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     with output_lock(out):  # a busy folder is the first error, before the model's defaults are looked up
         resolve_sampling(cfg, space, backend)  # before config.json is written: it records the values used
         prepare_folder(cfg, space, out, resume=resume, overwrite=overwrite)
+        if built:
+            save_built_space(full_space, cfg, out)
         problem = load_problem(cfg, space, backend, judge, constraint)
         calibrate_run(cfg, problem)
         searched = run_search(cfg, problem, full_space, out, resume=resume, progress=progress,
@@ -245,9 +248,9 @@ def resolve_space(cfg: OptimizeConfig, space: SearchSpace | None) -> SearchSpace
     prompt. An empty ``cfg.prompt`` is accepted only with a ``space`` object (never guessed from a file)."""
     from dpo_diff.space import load_space, load_spaces
 
+    if space is None and not cfg.space:
+        return default_space(cfg)
     if space is None:
-        if not cfg.space:
-            raise ValueError("no search space: give --space FILE (build one with 'dpo-diff space build')")
         if not cfg.prompt.strip():
             prompts = list(load_spaces(cfg.space))
             shown = ", ".join(repr(p) for p in prompts[:3]) + (", ..." if len(prompts) > 3 else "")
@@ -258,6 +261,45 @@ def resolve_space(cfg: OptimizeConfig, space: SearchSpace | None) -> SearchSpace
         raise ValueError(f"the space is for prompt {space.prompt!r}, not {cfg.prompt!r}")
     cfg.prompt = space.prompt
     return space
+
+
+def uses_world(model: str) -> bool:
+    """Whether ``model`` is the bundled shapes-world generator."""
+    from dpo_diff.world import generator_path
+
+    return bool(model) and Path(model).expanduser().resolve() == generator_path().resolve()
+
+
+def default_space(cfg: OptimizeConfig) -> SearchSpace:
+    """The task's space for ``cfg.prompt``, built as ``space build`` and ``bench`` build it
+    (:func:`~dpo_diff.space_builder.build_task_spaces`): antonym terms for improve, synonym rewrites pre-filtered by
+    the meaning constraint for attack; the shapes world's own substitutes for the bundled world model."""
+    from dpo_diff.space_builder import build_task_spaces
+
+    prompt = " ".join(cfg.prompt.split())
+    if not prompt:
+        raise ValueError("--prompt is empty; give the text you want to generate")
+    report = build_task_spaces([prompt], cfg.task, world=uses_world(cfg.model),
+                               similarity_threshold=cfg.similarity_threshold, similarity_model=cfg.similarity_model)
+    if prompt in report.failed:
+        raise ValueError(f"building the {cfg.task} space for {prompt!r} failed: {report.failed[prompt]}")
+    space = report.spaces[prompt]
+    cfg.prompt = space.prompt
+    return space
+
+
+BUILT_SPACE = "space.json"  # the space optimize built when no --space was given
+
+
+def save_built_space(space: SearchSpace, cfg: OptimizeConfig, out: Path) -> None:
+    """Save the space ``optimize`` built into the run folder and say so."""
+    from dpo_diff.space import save_spaces
+
+    save_spaces([space], out / BUILT_SPACE)
+    source = "the shapes world's substitutes" if uses_world(cfg.model) else "the WordNet lexicon"
+    print(f"dpo-diff: no --space given: built the {cfg.task} space for {space.prompt!r} from {source} "
+          f"({len(space.slots)} slots, {space.num_candidates} candidates) -> {out / BUILT_SPACE}; edit it and pass "
+          f"--space FILE to search your own")
 
 
 def prepare_folder(cfg: OptimizeConfig, space: SearchSpace, out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -343,7 +385,8 @@ def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=No
         judge = ClipJudge.from_pretrained(cfg.judge, device=cfg.judge_device or cfg.device)
     from dpo_diff.constraint import MeaningConstraint, meaning_constraint_applies
 
-    if constraint is None and meaning_constraint_applies(space, cfg.similarity_threshold):
+    if constraint is None and meaning_constraint_applies(space, cfg.similarity_threshold,
+                                                         world=uses_world(cfg.model)):
         constraint = MeaningConstraint(cfg.similarity_model, cfg.similarity_threshold).accepts
     sampling = SamplingConfig(cfg.steps, cfg.guidance, cfg.height, cfg.width, cfg.batch_size,
                               grad_checkpointing=cfg.grad_checkpointing)
@@ -473,11 +516,32 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         print(f"dpo-diff: {note}")
         bar.close()
         return _Searched(None, user, space.default, note, t0, earlier)
-    result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
-                    epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm, on_evaluation=on_eval,
-                    on_iteration=on_iter,
-                    preloaded=preloaded, gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
-                    time_budget=cfg.time_budget, should_stop=should_stop)
+    constraint, verdicts = problem.constraint, {"asked": 0, "accepted": 0}
+    if constraint is not None:
+        def counted(original: str, prompts: list[str]) -> list[bool]:
+            ok = constraint(original, prompts)
+            verdicts["asked"] += len(ok)
+            verdicts["accepted"] += sum(map(bool, ok))
+            return ok
+
+        problem.constraint = counted
+    try:
+        result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
+                        epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm,
+                        on_evaluation=on_eval, on_iteration=on_iter, preloaded=preloaded,
+                        gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
+                        time_budget=cfg.time_budget, should_stop=should_stop)
+    except ValueError as e:
+        if not verdicts["asked"] or verdicts["accepted"] or preloaded:
+            raise
+        # Nothing passed the meaning constraint, so nothing could be evaluated: a result (the user prompt is kept),
+        # not a failure, and a rerun gives the same answer.
+        note = f"no candidate passed the meaning constraint: {e}; the user prompt is kept"
+        print(f"dpo-diff: {note}")
+        bar.close()
+        return _Searched(None, user, space.default, note, t0, earlier)
+    finally:
+        problem.constraint = constraint
     bar.close()
     atomic_write_text(out / "search.json", result.to_json() + "\n")
     rows = result.extra.get("selection", {}).get("candidates")

@@ -178,6 +178,10 @@ class BenchConfig:
             d["dtype"] = "fp32"  # what auto means on a CPU, so folders made before auto keep their fingerprint
         if self.spaces:
             d["spaces"] = model_fingerprint(self.spaces)
+        elif not self.world and self.resolved_space_kind in ("synonym", "hybrid") and self.similarity_threshold:
+            # Built rewrite spaces are pre-filtered by the meaning constraint (as 'space build' builds them); results
+            # on spaces built before that was done must not mix with these.
+            d["space_prefilter"] = "meaning constraint"
         # Present only when used, so the fingerprints of benchmarks without them stay what they were.
         from dpo_diff.judges.spec import parse_judges, parse_objective, source_fingerprints
 

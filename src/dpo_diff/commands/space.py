@@ -89,7 +89,13 @@ def _make_lexicon(args: argparse.Namespace) -> Any:
 
 def _build(args: argparse.Namespace) -> int:
     from dpo_diff.cli import UserError
-    from dpo_diff.space_builder import build_spaces, load_overrides, read_prompts
+    from dpo_diff.space_builder import (
+        DEFAULT_SIMILARITY_THRESHOLD,
+        build_spaces,
+        load_overrides,
+        meaning_constraint_for,
+        read_prompts,
+    )
 
     if args.similarity_threshold is not None and not 0.0 <= args.similarity_threshold <= 1.0:
         raise UserError(f"--similarity-threshold must be in [0, 1], got {args.similarity_threshold}")
@@ -98,14 +104,8 @@ def _build(args: argparse.Namespace) -> int:
         raise UserError("--prompt is empty; give the text you want to generate")
     lexicon = _make_lexicon(args) if args.kind != "nplib" else None
     overrides = load_overrides(args.overrides) if args.overrides else None
-    constraint = None
-    threshold = args.similarity_threshold
-    if threshold is None and args.kind in ("synonym", "hybrid"):
-        threshold = 0.9  # the paper's attack setting
-    if threshold and args.kind in ("synonym", "hybrid"):
-        from dpo_diff.constraint import MeaningConstraint
-
-        constraint = MeaningConstraint(args.similarity_model, threshold)
+    threshold = DEFAULT_SIMILARITY_THRESHOLD if args.similarity_threshold is None else args.similarity_threshold
+    constraint = meaning_constraint_for(args.kind, threshold, args.similarity_model)  # as optimize and bench
     tokenizer = _tokenizer(args.model)
     _warn_long_prompts(prompts, tokenizer)
 
