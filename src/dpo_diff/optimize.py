@@ -516,33 +516,39 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         print(f"dpo-diff: {note}")
         bar.close()
         return _Searched(None, user, space.default, note, t0, earlier)
-    constraint, verdicts = problem.constraint, {"asked": 0, "accepted": 0}
+    constraint, verdicts = problem.constraint, {"asked": 0, "accepted": 0}  # rewrites (not the user prompt)
     if constraint is not None:
         def counted(original: str, prompts: list[str]) -> list[bool]:
             ok = constraint(original, prompts)
-            verdicts["asked"] += len(ok)
-            verdicts["accepted"] += sum(map(bool, ok))
+            rewrites = [good for p, good in zip(prompts, ok) if p != user.prompt]
+            verdicts["asked"] += len(rewrites)
+            verdicts["accepted"] += sum(map(bool, rewrites))
             return ok
 
         problem.constraint = counted
+    none_admissible = (f"no candidate passed the meaning constraint: every rewrite tried was rejected (threshold "
+                       f"{cfg.similarity_threshold}); the user prompt is kept")
     try:
         result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
                         epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm,
                         on_evaluation=on_eval, on_iteration=on_iter, preloaded=preloaded,
                         gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
                         time_budget=cfg.time_budget, should_stop=should_stop)
-    except ValueError as e:
+    except ValueError:
         if not verdicts["asked"] or verdicts["accepted"] or preloaded:
             raise
         # Nothing passed the meaning constraint, so nothing could be evaluated: a result (the user prompt is kept),
         # not a failure, and a rerun gives the same answer.
-        note = f"no candidate passed the meaning constraint: {e}; the user prompt is kept"
-        print(f"dpo-diff: {note}")
+        print(f"dpo-diff: {none_admissible}")
         bar.close()
-        return _Searched(None, user, space.default, note, t0, earlier)
+        return _Searched(None, user, space.default, none_admissible, t0, earlier)
     finally:
         problem.constraint = constraint
     bar.close()
+    if verdicts["asked"] and not verdicts["accepted"] and not preloaded:  # only the user prompt itself was scored
+        print(f"dpo-diff: {none_admissible}")
+        atomic_write_text(out / "search.json", result.to_json() + "\n")
+        return _Searched(result, user, space.default, none_admissible, t0, earlier)
     atomic_write_text(out / "search.json", result.to_json() + "\n")
     rows = result.extra.get("selection", {}).get("candidates")
     best_objective = rows[0]["objective"] if rows else result.best.objective
