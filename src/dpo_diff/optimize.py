@@ -26,6 +26,7 @@ from typing import Any
 
 from dpo_diff.config_dict import from_known_keys
 from dpo_diff.fidelity import check_ladder
+from dpo_diff.files import strict_dumps
 from dpo_diff.search import DEFAULT_METHOD, DEFAULT_RERANK_TOP, METHODS
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
@@ -95,8 +96,9 @@ class OptimizeConfig:
                              "OpenAI-compatible server)")
         if isinstance(self.selection, dict):
             self.selection = SelectionConfig(**self.selection)
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise ValueError(f"time_budget must be a positive number of seconds or None, got {self.time_budget}")
+        if self.time_budget is not None and not (self.time_budget > 0 and math.isfinite(self.time_budget)):
+            raise ValueError(f"time budget must be a finite positive number of seconds (or none), got "
+                             f"{self.time_budget}")
         self.seeds, self.report_seeds = tuple(self.seeds), tuple(self.report_seeds)
         self.objective, self.eval_judges = normalised_judge_specs(self.objective, self.eval_judges)
         if self.task not in TASKS:
@@ -115,6 +117,13 @@ class OptimizeConfig:
         self.selection = self.selection.resolved(self.seeds, self.report_seeds)
         if self.similarity_threshold is not None and not 0 <= self.similarity_threshold <= 1:
             raise ValueError(f"similarity_threshold must be in [0, 1] or None, got {self.similarity_threshold}")
+        from dpo_diff.problem import check_guidance, check_negative_guidance
+
+        if self.guidance is not None:  # checked as given, before a default is looked up for the other setting
+            check_guidance(self.guidance)
+            check_negative_guidance(self.task, self.target, self.guidance)
+        if self.steps is not None and self.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.steps}")
         if self.steps is None or self.guidance is None:
             return  # the backbone's defaults: the checks below run when resolve_sampling fills them in
         from dpo_diff.problem import SamplingConfig
@@ -123,7 +132,10 @@ class OptimizeConfig:
         if self.method in ("gpo", "hybrid"):
             self.gpo.validate_for(self.steps)
         if self.method in ("mf", "tpe"):
-            check_ladder(getattr(self, self.method).ladder, self.steps)
+            try:
+                check_ladder(getattr(self, self.method).ladder, self.steps, len(self.seeds))
+            except ValueError as e:
+                raise ValueError(f"--{self.method}-ladder: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -318,7 +330,7 @@ def prepare_folder(cfg: OptimizeConfig, space: SearchSpace, out: Path, *, resume
             raise ValueError(f"{config_path} was written by a different configuration, so --resume cannot "
                              f"continue it; pass --overwrite (instead of --resume) to replace that run, or choose "
                              f"another --out")
-    atomic_write_text(config_path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(config_path, strict_dumps(record, indent=2) + "\n")
 
 
 def resolve_sampling(cfg: OptimizeConfig, space: SearchSpace, backend=None) -> None:
@@ -495,7 +507,7 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
             return
         if not best_so_far or ev.objective < best_so_far[0].objective:
             best_so_far[:] = [ev]
-            atomic_write_text(out / "best.json", json.dumps(ev.to_dict(), indent=2) + "\n")
+            atomic_write_text(out / "best.json", strict_dumps(ev.to_dict(), indent=2) + "\n")
         bar.set_postfix(best=f"{problem.task.sign * best_so_far[0].objective:.4f}")
         bar.refresh()
 
@@ -547,9 +559,9 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
     bar.close()
     if verdicts["asked"] and not verdicts["accepted"] and not preloaded:  # only the user prompt itself was scored
         print(f"dpo-diff: {none_admissible}")
-        atomic_write_text(out / "search.json", result.to_json() + "\n")
+        atomic_write_text(out / "search.json", strict_dumps(result.to_dict(), indent=2) + "\n")
         return _Searched(result, user, space.default, none_admissible, t0, earlier)
-    atomic_write_text(out / "search.json", result.to_json() + "\n")
+    atomic_write_text(out / "search.json", strict_dumps(result.to_dict(), indent=2) + "\n")
     rows = result.extra.get("selection", {}).get("candidates")
     best_objective = rows[0]["objective"] if rows else result.best.objective
     user_losses = before_search[0] if rows else before_search[0, : len(cfg.seeds)]
@@ -608,7 +620,7 @@ def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _
         n_all = len(seeds_all)
         result["metrics"] = extra_metrics(images[:n_all], images[n_all:], seeds_all)
     result.update(final_judges(cfg, problem, images, seeds_all))
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "result.json", strict_dumps(result, indent=2) + "\n")
     return result
 
 

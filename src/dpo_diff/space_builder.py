@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dpo_diff.constraint import MeaningConstraint
+from dpo_diff.files import read_utf8
 from dpo_diff.lexicons.base import Lexicon
 from dpo_diff.lexicons.nplib import DEFAULT_SLOTS, nplib_slots
 from dpo_diff.space import SearchSpace, SpaceError, load_spaces, prompt_words, save_spaces, space_from_substitutes
@@ -142,7 +143,7 @@ def load_overrides(path: str | os.PathLike[str]) -> Overrides:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"overrides file {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    text = read_utf8(p, "overrides file")
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -233,7 +234,7 @@ def read_prompts(path: str | os.PathLike[str]) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompt file {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    text = read_utf8(p, "prompt file")
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)

@@ -98,6 +98,9 @@ def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any] | None:
 def load_bench(out: str | os.PathLike[str]) -> tuple[dict[str, Any], JsonlFile]:
     """``(manifest, results)`` of a benchmark folder, for reports (raises when there is nothing to report)."""
     out = Path(out)
+    if out.is_file():
+        raise ValueError(f"{str(out)!r} is a file, not a benchmark folder; give the --out folder of 'dpo-diff "
+                         f"bench'")
     if not out.is_dir():
         raise FileNotFoundError(f"benchmark folder {str(out)!r} does not exist")
     manifest = read_manifest(out)

@@ -34,7 +34,7 @@ from dpo_diff.bench.results import (
     load_records,
     read_manifest,
 )
-from dpo_diff.files import output_lock
+from dpo_diff.files import output_lock, strict_dumps
 from dpo_diff.prompt_sets import PromptSet, read_prompt_set
 from dpo_diff.space import SearchSpace, atomic_write_text
 
@@ -91,12 +91,15 @@ def run_bench(cfg: BenchConfig, prompts: str | os.PathLike[str] | PromptSet, out
 
 def _run_locked(cfg: BenchConfig, pset: PromptSet, out: Path, ray: RayOptions | None, argv: list[str] | None,
                 log: Callable[[str], None], job_fn: JobFn, fail_fast: bool) -> BenchSummary:
-    import json
 
     from dpo_diff.optimize import environment
 
     key = cfg.key()
     check_folder(out, cfg)
+    if cfg.spaces:  # a bad spaces file is refused before the folder is touched
+        from dpo_diff.space import load_spaces
+
+        load_spaces(cfg.spaces)
     executor = None
     if ray is not None:
         from dpo_diff.bench.ray_executor import RayExecutor
@@ -115,7 +118,7 @@ def _run_locked(cfg: BenchConfig, pset: PromptSet, out: Path, ray: RayOptions | 
             "methods": list(cfg.methods), "device": cfg.device, "batch_size": cfg.batch_size,
             "ray": None if ray is None else vars(ray), "prompt_set": pset.to_dict(), "environment": environment(),
         })
-        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+        atomic_write_text(out / MANIFEST, strict_dumps(manifest, indent=2, default=str) + "\n")
         spaces = prepare_spaces(cfg, pset.prompts, out)
         check_spaces_fit_task(cfg, spaces)
         done = {(r["prompt"], r["method"]) for r in load_records(out)}

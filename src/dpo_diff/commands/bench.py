@@ -117,17 +117,23 @@ def config_from_args(args: argparse.Namespace):
     from dpo_diff.commands.search_args import search_settings
     from dpo_diff.seeding import parse_seeds
 
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    seeds, report_seeds = parse_seeds(args.seeds), parse_seeds(args.report_seeds)  # before any model is looked up
+    llm = llm_settings(args, methods)
+    if args.guidance is not None:
+        from dpo_diff.problem import check_guidance
+
+        check_guidance(args.guidance)
     steps, guidance = sampling_defaults(args)
     return BenchConfig(
-        task=args.task, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), budget=args.budget,
-        seeds=parse_seeds(args.seeds), report_seeds=parse_seeds(args.report_seeds), seed=args.seed,
+        task=args.task, methods=methods, budget=args.budget, seeds=seeds, report_seeds=report_seeds, seed=args.seed,
         world=args.world, model="" if args.world else args.model, judge="" if args.world else args.judge,
         space_kind=args.space_kind, spaces=args.spaces, steps=50 if steps is None else steps,
         guidance=7.5 if guidance is None else guidance, scheduler=args.scheduler, dtype=args.dtype,
         similarity_threshold=args.similarity_threshold or None, similarity_model=args.similarity_model,
         promptist_model=args.promptist_model, promptist_tokenizer=args.promptist_tokenizer,
         **search_settings(args), device=args.device, batch_size=args.batch_size, objective=args.objective,
-        eval_judges=eval_judge_specs(args.eval_judges), llm=llm_settings(args),
+        eval_judges=eval_judge_specs(args.eval_judges), llm=llm,
     )
 
 

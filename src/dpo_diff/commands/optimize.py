@@ -88,13 +88,32 @@ def add_llm_arguments(g) -> None:
                    help=f"candidates asked for per round (default {d.per_round})")
     g.add_argument("--llm-temperature", type=float, default=d.temperature,
                    help=f"sampling temperature of the proposals (default {d.temperature})")
+    g.add_argument("--llm-timeout", type=float, default=d.timeout,
+                   help=f"seconds per request (default {d.timeout:g})")
+    g.add_argument("--llm-attempts", type=int, default=d.max_attempts,
+                   help=f"attempts per answer before the search fails (default {d.max_attempts})")
+    g.add_argument("--llm-deadline", type=float, default=None,
+                   help="seconds all requests of one search may take together (default: no total limit); past it "
+                        "the search fails, naming the endpoint")
 
 
-def llm_settings(args: argparse.Namespace):
+def llm_settings(args: argparse.Namespace, methods: tuple[str, ...] = ()):
+    """The ``llm`` settings; with ``llm`` among ``methods``, the endpoint's limits and key are checked here, before
+    anything loads."""
+    from dpo_diff.lexicons.llm import check_api_key, check_llm_limits
     from dpo_diff.search.llm_search import LLMSearchConfig
 
-    return LLMSearchConfig(model=args.llm_model, base_url=args.llm_base_url, api_key_env=args.llm_api_key_env,
-                           per_round=args.llm_per_round, temperature=args.llm_temperature)
+    if "llm" in methods:
+        check_llm_limits(args.llm_timeout, args.llm_attempts, args.llm_deadline)
+    cfg = LLMSearchConfig(model=args.llm_model, base_url=args.llm_base_url, api_key_env=args.llm_api_key_env,
+                          per_round=args.llm_per_round, temperature=args.llm_temperature, timeout=args.llm_timeout,
+                          max_attempts=args.llm_attempts, deadline=args.llm_deadline)
+    if "llm" in methods and cfg.model:
+        import os
+
+        check_api_key(cfg.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1",
+                      cfg.api_key_env)
+    return cfg
 
 
 def judge_lines(result: dict) -> list[str]:
@@ -140,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, dtype=args.dtype, device=device,
         batch_size=args.batch_size, out=args.out, similarity_threshold=args.similarity_threshold or None,
         similarity_model=args.similarity_model, objective=args.objective, grad_checkpointing=args.grad_checkpointing,
-        eval_judges=eval_judge_specs(args.eval_judges), llm=llm_settings(args), **search_settings(args),
+        eval_judges=eval_judge_specs(args.eval_judges), llm=llm_settings(args, (args.method,)),
+        **search_settings(args),
     )
     result = optimize(cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({k: result[k] for k in ("user_prompt", "best", "before", "after", "cost")}, indent=2))

@@ -75,6 +75,9 @@ def _make_lexicon(args: argparse.Namespace) -> Any:
     if args.lexicon not in KNOWN:
         raise UserError(f"unknown lexicon {args.lexicon!r}; choose one of {', '.join(KNOWN)}")
     if args.lexicon == "llm":
+        from dpo_diff.lexicons.llm import check_llm_limits
+
+        check_llm_limits(args.llm_timeout, args.llm_attempts)
         if not args.llm_model:
             raise UserError("--lexicon llm needs --llm-model (the model name on the endpoint, e.g. gpt-4o)")
         return get_lexicon("llm", model=args.llm_model, base_url=args.llm_base_url,
@@ -99,6 +102,9 @@ def _build(args: argparse.Namespace) -> int:
 
     if args.similarity_threshold is not None and not 0.0 <= args.similarity_threshold <= 1.0:
         raise UserError(f"--similarity-threshold must be in [0, 1], got {args.similarity_threshold}")
+    from dpo_diff.files import check_output_file
+
+    check_output_file(args.out, example="spaces.json")  # before the work, not after it
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     if not any(p.strip() for p in prompts):
         raise UserError("--prompt is empty; give the text you want to generate")
