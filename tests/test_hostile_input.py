@@ -9,6 +9,9 @@ instead of the bad input.
 import json
 import math
 import re
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,6 +67,8 @@ CASES = [
      r"--llm-attempts must be at least 1"),
     ("llm-deadline-nan", bench("--methods", "user,llm", "--llm-model", "m", "--llm-deadline", "nan"),
      r"--llm-deadline must be a positive number of seconds"),
+    ("llm-missing-key", optimize("--method", "llm", "--llm-model", "gpt-4o", "--llm-api-key-env", "DPO_DIFF_NO_KEY"),
+     r"the LLM endpoint https://api.openai.com/v1 needs an API key, but \$DPO_DIFF_NO_KEY is not set"),
     # 7. no silent rewrites of what was asked for
     ("mf-ladder-over-100", optimize("--method", "mf", "--mf-ladder", "steps:200%,full"),
      r"--mf-ladder: steps:200% is 16 steps, not fewer than the full sampler's 8"),
@@ -110,7 +115,10 @@ def _snapshot(root: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("name, argv, message", CASES, ids=[c[0] for c in CASES])
-def test_hostile_input_is_refused_in_one_line_and_writes_nothing(name, argv, message, places, tmp_path, capsys):
+def test_hostile_input_is_refused_in_one_line_and_writes_nothing(name, argv, message, places, tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("DPO_DIFF_NO_KEY", raising=False)
     argv = [a.format(**places) for a in argv]
     before = _snapshot(tmp_path)
     assert main(argv) == 2, name
@@ -164,3 +172,60 @@ def test_web_app_keeps_zero_steps(tmp_path):
         make_config(RunRequest("a green orb", steps=0), world, tmp_path / "run", space)
     cfg, _ = make_config(RunRequest("a green orb", steps=None), world, tmp_path / "run", space)
     assert cfg.steps == 50  # left empty: the recommended number
+
+
+@contextmanager
+def endpoint(listening: bool):
+    """An LLM endpoint URL on 127.0.0.1: ``listening`` accepts connections and never answers, else nobody listens
+    (a closed port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        if listening:
+            sock.listen(16)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        if not listening:
+            sock.close()
+        yield url
+
+
+def test_a_closed_port_fails_in_seconds_naming_the_endpoint(monkeypatch):
+    from dpo_diff.lexicons.base import LexiconError
+    from dpo_diff.lexicons.llm import LLMLexicon
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    waits = []
+    with endpoint(listening=False) as url:
+        lex = LLMLexicon("m", base_url=url, cache_dir=False, max_attempts=5, timeout=60, sleep=waits.append)
+        with pytest.raises(LexiconError, match=f"cannot connect to the LLM endpoint {re.escape(url)}"):
+            lex.substitutes("a red car", "antonym")
+    assert sum(waits) <= 1.0 and lex.requests_made == 2  # one quick retry, not 5 attempts with 30 s of backoff
+
+
+def test_an_endpoint_that_never_answers_meets_the_total_deadline(monkeypatch):
+    from dpo_diff.lexicons.base import LexiconError
+    from dpo_diff.lexicons.llm import LLMLexicon
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with endpoint(listening=True) as url:
+        lex = LLMLexicon("m", base_url=url, cache_dir=False, max_attempts=50, timeout=0.4, deadline=1.0,
+                         sleep=lambda s: None)
+        t0 = time.monotonic()
+        with pytest.raises(LexiconError, match=f"{re.escape(url)}.*within the deadline of 1 s"):
+            lex.substitutes("a red car", "antonym")
+    assert time.monotonic() - t0 < 4.0
+
+
+def test_optimize_llm_takes_the_endpoint_limits(tiny_sd, tiny_clip, space_file, tmp_path, capsys, monkeypatch):
+    """--llm-timeout and --llm-attempts reach the search: a silent endpoint fails the run in seconds, named."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with endpoint(listening=True) as url:
+        t0 = time.monotonic()
+        rc = main(["optimize", "--prompt", CLI_PROMPT, "--space", space_file, "--model", tiny_sd, "--judge",
+                   tiny_clip, "--method", "llm", "--llm-model", "m", "--llm-base-url", url, "--llm-timeout", "0.3",
+                   "--llm-attempts", "2", "--steps", "4", "--budget", "4", "--report-seeds", "5", "--out",
+                   str(tmp_path / "run"), "--quiet", "--device", "cpu"])
+        seconds = time.monotonic() - t0
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert url in err and "no answer within 0.3 s (--llm-timeout)" in err and "after 2 attempts" in err, err
+    assert seconds < 60
