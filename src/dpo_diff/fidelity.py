@@ -127,6 +127,9 @@ FULL = Fidelity()
 def parse_ladder(text: str | list | tuple, steps: int | None = None) -> tuple[Fidelity, ...]:
     """A comma-separated list of fidelities, cheapest first, ending at ``full`` (added if missing)."""
     items = [s for s in (text.split(",") if isinstance(text, str) else text) if str(s).strip()]
+    if not items:
+        raise ValueError("the fidelity ladder is empty; give its rungs cheapest first, ending at full, e.g. "
+                         "steps:20%,full (or full alone: no cheap looks)")
     ladder = [Fidelity.parse(s, steps) for s in items]
     if not ladder or not ladder[-1].is_full:
         ladder.append(FULL)
@@ -136,9 +139,18 @@ def parse_ladder(text: str | list | tuple, steps: int | None = None) -> tuple[Fi
     return tuple(ladder)
 
 
-def check_ladder(ladder, steps: int) -> tuple[Fidelity, ...]:
-    """A ladder resolved at ``steps`` sampling steps, every rung checked (a clear error before anything runs)."""
-    rungs = parse_ladder(ladder, steps)
-    for f in rungs:
+def check_ladder(ladder, steps: int, num_seeds: int | None = None) -> tuple[Fidelity, ...]:
+    """A ladder resolved at ``steps`` sampling steps and ``num_seeds`` search seeds, every rung checked (a clear
+    error before anything runs). A cheap rung that would not be cheaper (``steps:N`` with N at or above ``steps``)
+    or asks for more seeds than the search has is refused: the search would otherwise drop or clamp it silently."""
+    items = [s for s in (ladder.split(",") if isinstance(ladder, str) else ladder) if str(s).strip()]
+    rungs = parse_ladder(items, steps)
+    for spec, f in zip(items, rungs):
         f.check(steps)
+        if f.kind == "steps" and f.level >= steps:
+            raise ValueError(f"{str(spec).strip()} is {f.level} steps, not fewer than the full sampler's {steps}: a "
+                             f"cheap rung needs fewer steps (at most {steps - 1}, or a percentage below 100%)")
+        if num_seeds is not None and f.seeds > num_seeds:
+            raise ValueError(f"{str(spec).strip()} scores on {f.seeds} search seeds, but the search has {num_seeds}: "
+                             f"@S must be at most the number of search seeds")
     return rungs

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -107,7 +108,7 @@ def read_jsonl(path: str | os.PathLike[str], parse: Callable[[dict[str, Any]], A
 
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any], *, fsync: bool = False) -> None:
     """Append ``record`` as one line with one ``write``; a cut-off last line is ended first (and stays skipped)."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    line = (strict_dumps(record, sort_keys=True) + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -171,3 +172,44 @@ def output_lock(target: str | os.PathLike[str], *, is_file: bool = False, comman
                 target.rmdir()
             except OSError:  # another run started writing meanwhile
                 pass
+
+
+def check_output_file(path: str | os.PathLike[str], flag: str = "--out", example: str = "out.json") -> None:
+    """Refuse an output file that cannot be written, before any work is done: a directory, or a path whose nearest
+    existing folder is a file or not writable (the message names the flag and what to give instead)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {str(p)!r} is a directory; give a JSON file, e.g. {str(p / example)!r}")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {str(p)!r} cannot be written: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {str(p)!r} cannot be written: no permission to create files in {str(parent)!r}")
+
+
+def read_utf8(path: str | os.PathLike[str], what: str) -> str:
+    """The text of ``path``; a file that is not UTF-8 is an error naming ``what`` and the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); save it as "
+                         f"UTF-8") from None
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by ``None``: strict JSON has no NaN or Infinity,
+    and a file a strict parser refuses is no JSON file (e.g. a search's history before its first evaluation)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def strict_dumps(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that writes strict JSON only (see :func:`finite_json`)."""
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)

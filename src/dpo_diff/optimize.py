@@ -26,6 +26,7 @@ from typing import Any
 
 from dpo_diff.config_dict import from_known_keys
 from dpo_diff.fidelity import check_ladder
+from dpo_diff.files import strict_dumps
 from dpo_diff.search import DEFAULT_METHOD, DEFAULT_RERANK_TOP, METHODS
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
@@ -103,8 +104,9 @@ class OptimizeConfig:
                              "OpenAI-compatible server)")
         if isinstance(self.selection, dict):
             self.selection = SelectionConfig(**self.selection)
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise ValueError(f"time_budget must be a positive number of seconds or None, got {self.time_budget}")
+        if self.time_budget is not None and not (self.time_budget > 0 and math.isfinite(self.time_budget)):
+            raise ValueError(f"time budget must be a finite positive number of seconds (or none), got "
+                             f"{self.time_budget}")
         self.seeds, self.report_seeds = tuple(self.seeds), tuple(self.report_seeds)
         self.objective, self.eval_judges = normalised_judge_specs(self.objective, self.eval_judges)
         if self.task not in TASKS:
@@ -123,6 +125,13 @@ class OptimizeConfig:
         self.selection = self.selection.resolved(self.seeds, self.report_seeds)
         if self.similarity_threshold is not None and not 0 <= self.similarity_threshold <= 1:
             raise ValueError(f"similarity_threshold must be in [0, 1] or None, got {self.similarity_threshold}")
+        from dpo_diff.problem import check_guidance, check_negative_guidance
+
+        if self.guidance is not None:  # checked as given, before a default is looked up for the other setting
+            check_guidance(self.guidance)
+            check_negative_guidance(self.task, self.target, self.guidance)
+        if self.steps is not None and self.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.steps}")
         if self.steps is None or self.guidance is None:
             return  # the backbone's defaults: the checks below run when resolve_sampling fills them in
         from dpo_diff.problem import SamplingConfig
@@ -131,7 +140,10 @@ class OptimizeConfig:
         if self.method in ("gpo", "hybrid"):
             self.gpo.validate_for(self.steps)
         if self.method in ("mf", "tpe"):
-            check_ladder(getattr(self, self.method).ladder, self.steps)
+            try:
+                check_ladder(getattr(self, self.method).ladder, self.steps, len(self.seeds))
+            except ValueError as e:
+                raise ValueError(f"--{self.method}-ladder: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -232,6 +244,7 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     from dpo_diff.files import output_lock
     from dpo_diff.loading import resolve_device
 
+    built = space is None and not cfg.space  # no space given: the task's default space is built for the prompt
     full_space = resolve_space(cfg, space)
     for device, needed in ((cfg.device, backend is None), (cfg.judge_device or cfg.device, judge is None)):
         if needed:
@@ -241,6 +254,8 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     with output_lock(out):  # a busy folder is the first error, before the model's defaults are looked up
         resolve_sampling(cfg, space, backend)  # before config.json is written: it records the values used
         prepare_folder(cfg, space, out, resume=resume, overwrite=overwrite)
+        if built:
+            save_built_space(full_space, cfg, out)
         problem = load_problem(cfg, space, backend, judge, constraint)
         calibrate_run(cfg, problem)
         searched = run_search(cfg, problem, full_space, out, resume=resume, progress=progress,
@@ -253,9 +268,9 @@ def resolve_space(cfg: OptimizeConfig, space: SearchSpace | None) -> SearchSpace
     prompt. An empty ``cfg.prompt`` is accepted only with a ``space`` object (never guessed from a file)."""
     from dpo_diff.space import load_space, load_spaces
 
+    if space is None and not cfg.space:
+        return default_space(cfg)
     if space is None:
-        if not cfg.space:
-            raise ValueError("no search space: give --space FILE (build one with 'dpo-diff space build')")
         if not cfg.prompt.strip():
             prompts = list(load_spaces(cfg.space))
             shown = ", ".join(repr(p) for p in prompts[:3]) + (", ..." if len(prompts) > 3 else "")
@@ -266,6 +281,45 @@ def resolve_space(cfg: OptimizeConfig, space: SearchSpace | None) -> SearchSpace
         raise ValueError(f"the space is for prompt {space.prompt!r}, not {cfg.prompt!r}")
     cfg.prompt = space.prompt
     return space
+
+
+def uses_world(model: str) -> bool:
+    """Whether ``model`` is the bundled shapes-world generator."""
+    from dpo_diff.world import generator_path
+
+    return bool(model) and Path(model).expanduser().resolve() == generator_path().resolve()
+
+
+def default_space(cfg: OptimizeConfig) -> SearchSpace:
+    """The task's space for ``cfg.prompt``, built as ``space build`` and ``bench`` build it
+    (:func:`~dpo_diff.space_builder.build_task_spaces`): antonym terms for improve, synonym rewrites pre-filtered by
+    the meaning constraint for attack; the shapes world's own substitutes for the bundled world model."""
+    from dpo_diff.space_builder import build_task_spaces
+
+    prompt = " ".join(cfg.prompt.split())
+    if not prompt:
+        raise ValueError("--prompt is empty; give the text you want to generate")
+    report = build_task_spaces([prompt], cfg.task, world=uses_world(cfg.model),
+                               similarity_threshold=cfg.similarity_threshold, similarity_model=cfg.similarity_model)
+    if prompt in report.failed:
+        raise ValueError(f"building the {cfg.task} space for {prompt!r} failed: {report.failed[prompt]}")
+    space = report.spaces[prompt]
+    cfg.prompt = space.prompt
+    return space
+
+
+BUILT_SPACE = "space.json"  # the space optimize built when no --space was given
+
+
+def save_built_space(space: SearchSpace, cfg: OptimizeConfig, out: Path) -> None:
+    """Save the space ``optimize`` built into the run folder and say so."""
+    from dpo_diff.space import save_spaces
+
+    save_spaces([space], out / BUILT_SPACE)
+    source = "the shapes world's substitutes" if uses_world(cfg.model) else "the WordNet lexicon"
+    print(f"dpo-diff: no --space given: built the {cfg.task} space for {space.prompt!r} from {source} "
+          f"({len(space.slots)} slots, {space.num_candidates} candidates) -> {out / BUILT_SPACE}; edit it and pass "
+          f"--space FILE to search your own")
 
 
 def prepare_folder(cfg: OptimizeConfig, space: SearchSpace, out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -284,7 +338,7 @@ def prepare_folder(cfg: OptimizeConfig, space: SearchSpace, out: Path, *, resume
             raise ValueError(f"{config_path} was written by a different configuration, so --resume cannot "
                              f"continue it; pass --overwrite (instead of --resume) to replace that run, or choose "
                              f"another --out")
-    atomic_write_text(config_path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(config_path, strict_dumps(record, indent=2) + "\n")
 
 
 def resolve_sampling(cfg: OptimizeConfig, space: SearchSpace, backend=None) -> None:
@@ -351,7 +405,8 @@ def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=No
         judge = ClipJudge.from_pretrained(cfg.judge, device=cfg.judge_device or cfg.device)
     from dpo_diff.constraint import MeaningConstraint, meaning_constraint_applies
 
-    if constraint is None and meaning_constraint_applies(space, cfg.similarity_threshold):
+    if constraint is None and meaning_constraint_applies(space, cfg.similarity_threshold,
+                                                         world=uses_world(cfg.model)):
         constraint = MeaningConstraint(cfg.similarity_model, cfg.similarity_threshold).accepts
     sampling = SamplingConfig(cfg.steps, cfg.guidance, cfg.height, cfg.width, cfg.batch_size,
                               grad_checkpointing=cfg.grad_checkpointing)
@@ -491,7 +546,7 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
             return
         if not best_so_far or ev.objective < best_so_far[0].objective:
             best_so_far[:] = [ev]
-            atomic_write_text(out / "best.json", json.dumps(ev.to_dict(), indent=2) + "\n")
+            atomic_write_text(out / "best.json", strict_dumps(ev.to_dict(), indent=2) + "\n")
         bar.set_postfix(best=f"{problem.task.sign * best_so_far[0].objective:.4f}")
         bar.refresh()
 
@@ -513,15 +568,42 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         print(f"dpo-diff: {note}")
         tracker.close()
         return _Searched(None, user, space.default, note, t0, earlier)
-    result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
-                    epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm, greedy=cfg.greedy,
-                    proposal=cfg.proposal, on_evaluation=on_eval,
-                    on_iteration=on_iter,
-                    preloaded=preloaded, gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
-                    time_budget=cfg.time_budget, should_stop=should_stop)
+    constraint, verdicts = problem.constraint, {"asked": 0, "accepted": 0}  # rewrites (not the user prompt)
+    if constraint is not None:
+        def counted(original: str, prompts: list[str]) -> list[bool]:
+            ok = constraint(original, prompts)
+            rewrites = [good for p, good in zip(prompts, ok) if p != user.prompt]
+            verdicts["asked"] += len(rewrites)
+            verdicts["accepted"] += sum(map(bool, rewrites))
+            return ok
+
+        problem.constraint = counted
+    none_admissible = (f"no candidate passed the meaning constraint: every rewrite tried was rejected (threshold "
+                       f"{cfg.similarity_threshold}); the user prompt is kept")
+    try:
+        result = search(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, seed=cfg.seed, gpo=cfg.gpo,
+                        epo=cfg.epo, selection=cfg.selection, mf=cfg.mf, tpe=cfg.tpe, llm=cfg.llm,
+                        greedy=cfg.greedy, proposal=cfg.proposal, on_evaluation=on_eval, on_iteration=on_iter,
+                        preloaded=preloaded,
+                        gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
+                        time_budget=cfg.time_budget, should_stop=should_stop)
+    except ValueError:
+        if not verdicts["asked"] or verdicts["accepted"] or preloaded:
+            raise
+        # Nothing passed the meaning constraint, so nothing could be evaluated: a result (the user prompt is kept),
+        # not a failure, and a rerun gives the same answer.
+        print(f"dpo-diff: {none_admissible}")
+        tracker.close()
+        return _Searched(None, user, space.default, none_admissible, t0, earlier)
+    finally:
+        problem.constraint = constraint
     bar.n = result.cost  # re-ranking included: all the search was charged
     tracker.close()
-    atomic_write_text(out / "search.json", result.to_json() + "\n")
+    if verdicts["asked"] and not verdicts["accepted"] and not preloaded:  # only the user prompt itself was scored
+        print(f"dpo-diff: {none_admissible}")
+        atomic_write_text(out / "search.json", strict_dumps(result.to_dict(), indent=2) + "\n")
+        return _Searched(result, user, space.default, none_admissible, t0, earlier)
+    atomic_write_text(out / "search.json", strict_dumps(result.to_dict(), indent=2) + "\n")
     rows = result.extra.get("selection", {}).get("candidates")
     best_objective = rows[0]["objective"] if rows else result.best.objective
     user_losses = before_search[0] if rows else before_search[0, : len(cfg.seeds)]
@@ -583,7 +665,7 @@ def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _
         n_all = len(seeds_all)
         result["metrics"] = extra_metrics(images[:n_all], images[n_all:], seeds_all)
     result.update(final_judges(cfg, problem, images, seeds_all))
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "result.json", strict_dumps(result, indent=2) + "\n")
     return result
 
 

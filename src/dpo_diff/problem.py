@@ -7,6 +7,7 @@ prompt; *attack* maximises it. Searches minimise :meth:`Task.objective`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -46,6 +47,24 @@ class Task:
         return "negative" if self.name == "improve" else "positive"
 
 
+def check_guidance(guidance: float) -> None:
+    """Refuse a guidance scale that is not a finite number >= 0 (NaN would run and write invalid JSON)."""
+    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"--guidance must be a finite number >= 0 (the classifier-free guidance scale), got "
+                         f"{guidance}")
+
+
+def check_negative_guidance(task: str, target: str, guidance: float | None) -> None:
+    """Refuse a search over negative prompts without classifier-free guidance: at guidance <= 1 the negative prompt
+    does not act, so every candidate would give the same images."""
+    chosen = Task(task).default_target if target == "auto" else target
+    if guidance is not None and guidance <= 1 and chosen in ("negative", "both"):
+        searched = f"--task {task}" if target == "auto" else f"--target {target}"
+        raise ValueError(f"{searched} searches negative prompts, which act only through classifier-free guidance: "
+                         f"--guidance must be above 1, got {guidance:g} (on FLUX: true classifier-free guidance, "
+                         f"the pipeline's true_cfg_scale > 1); --task attack rewrites the prompt and needs none")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How images are generated for evaluation and in the shortcut gradient (paper: 50 DDIM steps, CFG 7.5)."""
@@ -63,8 +82,7 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.steps < 2:
             raise ValueError(f"steps must be >= 2, got {self.steps}")
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        check_guidance(self.guidance_scale)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 

@@ -101,6 +101,9 @@ def read_prompt_set(path: str | os.PathLike[str], *, column: str | None = None, 
 
         raw: list[Any] = heldout_prompts(m.group(1), int(m.group(2)), seed=int(m.group(3) or 0))
         fmt = "world"
+    elif spec.startswith("world:"):  # never read as a file name
+        raise PromptSetError(f"bad prompt set {spec!r}: use world:<easy|hard>:<n>[:<seed>], n a positive count and "
+                             f"seed a non-negative integer, e.g. world:hard:50")
     elif spec.startswith("hf:"):
         raw, fmt = _read_hf(spec, column), "hf"
     else:

@@ -37,8 +37,13 @@ def latent_generator(image_seed: int):  # -> torch.Generator
     return torch.Generator("cpu").manual_seed(int(image_seed))
 
 
+MAX_SEEDS = 10_000  # seeds in one list: each is at least one generation per candidate
+MAX_SEED = 2**63 - 1  # the largest image seed (a signed 64-bit integer, as generators store it)
+
+
 def parse_seeds(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
-    """Parse ``"0,1,2"`` or ``"0-3"`` (inclusive) into a tuple of distinct non-negative seeds."""
+    """Parse ``"0,1,2"`` or ``"0-3"`` (inclusive) into a tuple of distinct non-negative seeds (at most
+    :data:`MAX_SEEDS` of them, each at most :data:`MAX_SEED`); a range is measured before it is expanded."""
     if isinstance(text, (list, tuple)):
         seeds = [int(s) for s in text]
     else:
@@ -49,12 +54,22 @@ def parse_seeds(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
                 continue
             try:
                 if "-" in part[1:]:
-                    a, b = part.split("-", 1)
-                    seeds.extend(range(int(a), int(b) + 1))
+                    a, b = (int(x) for x in part.split("-", 1))
+                    if b - a + 1 + len(seeds) > MAX_SEEDS:
+                        total = max(b - a + 1, 0) + len(seeds)
+                        raise OverflowError(f"seed list {text!r} has {total} seeds; at most {MAX_SEEDS} are allowed")
+                    seeds.extend(range(a, b + 1))
                 else:
                     seeds.append(int(part))
+            except OverflowError as e:
+                raise ValueError(str(e)) from None
             except ValueError as e:
                 raise ValueError(f"bad seed list {text!r}: use comma-separated integers like '0,1,2' or '0-4'") from e
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"seed list has {len(seeds)} seeds; at most {MAX_SEEDS} are allowed")
+    too_large = [s for s in seeds if s > MAX_SEED]
+    if too_large:
+        raise ValueError(f"seed {too_large[0]} is too large: image seeds must be at most {MAX_SEED} (2**63 - 1)")
     if not seeds:
         raise ValueError(f"seed list {text!r} is empty; give at least one seed, e.g. '0'")
     if any(s < 0 for s in seeds):

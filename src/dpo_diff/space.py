@@ -483,6 +483,9 @@ def load_spaces(path: str | os.PathLike[str]) -> dict[str, SearchSpace]:
 
     p = Path(path)
     where = f"search-space file {str(p)!r}"
+    if p.is_dir():
+        raise SpaceError(f"{where} is a directory, not a space file; give the JSON file that 'dpo-diff space build' "
+                         f"wrote")
     if not p.is_file():
         raise FileNotFoundError(f"search-space file {str(p)!r} does not exist; build one with 'dpo-diff space build'")
     try:

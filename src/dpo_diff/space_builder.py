@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from dpo_diff.constraint import MeaningConstraint
 from dpo_diff.extras import as_missing_extra
+from dpo_diff.files import read_utf8
 from dpo_diff.lexicons.base import Lexicon
 from dpo_diff.lexicons.nplib import DEFAULT_SLOTS, nplib_slots
 from dpo_diff.space import SearchSpace, SpaceError, load_spaces, prompt_words, save_spaces, space_from_substitutes
@@ -143,7 +144,7 @@ def load_overrides(path: str | os.PathLike[str]) -> Overrides:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"overrides file {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    text = read_utf8(p, "overrides file")
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -234,7 +235,7 @@ def read_prompts(path: str | os.PathLike[str]) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompt file {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    text = read_utf8(p, "prompt file")
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -372,3 +373,44 @@ def build_spaces(
     finally:
         save()  # also on Ctrl-C and unexpected errors: finished prompts are never lost
     return report
+
+
+# ==================================================================== the one way every command builds spaces
+DEFAULT_SIMILARITY_THRESHOLD = 0.9  # the paper's attack setting
+
+
+def task_space_kind(task: str) -> str:
+    """The space a task searches when none is named: antonym (negative-prompt terms) for improve, synonym (rewrites
+    of the prompt's words) for attack."""
+    return "antonym" if task == "improve" else "synonym"
+
+
+def meaning_constraint_for(kind: str, threshold: float | None,
+                           model: str | None = None) -> MeaningConstraint | None:
+    """The meaning pre-filter of a built space: spaces that rewrite the prompt's words (synonym, hybrid) drop each
+    substitution whose prompt falls below ``threshold``; other kinds, and a threshold of ``None`` or 0, get none."""
+    if kind not in ("synonym", "hybrid") or not threshold:
+        return None
+    return MeaningConstraint(model, threshold)
+
+
+def build_task_spaces(prompts: Sequence[str], task: str, *, kind: str | None = None, world: bool = False,
+                      similarity_threshold: float | None = DEFAULT_SIMILARITY_THRESHOLD,
+                      similarity_model: str | None = None, out: str | os.PathLike[str] | None = None,
+                      on_error: Literal["raise", "skip"] = "skip") -> BuildReport:
+    """The spaces ``optimize`` (without ``--space``) and ``bench`` search, built as ``space build`` builds them:
+    ``kind`` (default :func:`task_space_kind`) from the offline WordNet lexicon, pre-filtered by the meaning
+    constraint (:func:`meaning_constraint_for`); with ``world`` the shapes world's own substitutes (its synonyms
+    denote the same scene by construction, so no constraint is needed). ``out``: as :func:`build_spaces` (``None``:
+    in memory)."""
+    if world:
+        from dpo_diff.world.spaces import world_space
+
+        spaces = {p: world_space(p, task) for p in dict.fromkeys(prompts)}
+        if out is not None:
+            old = load_spaces(out) if Path(out).is_file() else {}
+            save_spaces({**old, **spaces}.values(), out)
+        return BuildReport(spaces, built=list(spaces))
+    kind = kind or task_space_kind(task)
+    return build_spaces(prompts, kind, out=out, on_error=on_error,  # type: ignore[arg-type]
+                        constraint=meaning_constraint_for(kind, similarity_threshold, similarity_model))

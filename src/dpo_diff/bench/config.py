@@ -86,7 +86,7 @@ class BenchConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        from dpo_diff.problem import TASKS, SamplingConfig
+        from dpo_diff.problem import TASKS, SamplingConfig, check_negative_guidance
 
         if isinstance(self.gpo, dict):
             self.gpo = GradientSearchConfig(**self.gpo)
@@ -104,8 +104,9 @@ class BenchConfig:
             self.proposal = from_known_keys(Proposal, self.proposal, what="bench proposal", error=BenchError)
         if isinstance(self.selection, dict):
             self.selection = SelectionConfig(**self.selection)
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise BenchError(f"time budget must be a positive number of seconds, got {self.time_budget}")
+        if self.time_budget is not None and not (self.time_budget > 0 and math.isfinite(self.time_budget)):
+            raise BenchError(f"time budget must be a finite positive number of seconds (or none), got "
+                             f"{self.time_budget}")
         self.methods, self.seeds, self.report_seeds = tuple(self.methods), tuple(self.seeds), tuple(self.report_seeds)
         self._check_judges()
         if self.task not in TASKS:
@@ -140,7 +141,12 @@ class BenchConfig:
             raise BenchError("give either --spaces FILE or --space-kind, not both")
         if not self.world and not self.model:
             raise BenchError("give --model (a Stable Diffusion hub id or folder) or --world")
-        SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
+        try:
+            SamplingConfig(self.steps, self.guidance, self.height, self.width, self.batch_size)  # validates
+            if set(self.methods) & set(SEARCH_METHODS):
+                check_negative_guidance(self.task, "auto", self.guidance)
+        except ValueError as e:
+            raise BenchError(str(e)) from None
         if set(self.methods) & {"gpo", "hybrid"}:
             self.gpo.validate_for(self.steps)
         if "llm" in self.methods and not self.llm.model:
@@ -148,7 +154,7 @@ class BenchConfig:
                              "OpenAI-compatible server)")
         for method in set(self.methods) & {"mf", "tpe"}:
             try:
-                check_ladder(getattr(self, method).ladder, self.steps)
+                check_ladder(getattr(self, method).ladder, self.steps, len(self.seeds))
             except ValueError as e:
                 raise BenchError(f"--{method}-ladder: {e}") from None
 
@@ -186,6 +192,10 @@ class BenchConfig:
             d["dtype"] = "fp32"  # what auto means on a CPU, so folders made before auto keep their fingerprint
         if self.spaces:
             d["spaces"] = model_fingerprint(self.spaces)
+        elif not self.world and self.resolved_space_kind in ("synonym", "hybrid") and self.similarity_threshold:
+            # Built rewrite spaces are pre-filtered by the meaning constraint (as 'space build' builds them); results
+            # on spaces built before that was done must not mix with these.
+            d["space_prefilter"] = "meaning constraint"
         # Present only when used, so the fingerprints of benchmarks without them stay what they were.
         from dpo_diff.judges.spec import parse_judges, parse_objective, source_fingerprints
 

@@ -89,6 +89,18 @@ def _grid(data: Any, prompt: str) -> tuple[str, int]:
     return f"<h3>{html.escape(prompt)}</h3><table class='grid'>{''.join(body)}</table>", missing
 
 
+def _notices(data: Any) -> list[str]:
+    """Skipped stages and failed jobs, under the main table."""
+    from dpo_diff.bench.report import failed_jobs, stage_note
+
+    out = [f"<p class='neg' id='skipped-stages'>{html.escape(stage_note(data))}</p>"] if stage_note(data) else []
+    lines = failed_jobs(data)
+    if lines:
+        out += [f"<h3 id='failed-jobs'>Failed jobs ({len(lines)}; rerun the bench to retry them)</h3>", "<ul>",
+                *(f"<li>{html.escape(line)}</li>" for line in lines), "</ul>"]
+    return out
+
+
 def render_html(data: Any, *, markdown_tables: tuple, curves_png: Path | None, grid_prompts: int = 12,
                 budget_views: tuple | None = None, time_png: Path | None = None,
                 cross_judge: tuple | None = None) -> str:
@@ -114,6 +126,7 @@ def render_html(data: Any, *, markdown_tables: tuple, curves_png: Path | None, g
         _table(main_h, main_c, "results"),
         "<p class='muted'>Mean ± std over prompts of the per-prompt mean loss; 95% t intervals; Δ is the paired "
         "difference to the user prompt; cost in full-generation equivalents.</p>",
+        *_notices(data),
         "<h2>Win rates</h2>",
         _table(win_h, win_c, "wins"),
     ]

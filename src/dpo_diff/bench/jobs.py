@@ -20,6 +20,7 @@ from typing import Any
 
 from dpo_diff.bench.config import SEARCH_METHODS, BenchConfig
 from dpo_diff.bench.results import job_dir, prompt_id
+from dpo_diff.files import strict_dumps
 from dpo_diff.space import PromptPair, SearchSpace, atomic_write_text
 
 
@@ -157,7 +158,8 @@ def run_job(cfg: BenchConfig, job: Job, workdir: str | os.PathLike[str]) -> dict
     sign = 1.0 if cfg.task == "improve" else -1.0
     if job.method not in ("user", "promptist") and search_file.is_file():
         # (cost, best objective so far) -> (cost, best loss so far); entries before the first evaluation are NaN.
-        history = [[c, sign * o] for c, o in json.loads(search_file.read_text())["history"] if o == o]
+        history = [[c, sign * o] for c, o in json.loads(search_file.read_text())["history"]
+                   if o is not None and o == o]
     if job.method not in ("user", "promptist"):
         by_time = time_history(workdir / "progress.jsonl", sign)
     return make_record(cfg, job, result, history, time.perf_counter() - t0, extra, by_time)
@@ -191,7 +193,7 @@ def evaluate_fixed(ocfg, space: SearchSpace, best: PromptPair, models: Models, m
     out = Path(ocfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_dict = {**ocfg.to_dict(), "method": method}
-    atomic_write_text(out / "config.json", json.dumps({"config": cfg_dict, "space": space.to_dict(),
+    atomic_write_text(out / "config.json", strict_dumps({"config": cfg_dict, "space": space.to_dict(),
                                                        "environment": environment()}, indent=2) + "\n")
     t0 = time.perf_counter()
     sampling = SamplingConfig(ocfg.steps, ocfg.guidance, ocfg.height, ocfg.width, ocfg.batch_size)
@@ -220,7 +222,7 @@ def evaluate_fixed(ocfg, space: SearchSpace, best: PromptPair, models: Models, m
     if metric is not None:
         result["metrics"] = metric(images[:n_all], images[n_all:], seeds_all)
     result.update(final_judges(ocfg, problem, images, seeds_all))
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "result.json", strict_dumps(result, indent=2) + "\n")
     return result
 
 

@@ -86,7 +86,9 @@ class RayExecutor:
             self._started = False
 
     def run(self, cfg: BenchConfig, jobs: list[Job], out: Path, on_record: Callable[[dict], None],
-            job_fn: Callable) -> None:
+            job_fn: Callable, on_failure: Callable[[Job, str], None] | None = None) -> None:
+        """Run ``jobs`` as Ray tasks; a job that fails after its retries goes to ``on_failure(job, error)`` (which
+        may raise to stop the bench) or, without it, stops the bench."""
         import ray
 
         if not jobs:
@@ -106,6 +108,12 @@ class RayExecutor:
                 try:
                     record, files = ray.get(ref)
                 except Exception as e:
+                    if on_failure is not None:
+                        try:
+                            on_failure(job, f"failed after {opts.retries} retries: {_first_line(e)}")
+                            continue
+                        except BenchError:
+                            pass
                     for other in pending:
                         ray.cancel(other, force=True)
                     raise BenchError(f"job ({job.prompt!r}, {job.method}) failed after {opts.retries} retries: "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_diff.bench.cross_judge import cross_judge_note, cross_judge_table
-from dpo_diff.bench.results import RESULTS, load_bench
+from dpo_diff.bench.results import RESULTS, load_bench, open_failures
 from dpo_diff.bench.stats import Summary, best_so_far_curve, summarize, win_rate
 
 METHOD_ORDER = ("user", "promptist", "random", "epo", "gpo", "hybrid", "mf", "tpe")
@@ -51,6 +51,7 @@ class ReportData:
     curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     time_curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # x: elapsed seconds
     skipped: str = ""  # unreadable lines of results.jsonl that were left out ("" when none)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # jobs that failed and have no record since
 
     @property
     def sign(self) -> float:
@@ -98,6 +99,7 @@ def analyse(out: str | os.PathLike[str], methods: list[str] | None = None) -> Re
     wins = {a: {b: win_rate(per[a], per[b], sign) for b in chosen if b != a} for a in chosen}
     data = ReportData(out, task, chosen, prompts, len(all_prompts) - len(prompts), rows, wins, by_key,
                       manifest["config"])
+    data.failures = open_failures(out, records)
     data.curves = curves(data)
     data.time_curves = time_curves(data)
     if results.skipped:
@@ -220,13 +222,35 @@ def table_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
         header += ["faithful", "Δ faithful"]
     cells = []
     for r in data.rows:
-        row = [r.method, r.loss.fmt(), r.loss.fmt_ci(), _f(r.delta.mean, signed=True), r.delta.fmt_ci(),
+        skipped = skipped_stage_count(data, r.method)
+        name = f"{r.method} (GPO skipped on {skipped}/{len(data.prompts)})" if skipped else r.method
+        row = [name, r.loss.fmt(), r.loss.fmt_ci(), _f(r.delta.mean, signed=True), r.delta.fmt_ci(),
                f"{r.improved:.0%}", _f(r.cost, 1), _f(r.seconds, 1)]
         if faith:
             row += [f"{r.faithful.mean:.1%}" if r.faithful else "-",
                     f"{r.faithful_delta.mean * 100:+.1f} pt" if r.faithful_delta else "-"]
         cells.append(row)
     return header, cells
+
+
+def skipped_stage_count(data: ReportData, method: str) -> int:
+    """On how many compared prompts ``method``'s GPO stage was skipped (its budget share could not pay for it)."""
+    return sum(any(n.startswith("GPO skipped") for n in data.records[(p, method)].get("search_notes", []))
+               for p in data.prompts)
+
+
+def stage_note(data: ReportData) -> str:
+    """Why a row says "GPO skipped" (empty when no row does)."""
+    if not any(skipped_stage_count(data, m) for m in data.methods):
+        return ""
+    return ("GPO skipped: GPO's share of the budget could not pay for its minimum number of iterations, so that "
+            "method ran without its gradient stage (GPO as random search, hybrid as EPO from a uniform population) "
+            "and its row measures that. Raise --budget or use fewer --seeds so that every listed method runs.")
+
+
+def failed_jobs(data: ReportData) -> list[str]:
+    """One line per job that failed and has not succeeded since (``DIR/failures.jsonl``)."""
+    return [f"{f['method']} on {f['prompt']!r}: {f['error']}" for f in data.failures]
 
 
 def win_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
@@ -290,6 +314,11 @@ def markdown(data: ReportData) -> str:
     cross = cross_judge_table(data)
     if cross is not None:
         text += ["", cross_judge_note(data), "", md(*cross)]
+    if stage_note(data):
+        text += ["", stage_note(data)]
+    if data.failures:
+        text += ["", f"Failed jobs ({len(data.failures)}; rerun the bench to retry them):", "",
+                 *(f"- {line}" for line in failed_jobs(data))]
     if data.skipped:
         text += ["", f"Warning: {data.skipped}."]
     return "\n".join(text) + "\n"

@@ -20,6 +20,7 @@ from typing import Any
 from dpo_diff.files import JsonlFile, append_jsonl, read_jsonl
 
 RESULTS = "results.jsonl"
+FAILURES = "failures.jsonl"  # one line per failed job attempt; a rerun retries the job
 MANIFEST = "bench.json"
 SPACES = "spaces.json"
 JOBS = "jobs"
@@ -127,6 +128,9 @@ def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any] | None:
 def load_bench(out: str | os.PathLike[str]) -> tuple[dict[str, Any], JsonlFile]:
     """``(manifest, results)`` of a benchmark folder, for reports (raises when there is nothing to report)."""
     out = Path(out)
+    if out.is_file():
+        raise ValueError(f"{str(out)!r} is a file, not a benchmark folder; give the --out folder of 'dpo-diff "
+                         f"bench'")
     if not out.is_dir():
         raise FileNotFoundError(f"benchmark folder {str(out)!r} does not exist")
     manifest = read_manifest(out)
@@ -158,3 +162,31 @@ def collect_files(folder: str | os.PathLike[str], prefix: str, skip: tuple[str, 
     folder = Path(folder)
     return {f"{prefix}/{f.relative_to(folder).as_posix()}": f.read_bytes()
             for f in sorted(folder.rglob("*")) if f.is_file() and f.name not in skip}
+
+
+def append_failure(out: str | os.PathLike[str], prompt: str, method: str, error: str) -> dict[str, Any]:
+    """Record that the job ``(prompt, method)`` failed with ``error`` (the bench goes on; a rerun retries it)."""
+    import time
+
+    failure = {"prompt": prompt, "method": method, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    append_jsonl(Path(out) / FAILURES, failure, fsync=True)
+    return failure
+
+
+def open_failures(out: str | os.PathLike[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last recorded failure of every job that has no result record (failures a rerun has since fixed are
+    left out), in the order they failed."""
+    done = {(r["prompt"], r["method"]) for r in records}
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for f in read_jsonl(Path(out) / FAILURES, _check_failure, what="job failure", warn=False).records:
+        key = (f["prompt"], f["method"])
+        last.pop(key, None)
+        if key not in done:
+            last[key] = f
+    return list(last.values())
+
+
+def _check_failure(f: dict[str, Any]) -> dict[str, Any]:
+    if not all(isinstance(f.get(k), str) for k in ("prompt", "method", "error")):
+        raise TypeError("prompt, method and error must be strings")
+    return f

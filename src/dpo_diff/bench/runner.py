@@ -18,14 +18,24 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dpo_diff.bench.config import SEARCH_METHODS, BenchConfig, BenchError, diff_settings
 from dpo_diff.bench.jobs import Job, run_job
-from dpo_diff.bench.results import MANIFEST, RESULTS, SPACES, append_record, index_jobs, load_records, read_manifest
-from dpo_diff.files import output_lock
+from dpo_diff.bench.results import (
+    FAILURES,
+    MANIFEST,
+    RESULTS,
+    SPACES,
+    append_failure,
+    append_record,
+    index_jobs,
+    load_records,
+    read_manifest,
+)
+from dpo_diff.files import output_lock, strict_dumps
 from dpo_diff.prompt_sets import PromptSet, read_prompt_set
 from dpo_diff.space import SearchSpace, atomic_write_text
 
@@ -39,6 +49,7 @@ class BenchSummary:
     methods: tuple[str, ...]
     already_done: int
     ran: int
+    failed: list[dict[str, Any]] = field(default_factory=list)  # jobs of this run that failed (see FAILURES)
 
     @property
     def total(self) -> int:
@@ -58,12 +69,16 @@ class RayOptions:
 
 def run_bench(cfg: BenchConfig, prompts: str | os.PathLike[str] | PromptSet, out: str | os.PathLike[str], *,
               column: str | None = None, ray: RayOptions | None = None, argv: list[str] | None = None,
-              log: Callable[[str], None] = print, job_fn: JobFn | None = None) -> BenchSummary:
+              log: Callable[[str], None] = print, job_fn: JobFn | None = None, fail_fast: bool = False
+              ) -> BenchSummary:
     """Run every method of ``cfg`` on every prompt not yet done in ``out``; see the module docstring.
 
+    A job that fails is recorded in ``DIR/failures.jsonl`` (shown by the report) and the others go on; a rerun
+    retries it. ``fail_fast`` stops at the first failed job instead.
+
     Raises:
-        BenchError: ``out`` holds results of other settings, a prompt has no space, Ray is unreachable, or a job
-            failed (finished records are kept; rerunning the same command resumes).
+        BenchError: ``out`` holds results of other settings, a prompt has no space, Ray is unreachable, or (with
+            ``fail_fast``) a job failed (finished records are kept; rerunning the same command resumes).
     """
     out = Path(out)
     pset = prompts if isinstance(prompts, PromptSet) else read_prompt_set(prompts, column=column)
@@ -72,17 +87,20 @@ def run_bench(cfg: BenchConfig, prompts: str | os.PathLike[str] | PromptSet, out
 
         resolve_device(cfg.device)  # a Ray cluster's devices are checked on its workers
     with output_lock(out):  # one writer per folder: a second bench on it is refused, naming this one's pid
-        return _run_locked(cfg, pset, out, ray, argv, log, job_fn or run_job)
+        return _run_locked(cfg, pset, out, ray, argv, log, job_fn or run_job, fail_fast)
 
 
 def _run_locked(cfg: BenchConfig, pset: PromptSet, out: Path, ray: RayOptions | None, argv: list[str] | None,
-                log: Callable[[str], None], job_fn: JobFn) -> BenchSummary:
-    import json
+                log: Callable[[str], None], job_fn: JobFn, fail_fast: bool) -> BenchSummary:
 
     from dpo_diff.optimize import environment
 
     key = cfg.key()
     check_folder(out, cfg)
+    if cfg.spaces:  # a bad spaces file is refused before the folder is touched
+        from dpo_diff.space import load_spaces
+
+        load_spaces(cfg.spaces)
     executor = None
     if ray is not None:
         from dpo_diff.bench.ray_executor import RayExecutor
@@ -101,7 +119,7 @@ def _run_locked(cfg: BenchConfig, pset: PromptSet, out: Path, ray: RayOptions | 
             "methods": list(cfg.methods), "device": cfg.device, "batch_size": cfg.batch_size,
             "ray": None if ray is None else vars(ray), "prompt_set": pset.to_dict(), "environment": environment(),
         })
-        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+        atomic_write_text(out / MANIFEST, strict_dumps(manifest, indent=2, default=str) + "\n")
         spaces = prepare_spaces(cfg, pset.prompts, out)
         check_spaces_fit_task(cfg, spaces)
         done = {(r["prompt"], r["method"]) for r in load_records(out)}
@@ -114,28 +132,37 @@ def _run_locked(cfg: BenchConfig, pset: PromptSet, out: Path, ray: RayOptions | 
         log(f"{pset.summary()}\n{n_total} jobs ({len(pset.prompts)} prompts x {len(cfg.methods)} methods): "
             f"{already} already done, {len(jobs)} to run -> {out / RESULTS}")
         counter = [already]
+        failed: list[dict[str, Any]] = []
 
         def on_record(record: dict[str, Any]) -> None:
             append_record(out, record)
             counter[0] += 1
             log(progress_line(record, counter[0], n_total))
 
+        def on_failure(job: Job, error: str) -> None:
+            if fail_fast:
+                raise BenchError(f"job ({job.prompt!r}, {job.method}) failed: {error}. {counter[0]} finished jobs "
+                                 f"are saved; rerun the same command to resume")
+            failed.append(append_failure(out, job.prompt, job.method, error))
+            log(f"[failed] {job.method:9s} {job.prompt[:48]!r}: {error} (recorded in {out / FAILURES}; the other "
+                f"jobs go on, a rerun retries it)")
+
         if executor is not None:
-            executor.run(cfg, jobs, out, on_record, job_fn)
+            executor.run(cfg, jobs, out, on_record, job_fn, on_failure)
         else:
             for job in jobs:
                 try:
                     record = job_fn(cfg, job, str(out / job.folder))
                 except (KeyboardInterrupt, BenchError):
                     raise
-                except Exception as e:
-                    raise BenchError(f"job ({job.prompt!r}, {job.method}) failed: {type(e).__name__}: {e}. "
-                                     f"{counter[0]} finished jobs are saved; rerun the same command to resume") from e
+                except Exception as e:  # noqa: BLE001 - one job's failure is recorded, never the bench's end
+                    on_failure(job, f"{type(e).__name__}: {e}")
+                    continue
                 on_record(record)
     finally:
         if executor is not None:
             executor.stop()
-    return BenchSummary(str(out), len(pset.prompts), cfg.methods, already, len(jobs))
+    return BenchSummary(str(out), len(pset.prompts), cfg.methods, already, len(jobs) - len(failed), failed)
 
 
 def check_folder(out: Path, cfg: BenchConfig) -> None:
@@ -166,11 +193,7 @@ def prepare_spaces(cfg: BenchConfig, prompts: list[str], out: Path) -> dict[str,
     from dpo_diff.space import load_spaces, save_spaces
 
     path = out / SPACES
-    if cfg.world:
-        from dpo_diff.world.spaces import world_space
-
-        spaces = {p: world_space(p, cfg.task) for p in prompts}
-    elif cfg.spaces:
+    if cfg.spaces:
         given = load_spaces(cfg.spaces)
         lower = {k.strip().lower(): v for k, v in given.items()}
         missing = [p for p in prompts if p.strip().lower() not in lower]
@@ -178,18 +201,21 @@ def prepare_spaces(cfg: BenchConfig, prompts: list[str], out: Path) -> dict[str,
             raise BenchError(f"{len(missing)} prompts have no space in {cfg.spaces}, e.g. {missing[:3]}; build them "
                              f"with 'dpo-diff space build' or pass --space-kind to build them here")
         spaces = {p: lower[p.strip().lower()] for p in prompts}
-    else:
-        from dpo_diff.space_builder import build_spaces
-
-        report = build_spaces(prompts, cfg.resolved_space_kind, out=path, on_error="skip")
-        if report.failed:
-            first = next(iter(report.failed.items()))
-            raise BenchError(f"building {cfg.resolved_space_kind} spaces failed for {len(report.failed)} prompts, "
-                             f"e.g. {first[0]!r}: {first[1]}")
-        spaces = {p: report.spaces[p] for p in prompts}
-    if cfg.world or cfg.spaces:
         old = load_spaces(path) if path.is_file() else {}
         save_spaces({**old, **spaces}.values(), path)
+        return spaces
+    from dpo_diff.space_builder import build_task_spaces
+
+    # One way to build a space (as 'space build' and 'optimize' without --space): for attack the meaning
+    # pre-filter drops substitutions that change what the prompt means before any job searches them.
+    report = build_task_spaces(prompts, cfg.task, kind=cfg.space_kind, world=cfg.world,
+                               similarity_threshold=cfg.similarity_threshold,
+                               similarity_model=cfg.similarity_model, out=path)
+    if report.failed:
+        first = next(iter(report.failed.items()))
+        raise BenchError(f"building {cfg.resolved_space_kind} spaces failed for {len(report.failed)} prompts, "
+                         f"e.g. {first[0]!r}: {first[1]}")
+    spaces = {p: report.spaces[p] for p in prompts}
     return spaces
 
 
@@ -212,5 +238,10 @@ def progress_line(record: dict[str, Any], i: int, n: int) -> str:
 
     before, after = mean(record["user_report_losses"]), mean(record["report_losses"])
     neg = f" | neg: {record['best']['negative_prompt']}" if record["best"]["negative_prompt"] else ""
+    # A stage the method skipped (GPO's share too small) or a search that found nothing admissible: said, not hidden.
+    notes = [n for n in record.get("search_notes", []) if "skipped" in n]
+    if record.get("note", "").startswith("no candidate passed"):
+        notes.append(record["note"])
     return (f"[{i}/{n}] {record['method']:9s} {record['prompt'][:48]!r}: report loss {before:.4f} -> {after:.4f} "
-            f"(cost {record['cost']:.1f}, {record['seconds']:.1f} s){neg[:60]}")
+            f"(cost {record['cost']:.1f}, {record['seconds']:.1f} s){neg[:60]}"
+            + "".join(f"\n    note: {note}" for note in notes))

@@ -7,7 +7,7 @@ Then: dpo-diff report DIR.
 
 Examples:
   dpo-diff bench --world --prompts world:hard:50 --task improve --seeds 0 --report-seeds 100-102 --out runs/wb
-  dpo-diff bench --prompts hard.json --task improve --model CompVis/stable-diffusion-v1-4 --seeds 0,1,2 \\
+  dpo-diff bench --prompts hard.json --task improve --model CompVis/stable-diffusion-v1-4 --seeds 0,1,2 --budget 80 \\
       --methods user,random,epo,gpo,hybrid,promptist --out runs/sd14 --ray
 """
 
@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-seeds", default="100,101,102", help="held-out seeds of the reported numbers")
     p.add_argument("--seed", type=int, default=0, help="root seed of every search's random streams")
     p.add_argument("--out", required=True, help="results folder (rerun with the same options to resume)")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first job that fails (default: record it in DIR/failures.jsonl, shown by the "
+                        "report, and go on; a rerun retries it)")
     g = p.add_argument_group("models and spaces")
     g.add_argument("--world", action="store_true",
                    help="the bundled shapes-world generator and judge, the world's substitutes as spaces and its "
@@ -114,17 +117,23 @@ def config_from_args(args: argparse.Namespace):
     from dpo_diff.commands.search_args import search_settings
     from dpo_diff.seeding import parse_seeds
 
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    seeds, report_seeds = parse_seeds(args.seeds), parse_seeds(args.report_seeds)  # before any model is looked up
+    llm = llm_settings(args, methods)
+    if args.guidance is not None:
+        from dpo_diff.problem import check_guidance
+
+        check_guidance(args.guidance)
     steps, guidance = sampling_defaults(args)
     return BenchConfig(
-        task=args.task, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), budget=args.budget,
-        seeds=parse_seeds(args.seeds), report_seeds=parse_seeds(args.report_seeds), seed=args.seed,
+        task=args.task, methods=methods, budget=args.budget, seeds=seeds, report_seeds=report_seeds, seed=args.seed,
         world=args.world, model="" if args.world else args.model, judge="" if args.world else args.judge,
         space_kind=args.space_kind, spaces=args.spaces, steps=50 if steps is None else steps,
         guidance=7.5 if guidance is None else guidance, scheduler=args.scheduler, dtype=args.dtype,
         similarity_threshold=args.similarity_threshold or None, similarity_model=args.similarity_model,
         promptist_model=args.promptist_model, promptist_tokenizer=args.promptist_tokenizer,
         **search_settings(args), device=args.device, batch_size=args.batch_size, objective=args.objective,
-        eval_judges=eval_judge_specs(args.eval_judges), llm=llm_settings(args),
+        eval_judges=eval_judge_specs(args.eval_judges), llm=llm,
     )
 
 
@@ -139,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
         ray = RayOptions(address=args.ray or None, workers=args.ray_workers, gpus_per_job=args.ray_gpus_per_job,
                          cpus_per_job=args.ray_cpus_per_job, retries=args.retries)
     summary = run_bench(cfg, args.prompts, args.out, column=args.column, ray=ray, argv=list(sys.argv),
-                        log=lambda line: print(line, flush=True))
-    print(f"done: {summary.already_done + summary.ran} of {summary.total} jobs in {args.out}; "
+                        log=lambda line: print(line, flush=True), fail_fast=args.fail_fast)
+    failed = (f"; {len(summary.failed)} failed (recorded in {args.out}/failures.jsonl and shown by the report; rerun "
+              f"the same command to retry them)") if summary.failed else ""
+    print(f"done: {summary.already_done + summary.ran} of {summary.total} jobs in {args.out}{failed}; "
           f"make the report with: dpo-diff report {args.out}")
-    return 0
+    return 1 if summary.failed else 0

@@ -8,7 +8,6 @@ faithfulness before and after, on held-out report seeds, and writes images side 
 from __future__ import annotations
 
 import argparse
-import json
 
 # A held-out hard prompt (rare synonym "orb") that the shipped generator usually gets wrong: it was kept by the
 # bench's hard-prompt selection (`dpo-diff select`, docs/world_bench.md). Most held-out hard prompts are rendered
@@ -40,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+    from dpo_diff.files import strict_dumps
     from dpo_diff.judges.clip import ClipJudge
     from dpo_diff.optimize import OptimizeConfig, optimize
     from dpo_diff.search.gradient import GradientSearchConfig
@@ -116,6 +116,6 @@ def run(args: argparse.Namespace) -> int:
         elif judge_better and truth_better:
             print("    judge and ground truth agree: " + ("a real improvement" if r["task"] == "improve"
                                                            else "the attack really breaks the images"))
-    (Path(args.out) / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (Path(args.out) / "demo.json").write_text(strict_dumps(summary, indent=2) + "\n")
     print(f"\nimages side by side: {args.out}/improve/comparison.png, {args.out}/attack/comparison.png")
     return 0

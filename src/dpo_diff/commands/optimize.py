@@ -11,6 +11,7 @@ import json
 
 # The backbones' pipeline defaults (the backend classes' DEFAULTS, resolved once the model's class is known;
 # written here so that --help needs no diffusers import; tests/test_cli_defaults.py checks they agree).
+DEFAULT_JUDGE = "openai/clip-vit-base-patch32"
 BACKBONE_STEPS = "the backbone's pipeline default: 50 for SD 1.x/2.x and SDXL, 28 for SD 3 and FLUX"
 BACKBONE_GUIDANCE = ("the backbone's pipeline default: 7.5 for SD 1.x/2.x, 5.0 for SDXL, 7.0 for SD 3; FLUX: 1.0, "
                      "i.e. no true CFG, and 4.0 where a negative prompt is searched (improve), which needs FLUX's "
@@ -25,12 +26,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--prompt", required=True, help="the user prompt")
     p.add_argument("--task", default="improve", choices=("improve", "attack"))
-    p.add_argument("--space", required=True, help="search-space JSON (from 'dpo-diff space build' or the reference "
-                   "implementation's layout); the entry for --prompt is used")
+    p.add_argument("--space", default=None,
+                   help="search-space JSON (hand-edited, from 'dpo-diff space build' or the reference "
+                        "implementation's layout); the entry for --prompt is used. Default: the task's space is "
+                        "built for --prompt as 'space build' builds it (antonym terms for improve, synonym rewrites "
+                        "kept by the meaning constraint for attack; the world's own substitutes with the shapes "
+                        "world) and saved as DIR/space.json")
     p.add_argument("--target", default="auto", choices=SEARCH_TARGETS,
                    help="slots to search (auto: negative for improve, positive for attack)")
-    p.add_argument("--model", required=True, help="Stable Diffusion hub id or local diffusers folder")
-    p.add_argument("--judge", default="openai/clip-vit-base-patch32", help="CLIP hub id or local folder")
+    p.add_argument("--model", default=None,
+                   help="Stable Diffusion hub id or local diffusers folder (default: the bundled shapes-world "
+                        "generator, which runs on a CPU with no download)")
+    p.add_argument("--judge", default=None,
+                   help=f"CLIP hub id or local folder (default: the shapes-world judge with the bundled generator, "
+                        f"else {DEFAULT_JUDGE})")
     add_judge_arguments(p)
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help=METHOD_HELP)
     p.add_argument("--budget", type=float, default=40.0, help="full-generation equivalents (default 40, as the paper)")
@@ -81,13 +90,32 @@ def add_llm_arguments(g) -> None:
                    help=f"candidates asked for per round (default {d.per_round})")
     g.add_argument("--llm-temperature", type=float, default=d.temperature,
                    help=f"sampling temperature of the proposals (default {d.temperature})")
+    g.add_argument("--llm-timeout", type=float, default=d.timeout,
+                   help=f"seconds per request (default {d.timeout:g})")
+    g.add_argument("--llm-attempts", type=int, default=d.max_attempts,
+                   help=f"attempts per answer before the search fails (default {d.max_attempts})")
+    g.add_argument("--llm-deadline", type=float, default=None,
+                   help="seconds all requests of one search may take together (default: no total limit); past it "
+                        "the search fails, naming the endpoint")
 
 
-def llm_settings(args: argparse.Namespace):
+def llm_settings(args: argparse.Namespace, methods: tuple[str, ...] = ()):
+    """The ``llm`` settings; with ``llm`` among ``methods``, the endpoint's limits and key are checked here, before
+    anything loads."""
+    from dpo_diff.lexicons.llm import check_api_key, check_llm_limits
     from dpo_diff.search.llm_search import LLMSearchConfig
 
-    return LLMSearchConfig(model=args.llm_model, base_url=args.llm_base_url, api_key_env=args.llm_api_key_env,
-                           per_round=args.llm_per_round, temperature=args.llm_temperature)
+    if "llm" in methods:
+        check_llm_limits(args.llm_timeout, args.llm_attempts, args.llm_deadline)
+    cfg = LLMSearchConfig(model=args.llm_model, base_url=args.llm_base_url, api_key_env=args.llm_api_key_env,
+                          per_round=args.llm_per_round, temperature=args.llm_temperature, timeout=args.llm_timeout,
+                          max_attempts=args.llm_attempts, deadline=args.llm_deadline)
+    if "llm" in methods and cfg.model:
+        import os
+
+        check_api_key(cfg.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1",
+                      cfg.api_key_env)
+    return cfg
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -127,6 +155,18 @@ def judge_lines(result: dict) -> list[str]:
     return lines
 
 
+def models_of(args: argparse.Namespace) -> tuple[str, str]:
+    """``--model`` and ``--judge``, the bundled shapes world's where not given (said on the terminal)."""
+    if args.model is not None:
+        return args.model, args.judge or DEFAULT_JUDGE
+    from dpo_diff.world import generator_path, judge_path
+
+    judge = args.judge or str(judge_path())
+    print(f"dpo-diff: no --model given: using the bundled shapes world (generator {generator_path()}, judge "
+          f"{judge}); pass --model for a real diffusion model", flush=True)
+    return str(generator_path()), judge
+
+
 def run(args: argparse.Namespace) -> int:
     from dpo_diff.commands.judge_args import eval_judge_specs
     from dpo_diff.commands.search_args import search_settings
@@ -134,15 +174,17 @@ def run(args: argparse.Namespace) -> int:
     from dpo_diff.optimize import OptimizeConfig, optimize
     from dpo_diff.seeding import parse_seeds
 
+    model, judge = models_of(args)
     device = resolve_device(args.device)
     cfg = OptimizeConfig(
-        prompt=args.prompt, task=args.task, space=args.space, target=args.target, model=args.model,
-        judge=args.judge, method=args.method, budget=args.budget, seeds=parse_seeds(args.seeds),
+        prompt=args.prompt, task=args.task, space=args.space, target=args.target, model=model,
+        judge=judge, method=args.method, budget=args.budget, seeds=parse_seeds(args.seeds),
         report_seeds=parse_seeds(args.report_seeds) if args.report_seeds else (), seed=args.seed,
         steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, dtype=args.dtype, device=device,
         batch_size=args.batch_size, out=args.out, similarity_threshold=args.similarity_threshold or None,
         similarity_model=args.similarity_model, objective=args.objective, grad_checkpointing=args.grad_checkpointing,
-        eval_judges=eval_judge_specs(args.eval_judges), llm=llm_settings(args), **search_settings(args),
+        eval_judges=eval_judge_specs(args.eval_judges), llm=llm_settings(args, (args.method,)),
+        **search_settings(args),
     )
     result = optimize(cfg, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     if args.json:  # stdout is one JSON document, for scripts
@@ -151,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(summary_lines(result)))
     if result["note"]:
         print(result["note"])
+    for note in result.get("search_notes", []):  # e.g. a stage the method skipped: never silent
+        print(f"note: {note}")
     for line in judge_lines(result):
         print(line)
     print(f"results in {args.out}")

@@ -65,6 +65,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     elif not (math.isfinite(args.threshold) and 0 <= args.threshold <= MAX_LOSS):
         raise ValueError(f"--threshold must be a judge loss between 0 and {MAX_LOSS:.3f} (the spherical CLIP loss's "
                          f"range; the paper uses 0.85), got {args.threshold}")
+    from dpo_diff.files import check_output_file
+
+    check_output_file(args.out, example="hard.json")  # before any prompt is scored
     out, prompts = Path(args.out), Path(args.prompts)
     cache = out.with_name(out.name + ".scores.jsonl")
     for written in (out, cache):
@@ -76,10 +79,10 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from dpo_diff.backends.base import load_backend
+    from dpo_diff.files import strict_dumps
     from dpo_diff.hard_prompts import score_prompts, select
     from dpo_diff.judges.clip import ClipJudge
     from dpo_diff.loading import resolve_device
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     scores = score_prompts(pset.prompts, backend, clip, seeds, steps=steps, guidance=guidance,
                            batch_size=args.batch_size, cache=cache, settings=settings, on_score=on_score)
     sel = select(scores, args.task, args.threshold, args.max_prompts)  # EmptySelection (a ValueError) says why
-    atomic_write_text(out, json.dumps(sel.selected, indent=2) + "\n")
+    atomic_write_text(out, strict_dumps(sel.selected, indent=2) + "\n")
     side = ">" if args.task == "improve" else "<"
     print(f"kept {len(sel.selected)} of {len(scores)} prompts with loss {side} {args.threshold} -> {out} "
           f"(all scores: {cache})")

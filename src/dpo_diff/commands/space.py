@@ -75,6 +75,9 @@ def _make_lexicon(args: argparse.Namespace) -> Any:
     if args.lexicon not in KNOWN:
         raise UserError(f"unknown lexicon {args.lexicon!r}; choose one of {', '.join(KNOWN)}")
     if args.lexicon == "llm":
+        from dpo_diff.lexicons.llm import check_llm_limits
+
+        check_llm_limits(args.llm_timeout, args.llm_attempts)
         if not args.llm_model:
             raise UserError("--lexicon llm needs --llm-model (the model name on the endpoint, e.g. gpt-4o)")
         return get_lexicon("llm", model=args.llm_model, base_url=args.llm_base_url,
@@ -89,23 +92,26 @@ def _make_lexicon(args: argparse.Namespace) -> Any:
 
 def _build(args: argparse.Namespace) -> int:
     from dpo_diff.cli import UserError
-    from dpo_diff.space_builder import build_spaces, load_overrides, read_prompts
+    from dpo_diff.space_builder import (
+        DEFAULT_SIMILARITY_THRESHOLD,
+        build_spaces,
+        load_overrides,
+        meaning_constraint_for,
+        read_prompts,
+    )
 
     if args.similarity_threshold is not None and not 0.0 <= args.similarity_threshold <= 1.0:
         raise UserError(f"--similarity-threshold must be in [0, 1], got {args.similarity_threshold}")
+    from dpo_diff.files import check_output_file
+
+    check_output_file(args.out, example="spaces.json")  # before the work, not after it
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     if not any(p.strip() for p in prompts):
         raise UserError("--prompt is empty; give the text you want to generate")
     lexicon = _make_lexicon(args) if args.kind != "nplib" else None
     overrides = load_overrides(args.overrides) if args.overrides else None
-    constraint = None
-    threshold = args.similarity_threshold
-    if threshold is None and args.kind in ("synonym", "hybrid"):
-        threshold = 0.9  # the paper's attack setting
-    if threshold and args.kind in ("synonym", "hybrid"):
-        from dpo_diff.constraint import MeaningConstraint
-
-        constraint = MeaningConstraint(args.similarity_model, threshold)
+    threshold = DEFAULT_SIMILARITY_THRESHOLD if args.similarity_threshold is None else args.similarity_threshold
+    constraint = meaning_constraint_for(args.kind, threshold, args.similarity_model)  # as optimize and bench
     tokenizer = _tokenizer(args.model)
     _warn_long_prompts(prompts, tokenizer)
 

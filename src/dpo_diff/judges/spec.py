@@ -152,6 +152,9 @@ def parse_objective(text: str) -> ObjectiveSpec:
             continue
         m = _WEIGHT_RE.match(raw)
         judge, weight = (m.group("judge"), m.group("weight")) if m and not raw.endswith("]") else (raw, None)
+        if weight is None and "=" in re.sub(r"\[[^\]]*\]", "", raw):  # 'clip:J=abc': never part of a name
+            raise ValueError(f"term {raw!r}: the weight after = must be a number, e.g. "
+                             f"{raw.rsplit('=', 1)[0]}=0.5 (options go in brackets: aesthetic:FILE[clip=ID])")
         try:
             w = 1.0 if weight is None else float(weight)
         except ValueError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -217,6 +218,29 @@ def _load_json(text: str, max_chars: int = 50_000) -> Any:
     return None
 
 
+def check_llm_limits(timeout: float, attempts: int, deadline: float | None = None) -> None:
+    """Refuse limits of LLM requests that cannot work (before anything runs), naming the command-line flag."""
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"--llm-timeout must be a positive number of seconds per request, got {timeout}")
+    if attempts < 1:
+        raise ValueError(f"--llm-attempts must be at least 1 (requests per answer), got {attempts}")
+    if deadline is not None and not (math.isfinite(deadline) and deadline > 0):
+        raise ValueError(f"--llm-deadline must be a positive number of seconds (all requests together), got "
+                         f"{deadline}")
+
+
+OPENAI_HOST = "api.openai.com"
+
+
+def check_api_key(endpoint: str, api_key_env: str) -> None:
+    """OpenAI's own endpoint needs a key: its absence is said at once instead of after a failed request (local
+    servers accept any key)."""
+    if OPENAI_HOST in endpoint and not os.environ.get(api_key_env):
+        raise LexiconError(f"the LLM endpoint {endpoint} needs an API key, but ${api_key_env} is not set; set it, "
+                           f"name another variable with --llm-api-key-env, or point --llm-base-url at a local "
+                           f"OpenAI-compatible server")
+
+
 class LLMLexicon(Lexicon):
     """Substitutes from an OpenAI-compatible chat-completions endpoint (the paper used GPT-4).
 
@@ -227,6 +251,8 @@ class LLMLexicon(Lexicon):
         cache_dir: response cache folder (``None``: ``$XDG_CACHE_HOME/dpo-diff/llm``; ``False``: no cache).
         max_attempts: requests per prompt and relation before giving up (errors and unusable answers).
         timeout: seconds per request.
+        deadline: seconds all requests of this object may take together (``None``: no limit beyond
+            ``max_attempts x timeout`` per answer); past it the next answer fails naming the endpoint.
         backoff: first wait in seconds; doubles per attempt, capped at 60 s.
         n: substitutes requested per word (the paper asks for 5).
         temperature: sampling temperature (0 for reproducible spaces).
@@ -238,14 +264,15 @@ class LLMLexicon(Lexicon):
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  cache_dir: str | os.PathLike[str] | None | bool = None, max_attempts: int = 5,
                  timeout: float = 60.0, backoff: float = 2.0, n: int = 5, temperature: float = 0.0,
-                 sleep: Callable[[float], None] = time.sleep, **kwargs: Any):
+                 sleep: Callable[[float], None] = time.sleep, deadline: float | None = None, **kwargs: Any):
         kwargs.setdefault("max_options", n)
         super().__init__(**kwargs)
         if not model:
             raise LexiconError("the LLM lexicon needs a model name (--llm-model), e.g. gpt-4o or llama3.1")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        check_llm_limits(timeout, max_attempts, deadline)
         self.model = model
+        self.deadline = deadline
+        self._first_request: float | None = None  # monotonic time of the first request (the deadline's start)
         self.base_url = base_url
         self.api_key_env = api_key_env
         self.max_attempts = max_attempts
@@ -380,12 +407,23 @@ class LLMLexicon(Lexicon):
         Also the transport of LLM-driven searches (:mod:`dpo_diff.search.llm_search`)."""
         import openai
 
-        last = "no attempt made"
+        check_api_key(self.endpoint, self.api_key_env)
+        if self._first_request is None:
+            self._first_request = time.monotonic()
+        last, refused = "no attempt made", 0
         for attempt in range(self.max_attempts):
             wait = min(self.backoff * 2**attempt, 60.0)
+            client = self._get_client()
+            if self.deadline is not None:
+                left = self.deadline - (time.monotonic() - self._first_request)
+                if left <= 0:
+                    raise LexiconError(f"the LLM endpoint {self.endpoint} (model {self.model!r}) gave no usable "
+                                       f"{what} within the deadline of {self.deadline:g} s (--llm-deadline); last "
+                                       f"problem: {last}; {self._hint()}")
+                client = client.with_options(timeout=min(self.timeout, left))
             try:
                 self.requests_made += 1
-                resp = self._get_client().chat.completions.create(
+                resp = client.chat.completions.create(
                     model=self.model, messages=messages, temperature=self.temperature)
                 text = (resp.choices[0].message.content or "") if resp.choices else ""
                 result, why = check(text)
@@ -402,7 +440,16 @@ class LLMLexicon(Lexicon):
                 retry_after = e.response.headers.get("retry-after") if e.response is not None else None
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
                     wait = min(max(float(retry_after), wait), 60.0)
-            except (openai.APIConnectionError, openai.APIResponseValidationError) as e:  # incl. timeouts
+            except openai.APITimeoutError:
+                last = f"no answer within {self.timeout:g} s (--llm-timeout)"
+            except openai.APIConnectionError as e:  # refused, unknown host: one quick retry, then said at once
+                refused += 1
+                last = f"cannot connect ({e.__cause__ or e})"
+                if refused >= 2:
+                    raise LexiconError(f"cannot connect to the LLM endpoint {self.endpoint}: {e.__cause__ or e}; "
+                                       f"{self._hint()}") from e
+                wait = min(wait, 1.0)
+            except openai.APIResponseValidationError as e:
                 last = f"{type(e).__name__}: {e}"
             except (AttributeError, IndexError, TypeError, ValueError) as e:  # body that is not a completion
                 last = f"malformed response ({type(e).__name__}: {e})"

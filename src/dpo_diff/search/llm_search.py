@@ -57,6 +57,7 @@ class LLMSearchConfig:
         reasks: follow-up turns per round after answers with too few valid new candidates.
         temperature: sampling temperature of the proposals.
         max_attempts, timeout: transport retries and seconds per request (the lexicon client's).
+        deadline: seconds all requests of one search may take together (``None``: no total limit).
         cache_dir: answer cache (``None``: the LLM lexicon's default folder; ``""``: no cache).
     """
 
@@ -70,6 +71,7 @@ class LLMSearchConfig:
     max_attempts: int = 5
     timeout: float = 60.0
     cache_dir: str | None = None
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         for name, low in (("per_round", 1), ("history", 1), ("reasks", 0), ("max_attempts", 1)):
@@ -116,7 +118,7 @@ def _client(cfg: LLMSearchConfig, sleep: Callable[[float], None]):
 
     return LLMLexicon(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
                       cache_dir=False if cfg.cache_dir == "" else cfg.cache_dir, max_attempts=cfg.max_attempts,
-                      timeout=cfg.timeout, temperature=cfg.temperature, sleep=sleep)
+                      timeout=cfg.timeout, temperature=cfg.temperature, sleep=sleep, deadline=cfg.deadline)
 
 
 def propose_round(problem, evaluator: Evaluator, chat, cfg: LLMSearchConfig, rng, index: int

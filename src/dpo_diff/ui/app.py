@@ -91,7 +91,7 @@ def _run_tab(gr: Any, c: Controller, d: RunRequest, methods: tuple[str, ...]) ->
 
     def on_start(p, t, m, b, s, rs, sd, st, text, built_space):
         request = RunRequest(prompt=p, task=t, method=m, budget=b if b is not None else 0, seeds=s,
-                             report_seeds=rs, seed=int(sd or 0), steps=int(st) if st else None,
+                             report_seeds=rs, seed=int(sd or 0), steps=None if st is None or st == "" else int(st),
                              space_text=text if text and text.strip() else None)
         try:
             job_id = c.start(request, built_space)

@@ -72,29 +72,21 @@ def build_space(prompt: str, task: str, models: Models) -> SearchSpace:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     if not prompt.strip():
         raise SpaceError("--prompt is empty; give the text you want to generate")
-    kind = "antonym" if task == "improve" else "synonym"
-    if models.world:
-        from dpo_diff.world.spaces import world_space
+    from dpo_diff.space_builder import build_task_spaces, task_space_kind
 
-        space = world_space(prompt.strip(), task)
-        if space.is_trivial:
-            from dpo_diff.space import prompt_words
-
-            words = [w.text for w in prompt_words(prompt)]
-            raise SpaceError(f"no substitutable words in {prompt.strip()!r} for the {kind} space (prompt words: "
-                             f"{words}; words the shapes world does not know get no slot); the space is empty and "
-                             f"cannot be optimized")
-        return space
-    from dpo_diff.space_builder import build_space as lexicon_space
-
-    constraint = None
-    if kind == "synonym":
-        from dpo_diff.constraint import MeaningConstraint
-
-        constraint = MeaningConstraint(None, 0.9)  # as 'dpo-diff space build --kind synonym'
-    space = lexicon_space(prompt.strip(), kind, constraint=constraint)
+    # As 'dpo-diff optimize' without --space builds it (the world's own substitutes, else WordNet with the meaning
+    # pre-filter for synonyms).
+    prompt = prompt.strip()
+    space = build_task_spaces([prompt], task, world=models.world, on_error="raise").spaces[prompt]
     if space.is_trivial:
-        raise SpaceError(space.meta.get("warning") or f"nothing to search in {prompt!r}")
+        if not models.world:
+            raise SpaceError(space.meta.get("warning") or f"nothing to search in {prompt!r}")
+        from dpo_diff.space import prompt_words
+
+        words = [w.text for w in prompt_words(prompt)]
+        raise SpaceError(f"no substitutable words in {prompt!r} for the {task_space_kind(task)} space (prompt "
+                         f"words: {words}; words the shapes world does not know get no slot); the space is empty "
+                         f"and cannot be optimized")
     return space
 
 
@@ -119,7 +111,8 @@ def make_config(request: RunRequest, models: Models, out: Path, built: SearchSpa
         extra = {"model": models.model, **({"judge": models.judge} if models.judge else {})}
     cfg = OptimizeConfig(prompt=space.prompt, task=request.task, method=request.method, budget=float(request.budget),
                          seeds=parse_seeds(request.seeds), report_seeds=parse_seeds(request.report_seeds),
-                         seed=int(request.seed), steps=int(request.steps or 50), device=models.device,
+                         seed=int(request.seed), steps=50 if request.steps is None else int(request.steps),
+                         device=models.device,
                          out=str(out), **extra)
     return cfg, space
 
