@@ -229,7 +229,8 @@ def test_controller_shows_the_clis_messages(tmp_path):
         c.build("hello there", "improve")
     _, _, built = c.build("a green orb", "improve")
     cases = {"seeds": ("0,0", "repeats a seed"), "report_seeds": ("0", "report seeds must be held out"),
-             "method": ("magic", "unknown method 'magic'"), "budget": (-1, "budget must be a positive number")}
+             "method": ("magic", "unknown method 'magic'"), "budget": (-1, "budget must be a positive number"),
+             "proposal": ("dense", "unknown proposal 'dense'")}
     for name, (value, message) in cases.items():
         with pytest.raises(UserMessage, match=message):
             c.start(RunRequest("a green orb", **{name: value}), built)
@@ -252,6 +253,9 @@ def test_controller_runs_the_edited_space(tmp_path):
     job = c.jobs.get(job_id)
     assert job.space.slots[1].options[:3] == ("", "red", "cyan") and job.cfg.steps == 10
     assert job.out.parent == tmp_path.resolve() and job.cfg.similarity_threshold is None
+    assert job.cfg.proposal.kind == "uniform"  # the paper's, unless the page asks for sparse edits
+    sparse = c.jobs.get(c.start(RunRequest("a green orb", method="greedy", proposal="sparse"), built))
+    assert sparse.cfg.proposal.kind == "sparse" and sparse.cfg.method == "greedy"
     # A space built for another prompt is rebuilt for this one; its edits do not apply.
     other = c.jobs.get(c.start(RunRequest("a big red square", space_text=edited), built))
     assert other.space.prompt == "a big red square" and other.space == build_space("a big red square", "improve",

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dpo_diff.search import PROPOSALS
 from dpo_diff.ui.controller import Controller, RunView, UserMessage
 from dpo_diff.ui.jobs import RunRequest
 
@@ -57,6 +58,8 @@ def _run_tab(gr: Any, c: Controller, d: RunRequest, methods: tuple[str, ...]) ->
         prompt = gr.Textbox(d.prompt, label="prompt", elem_id="prompt", scale=3)
         task = gr.Radio(["improve", "attack"], value=d.task, label="task", elem_id="task")
         method = gr.Dropdown(list(methods), value=d.method, label="method", elem_id="method")
+        proposal = gr.Radio(list(PROPOSALS), value=d.proposal, label="candidates (random, epo, hybrid, tpe, mf)",
+                            elem_id="proposal")
     with gr.Row():
         budget = gr.Number(d.budget, label="budget (full generations)", elem_id="budget")
         seeds = gr.Textbox(d.seeds, label="search seeds", elem_id="seeds")
@@ -89,8 +92,8 @@ def _run_tab(gr: Any, c: Controller, d: RunRequest, methods: tuple[str, ...]) ->
         except UserMessage as e:
             return "", "", None, error_text(e)
 
-    def on_start(p, t, m, b, s, rs, sd, st, text, built_space):
-        request = RunRequest(prompt=p, task=t, method=m, budget=b if b is not None else 0, seeds=s,
+    def on_start(p, t, m, b, s, rs, sd, st, text, built_space, pr):
+        request = RunRequest(prompt=p, task=t, method=m, proposal=pr, budget=b if b is not None else 0, seeds=s,
                              report_seeds=rs, seed=int(sd or 0), steps=None if st is None or st == "" else int(st),
                              space_text=text if text and text.strip() else None)
         try:
@@ -111,7 +114,7 @@ def _run_tab(gr: Any, c: Controller, d: RunRequest, methods: tuple[str, ...]) ->
                 str(view.comparison) if view.comparison else None, str(view.download) if view.download else None)
 
     build.click(on_build, [prompt, task], [space, space_info, built, message])
-    start.click(on_start, [prompt, task, method, budget, seeds, report_seeds, seed, steps, space, built],
+    start.click(on_start, [prompt, task, method, budget, seeds, report_seeds, seed, steps, space, built, proposal],
                 [job, message, timer, status, best, live, result, comparison, download])
     def on_cancel(job_id):
         try:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from dpo_diff.optimize import OptimizeConfig
-from dpo_diff.search import DEFAULT_METHOD
+from dpo_diff.search import DEFAULT_METHOD, DEFAULT_PROPOSAL
+from dpo_diff.search.proposal import Proposal
 from dpo_diff.space import SearchSpace, SpaceError
 
 WORLD = "shapes-world"  # the model name of the bundled shapes world (the app's default, offline)
@@ -60,6 +61,7 @@ class RunRequest:
     seed: int = 0
     steps: int | None = None  # None: the model's recommended number (50)
     space_text: str | None = None  # the edited space (see dpo_diff.ui.space_text); None: as built
+    proposal: str = DEFAULT_PROPOSAL  # how the samplers draw candidates: uniform (the paper's) or sparse edits
 
 
 def build_space(prompt: str, task: str, models: Models) -> SearchSpace:
@@ -112,7 +114,7 @@ def make_config(request: RunRequest, models: Models, out: Path, built: SearchSpa
     cfg = OptimizeConfig(prompt=space.prompt, task=request.task, method=request.method, budget=float(request.budget),
                          seeds=parse_seeds(request.seeds), report_seeds=parse_seeds(request.report_seeds),
                          seed=int(request.seed), steps=50 if request.steps is None else int(request.steps),
-                         device=models.device,
+                         device=models.device, proposal=Proposal(request.proposal),
                          out=str(out), **extra)
     return cfg, space
 
