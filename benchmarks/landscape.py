@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SPACES = ("antonym", "synonym", "both")
+SPACES = ("antonym", "synonym", "both")  # dpo_diff.world.spaces.WORLD_SPACE_KINDS
 SEARCHES = {  # label -> search() keyword arguments (the default re-ranking is added for every one)
     "uniform random": {"method": "random"},
     "sparse random": {"method": "random", "proposal": ("sparse", 2.0)},
@@ -46,16 +46,6 @@ BUCKETS = ("0", "1", "2", "3-5", "6+")
 
 def bucket(changes: int) -> str:
     return "0" if changes == 0 else "1" if changes == 1 else "2" if changes == 2 else "3-5" if changes <= 5 else "6+"
-
-
-def build_space(prompt: str, kind: str):
-    """The world's space of ``kind`` for ``prompt`` (antonym: negative slots; synonym: positive; both)."""
-    from dpo_diff.space import space_from_substitutes
-    from dpo_diff.world.substitutes import world_substitutes
-
-    synonyms, antonyms = world_substitutes(prompt)
-    return space_from_substitutes(prompt, synonyms if kind in ("synonym", "both") else None,
-                                  antonyms if kind in ("antonym", "both") else None, source="shapes-world")
 
 
 class Landscape:
@@ -283,6 +273,7 @@ def run(args: argparse.Namespace) -> None:
     from dpo_diff.judges.clip import ClipJudge
     from dpo_diff.problem import Problem, SamplingConfig, Task
     from dpo_diff.world import RECOMMENDED_GUIDANCE, generator_path, judge_path, load_checker
+    from dpo_diff.world.spaces import world_space
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -300,7 +291,7 @@ def run(args: argparse.Namespace) -> None:
             for kind in kinds:
                 if (task, prompt, kind) in done:
                     continue
-                space = build_space(prompt, kind)
+                space = world_space(prompt, task, kind)
                 if space.is_trivial:
                     continue
                 memo_path = out / "memo" / f"{task}-{kind}-{prompt.replace(' ', '_')}.jsonl"

@@ -53,7 +53,8 @@ def user_baseline(problem, checker, prompt: str, seeds: list[int], report: list[
 
 def method_spec(spec: str) -> tuple[str, dict]:
     """``NAME[+MOD...]`` -> (search method, extra search() settings): ``+sparse`` (the sparse proposal, mean 2),
-    ``+sparseM`` (mean M), ``+beamB`` (greedy's beam width). E.g. ``random+sparse``, ``greedy+beam3``."""
+    ``+sparseM`` (mean M), ``+beamB`` (greedy's beam width), ``+both`` (improve: the space of synonym swaps and
+    antonym negatives together, as ``space``). E.g. ``random+sparse``, ``greedy+beam3``, ``greedy+both``."""
     from dpo_diff.search import METHODS
     from dpo_diff.search.greedy import GreedyConfig
     from dpo_diff.search.proposal import Proposal
@@ -67,8 +68,11 @@ def method_spec(spec: str) -> tuple[str, dict]:
             extra["proposal"] = Proposal("sparse", float(mod[6:] or 2.0))
         elif mod.startswith("beam") and name == "greedy":
             extra["greedy"] = GreedyConfig(beam=int(mod[4:]))
+        elif mod == "both":
+            extra["space"] = "both"
         else:
-            raise ValueError(f"unknown modifier {mod!r} in {spec!r}: use +sparse[MEAN] or, for greedy, +beamB")
+            raise ValueError(f"unknown modifier {mod!r} in {spec!r}: use +sparse[MEAN], +both or, for greedy, "
+                             f"+beamB")
     return name, extra
 
 
@@ -103,6 +107,7 @@ def run_job(problem, checker, prompt: str, method: str, variant: str, root: int,
     v = VARIANTS[variant]
     selection = SelectionConfig(v["rerank_top"], v["validation_seeds"])
     name, extra = method_spec(method)
+    extra.pop("space", None)  # the caller built the problem on it
     settings = {k: c for k, c in (settings or {}).items() if k == name}  # only the method's own settings
     t0 = time.perf_counter()
     result = search(problem, method=name, budget=budget, seeds=v["seeds"], seed=root, selection=selection,
@@ -179,8 +184,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                             if base is None:
                                 base = user_baseline(problem, checker, prompt, needed, report)
                             rec = dict(zip(KEY, key))
-                            rec.update(run_job(problem, checker, prompt, method, variant, root, report, base, budget,
-                                               settings))
+                            rec.update(run_job(problem_for(problem, method), checker, prompt, method, variant, root,
+                                               report, base, budget, settings))
                             rec["budget"] = budget
                             with path.open("a") as f:
                                 f.write(json.dumps(rec) + "\n")
@@ -189,6 +194,16 @@ def run(args: argparse.Namespace) -> list[dict]:
                                   f"{rec['user_faithful']:.2f} -> {rec['best_faithful']:.2f} "
                                   f"({rec['seconds']:.0f} s)", flush=True)
     return read_records(path)
+
+
+def problem_for(problem, spec: str):
+    """``problem`` on the space ``spec`` asks for (``+both``), else ``problem`` itself; the user prompt is the same."""
+    from dataclasses import replace
+
+    from dpo_diff.world.spaces import world_space
+
+    kind = method_spec(spec)[1].get("space")
+    return replace(problem, space=world_space(problem.space.prompt, problem.task.name, kind)) if kind else problem
 
 
 def _cell(values) -> str:

@@ -73,3 +73,18 @@ def test_method_specs_name_the_proposal_and_the_beam(bench):
     for bad in ("walk", "random+beam2", "random+dense"):
         with pytest.raises(ValueError):
             bench.method_spec(bad)
+
+
+def test_the_both_modifier_searches_synonym_swaps_and_antonym_negatives_on_the_same_user_prompt(bench):
+    from dpo_diff.problem import Problem, SamplingConfig, Task
+    from dpo_diff.world.spaces import world_space
+
+    assert bench.method_spec("greedy+both")[1]["space"] == "both"
+    base = Problem(world_space("a red circle", "improve"), Task("improve"), None, None, SamplingConfig(20))
+    assert bench.problem_for(base, "greedy") is base
+    both = bench.problem_for(base, "greedy+both").space
+    assert {s.target for s in both.slots} == {"positive", "negative"} and both.prompt == "a red circle"
+    assert {s.target for s in base.space.slots} == {"negative"}
+    assert {s.target for s in world_space("a red circle", "improve", "synonym").slots} == {"positive"}
+    with pytest.raises(ValueError, match="unknown space kind 'all'"):
+        world_space("a red circle", "improve", "all")
