@@ -217,18 +217,19 @@ class Problem:
                 else torch.empty(len(candidates), len(seeds)))
 
     def _generate(self, chunk: list[tuple[PromptPair, int]], steps: int | None = None) -> Tensor:
+        """One batch of the sampler; every generation of the problem goes through here (and tells
+        :attr:`on_generated`)."""
         sc = self.sampling
-        return self.backend.generate([p.prompt for p, _ in chunk], [p.negative_prompt for p, _ in chunk],
-                                     [s for _, s in chunk], steps=steps or sc.steps, guidance_scale=sc.guidance_scale,
-                                     height=sc.height, width=sc.width)
+        images = self.backend.generate([p.prompt for p, _ in chunk], [p.negative_prompt for p, _ in chunk],
+                                       [s for _, s in chunk], steps=steps or sc.steps,
+                                       guidance_scale=sc.guidance_scale, height=sc.height, width=sc.width)
+        if self.on_generated is not None:
+            self.on_generated(len(chunk) * (steps or sc.steps) / sc.steps)  # a few-step preview costs less
+        return images
 
     def _batches(self, rows: list[tuple[PromptPair, int]], steps: int | None = None):
         """Yield ``(rows, images)`` batches of the sampler (``steps``: a few-step generation instead)."""
-        sc = self.sampling
-        for chunk, images in self._backoff(rows, lambda chunk: self._generate(chunk, steps)):
-            if self.on_generated is not None:
-                self.on_generated(len(chunk) * (steps or sc.steps) / sc.steps)  # a few-step preview costs less
-            yield chunk, images
+        yield from self._backoff(rows, lambda chunk: self._generate(chunk, steps))
 
     def _backoff(self, rows: list, run: Callable[[list], object]):
         """Yield ``(rows, run(rows))`` in batches; on out-of-memory (:func:`dpo_diff.device.is_out_of_memory`)

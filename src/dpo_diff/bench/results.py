@@ -49,7 +49,7 @@ def index_jobs(out: str | os.PathLike[str], jobs: Iterable[tuple[str, str]]) -> 
 
     path = Path(out) / JOBS / JOB_INDEX
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.with_name(f".{JOB_INDEX}.lock"))):
+    with FileLock(str(path.with_name(".index.lock"))):  # not *.json*: only JSON files carry that name
         index = read_job_index(out)
         index.update({job_dir(p, m): {"prompt": p, "method": m} for p, m in jobs})
         atomic_write_text(path, json.dumps(dict(sorted(index.items())), indent=2, ensure_ascii=False) + "\n")
