@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The registered evaluation of the sparse-first searches against uniform random search (docs/evaluation_protocol.md,
-# 2026-12-07; second evaluation pool, prompt seed 1006), exactly as registered: run it from a checkout of the
+# 2026-12-07; second evaluation pool, prompt seed 1006; issue "Search where the good answers are"), exactly as
+# registered: run it from a checkout of the
 # registering commit (the commit that added this file) and write into this one:
 #   git worktree add ../registered_1006 <registering commit> && \
 #   (cd ../registered_1006 && PYTHONPATH=src PY=$PWD/../main/.venv/bin/python \
@@ -15,11 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-docs/world_bench/registered_1006}
-METHODS=${METHODS_1006:-random,METHODS_TO_REGISTER}
 COMMON=(--pool eval2 --prompt-seed 1006 --screen-seeds 9000,9001 --report-seeds 9010-9017 --variants rerank
-        --threads 1 --methods "$METHODS")
-IMPROVE=(--tasks improve --n 64 --screen 5)
-ATTACK=(--tasks attack --attack-kind hard --min-candidates 4000 --attack-min-rate 0.5 --n 24 --screen 16)
+        --threads 1)
+IMPROVE=(--tasks improve --n 64 --screen 5 --methods random,greedy,random+sparse,greedy+both)
+ATTACK=(--tasks attack --attack-kind hard --min-candidates 4000 --attack-min-rate 0.5 --n 24 --screen 16
+        --methods random,greedy,random+sparse)
 export HF_HUB_OFFLINE=1
 
 lane() {  # lane ROOT: improve, then attack, at one root seed
