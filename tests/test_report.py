@@ -187,3 +187,23 @@ def test_report_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert "no curves" in err and "pip install 'dpo-diff[report]'" in err
     assert (out / "report.md").is_file() and not (out / "curves.png").exists()
+
+
+def test_ground_truth_columns_attribute_accuracy_gaming_and_sparsity(tmp_path):
+    """A dense answer that lowers the loss without a ground-truth gain counts as judge gaming; a sparse one that
+    gains does not; attribute accuracy and the answers' changed words are in the table."""
+    out = write_folder(tmp_path / "b", {"user": [1.0, 0.9], "random": [0.7, 0.6], "greedy": [0.8, 0.8]},
+                       faith={"user": [0.0, 0.5], "random": [0.0, 0.5], "greedy": [1.0, 0.5]})
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for r in recs:
+        dense = r["method"] == "random"
+        r["best"]["changes"] = [f"-t{k}" for k in range(7 if dense else 1 if r["method"] == "greedy" else 0)]
+        for who in ("user", "best"):
+            r["faithfulness"][who]["attribute_accuracy"] = 0.8 if who == "user" or dense else 0.9
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rows = {r.method: r for r in analyse(out).rows}
+    assert rows["random"].gamed == 2 and rows["greedy"].gamed == 1  # greedy's second prompt: loss down, truth not
+    assert rows["greedy"].attribute_delta.mean == pytest.approx(0.1) and rows["random"].attribute_delta.mean == 0
+    assert rows["random"].changes == 7 and rows["greedy"].changes == 1
+    md = write_report(out)["markdown"].read_text()
+    assert "judge gains without ground truth" in md and "| 2/2 |" in md and "+10.0 pt" in md

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from dpo_diff.bench.cross_judge import cross_judge_note, cross_judge_table
 from dpo_diff.bench.results import RESULTS, load_bench, open_failures
 from dpo_diff.bench.stats import Summary, best_so_far_curve, summarize, win_rate
 
-METHOD_ORDER = ("user", "promptist", "random", "epo", "gpo", "hybrid", "mf", "tpe")
+METHOD_ORDER = ("user", "promptist", "random", "epo", "gpo", "hybrid", "mf", "tpe", "greedy", "llm")
 
 
 @dataclass
@@ -35,6 +36,9 @@ class MethodRow:
     seconds: float  # mean wall time per job
     faithful: Summary | None = None  # all-correct rate of the method's images (report seeds)
     faithful_delta: Summary | None = None
+    attribute_delta: Summary | None = None  # Δ attribute accuracy (share of the prompt's claims right) vs user
+    gamed: int = 0  # prompts whose judge loss moved the task's way while the ground truth did not (room to move)
+    changes: float = 0.0  # median number of words/terms the answers change
 
 
 @dataclass
@@ -90,11 +94,9 @@ def analyse(out: str | os.PathLike[str], methods: list[str] | None = None) -> Re
         row = MethodRow(m, summarize(per[m]), summarize(deltas),
                         _mean([1.0 if sign * d < 0 else 0.0 for d in deltas]),
                         _mean([r["cost"] for r in recs]), _mean([r["seconds"] for r in recs]))
+        row.changes = statistics.median(len(r["best"].get("changes", [])) for r in recs)
         if all(r.get("faithfulness") for r in recs):
-            best = [r["faithfulness"]["best"]["all_correct"] for r in recs]
-            base = [r["faithfulness"]["user"]["all_correct"] for r in recs]
-            row.faithful = summarize(best)
-            row.faithful_delta = summarize([b - u for b, u in zip(best, base)])
+            ground_truth(row, recs, deltas, sign)
         rows.append(row)
     wins = {a: {b: win_rate(per[a], per[b], sign) for b in chosen if b != a} for a in chosen}
     data = ReportData(out, task, chosen, prompts, len(all_prompts) - len(prompts), rows, wins, by_key,
@@ -105,6 +107,20 @@ def analyse(out: str | os.PathLike[str], methods: list[str] | None = None) -> Re
     if results.skipped:
         data.skipped = f"{len(results.skipped)} unreadable line(s) of {RESULTS} skipped: {results.describe_skipped()}"
     return data
+
+
+def ground_truth(row: MethodRow, recs: list[dict[str, Any]], deltas: list[float], sign: float) -> None:
+    """The checker's columns: all-correct, Δ all-correct, Δ attribute accuracy (records that have it) and the judge
+    gains the ground truth did not follow (judge gaming: loss better for the task, faithfulness not, with room)."""
+    best = [r["faithfulness"]["best"]["all_correct"] for r in recs]
+    base = [r["faithfulness"]["user"]["all_correct"] for r in recs]
+    row.faithful = summarize(best)
+    row.faithful_delta = summarize([b - u for b, u in zip(best, base)])
+    if all("attribute_accuracy" in r["faithfulness"]["best"] for r in recs):
+        row.attribute_delta = summarize([r["faithfulness"]["best"]["attribute_accuracy"]
+                                         - r["faithfulness"]["user"]["attribute_accuracy"] for r in recs])
+    full = 1.0 if sign > 0 else 0.0  # no room: already fully faithful (improve) or fully broken (attack)
+    row.gamed = sum(1 for d, b, u in zip(deltas, best, base) if sign * d < 0 and sign * (b - u) <= 0 and u != full)
 
 
 def _mean_curve(data: ReportData, method: str, grid: list[float], key: str) -> list[float]:
@@ -218,17 +234,20 @@ def table_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the main table (shared by Markdown and HTML)."""
     faith = any(r.faithful is not None for r in data.rows)
     header = ["method", "loss (mean ± std)", "95% CI", "Δ vs user", "Δ 95% CI", "improved", "cost", "s / job"]
+    header += ["changes (median)"]
     if faith:
-        header += ["faithful", "Δ faithful"]
+        header += ["faithful", "Δ faithful", "Δ attribute accuracy", "judge gains without ground truth"]
     cells = []
     for r in data.rows:
         skipped = skipped_stage_count(data, r.method)
         name = f"{r.method} (GPO skipped on {skipped}/{len(data.prompts)})" if skipped else r.method
         row = [name, r.loss.fmt(), r.loss.fmt_ci(), _f(r.delta.mean, signed=True), r.delta.fmt_ci(),
-               f"{r.improved:.0%}", _f(r.cost, 1), _f(r.seconds, 1)]
+               f"{r.improved:.0%}", _f(r.cost, 1), _f(r.seconds, 1), f"{r.changes:g}"]
         if faith:
             row += [f"{r.faithful.mean:.1%}" if r.faithful else "-",
-                    f"{r.faithful_delta.mean * 100:+.1f} pt" if r.faithful_delta else "-"]
+                    f"{r.faithful_delta.mean * 100:+.1f} pt" if r.faithful_delta else "-",
+                    f"{r.attribute_delta.mean * 100:+.1f} pt" if r.attribute_delta else "-",
+                    f"{r.gamed}/{len(data.prompts)}" if r.faithful else "-"]
         cells.append(row)
     return header, cells
 
