@@ -49,6 +49,8 @@ CASES = [
      r"temperature must be in \[0, 2\], got nan"),
     ("bench-guidance-nan", bench("--guidance", "nan"), r"--guidance must be a finite number.*got nan"),
     ("bench-budget-nan", bench("--budget", "nan"), r"budget must be a positive number"),
+    ("ray-cpus-nan", bench("--ray", "--ray-cpus-per-job", "nan"), r"--ray-cpus-per-job must be a finite number > 0"),
+    ("ray-retries-negative", bench("--ray", "--retries", "-1"), r"--retries must be at least 0, got -1"),
     # 4. a negative prompt needs classifier-free guidance
     ("improve-without-cfg", optimize("--task", "improve", "--guidance", "1"),
      r"--task improve searches negative prompts.*guidance.*above 1.*got 1"),
