@@ -148,6 +148,8 @@ def output_lock(target: str | os.PathLike[str], *, is_file: bool = False, comman
     from filelock import FileLock, Timeout
 
     target = Path(target)
+    if not is_file:
+        check_output_folder(target)
     created = not is_file and not target.exists()
     lock_path, owner = _lock_paths(target, is_file)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +189,20 @@ def check_output_file(path: str | os.PathLike[str], flag: str = "--out", example
         raise ValueError(f"{flag} {str(p)!r} cannot be written: {str(parent)!r} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {str(p)!r} cannot be written: no permission to create files in {str(parent)!r}")
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> None:
+    """Refuse an output folder that is a file or cannot be created (a file above it, no permission), naming it."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"output folder {str(p)!r} is a file; give a folder for --out (it is created if missing)")
+    parent = p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"output folder {str(p)!r} cannot be created: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder {str(p)!r} cannot be written: no permission in {str(parent)!r}")
 
 
 def read_utf8(path: str | os.PathLike[str], what: str) -> str:
