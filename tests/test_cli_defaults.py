@@ -52,8 +52,8 @@ def test_each_model_folder_resolves_to_its_backbones_defaults(tiny_sd, tiny_sd3,
     improve = space_from_substitutes(PROMPT, {}, {"red": ["blue"]})
     for model, want_attack, want_improve in [(tiny_sd, (50, 7.5), (50, 7.5)), (tiny_sdxl, (50, 5.0), (50, 5.0)),
                                              (tiny_sd3, (28, 7.0), (28, 7.0)), (tiny_flux, (28, 1.0), (28, 4.0))]:
-        for space, want in ((attack, want_attack), (improve, want_improve)):
-            cfg = OptimizeConfig(prompt=PROMPT, model=model, steps=None, guidance=None)
+        for task, space, want in (("attack", attack, want_attack), ("improve", improve, want_improve)):
+            cfg = OptimizeConfig(prompt=PROMPT, task=task, model=model, steps=None, guidance=None)
             resolve_sampling(cfg, space)
             assert (cfg.steps, cfg.guidance) == want, (model, space.slots[0].target)
     # the shapes world's generator is an SD 1.x folder: its defaults are the world's recommended ones (the demo)
@@ -62,8 +62,8 @@ def test_each_model_folder_resolves_to_its_backbones_defaults(tiny_sd, tiny_sd3,
     resolve_sampling(given, improve)
     assert (given.steps, given.guidance) == (28, 2.0)  # a value given stays
     with pytest.raises(ValueError, match="k \\+ grad_steps"):  # resolved values are checked as given ones are
-        resolve_sampling(OptimizeConfig(prompt=PROMPT, model=tiny_flux, steps=None, guidance=None, method="gpo",
-                                        gpo={"k_schedule": "fixed-60"}), attack)
+        resolve_sampling(OptimizeConfig(prompt=PROMPT, task="attack", model=tiny_flux, steps=None, guidance=None,
+                                        method="gpo", gpo={"k_schedule": "fixed-60"}), attack)
 
 
 def test_a_flux_attack_runs_without_true_cfg_by_default(space_file, tiny_clip, tiny_flux, tmp_path):

@@ -49,6 +49,8 @@ CASES = [
      r"temperature must be in \[0, 2\], got nan"),
     ("bench-guidance-nan", bench("--guidance", "nan"), r"--guidance must be a finite number.*got nan"),
     ("bench-budget-nan", bench("--budget", "nan"), r"budget must be a positive number"),
+    ("ray-cpus-nan", bench("--ray", "--ray-cpus-per-job", "nan"), r"--ray-cpus-per-job must be a finite number > 0"),
+    ("ray-retries-negative", bench("--ray", "--retries", "-1"), r"--retries must be at least 0, got -1"),
     # 4. a negative prompt needs classifier-free guidance
     ("improve-without-cfg", optimize("--task", "improve", "--guidance", "1"),
      r"--task improve searches negative prompts.*guidance.*above 1.*got 1"),
@@ -86,6 +88,9 @@ CASES = [
      r"'world:hard:-3': use world:<easy\|hard>:<n>\[:<seed>\]"),
     ("world-bogus-kind", bench("--prompts", "world:bogus:5"), r"'world:bogus:5': use world:<easy\|hard>"),
     ("report-of-a-file", ["report", "{prompts}"], r"is a file, not a benchmark folder"),
+    ("optimize-out-is-a-file", optimize("--out", "{prompts}"), r"output folder '.*prompts.txt' is a file"),
+    ("bench-out-under-a-file", bench("--out", "{prompts}/run"),
+     r"output folder '.*prompts.txt/run' cannot be created: '.*prompts.txt' is a file"),
     ("space-build-out-dir", ["space", "build", "--prompt", "a red dog", "--out", "{dir}"],
      r"--out .* is a directory; give a JSON file"),
     ("space-build-out-unwritable", ["space", "build", "--prompt", "a red dog", "--out", "{prompts}/x.json"],

@@ -148,6 +148,8 @@ def output_lock(target: str | os.PathLike[str], *, is_file: bool = False, comman
     from filelock import FileLock, Timeout
 
     target = Path(target)
+    if not is_file:
+        check_output_folder(target)
     created = not is_file and not target.exists()
     lock_path, owner = _lock_paths(target, is_file)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,19 +176,33 @@ def output_lock(target: str | os.PathLike[str], *, is_file: bool = False, comman
                 pass
 
 
+def _check_creatable(start: Path, named: str, verb: str) -> None:
+    """Refuse when the nearest existing folder at or above ``start`` is a file or not writable (``named``: how the
+    output is called in the message; ``verb``: created or written)."""
+    parent = start
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{named} cannot be {verb}: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{named} cannot be {verb}: no permission to create files in {str(parent)!r}")
+
+
 def check_output_file(path: str | os.PathLike[str], flag: str = "--out", example: str = "out.json") -> None:
     """Refuse an output file that cannot be written, before any work is done: a directory, or a path whose nearest
     existing folder is a file or not writable (the message names the flag and what to give instead)."""
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{flag} {str(p)!r} is a directory; give a JSON file, e.g. {str(p / example)!r}")
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{flag} {str(p)!r} cannot be written: {str(parent)!r} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {str(p)!r} cannot be written: no permission to create files in {str(parent)!r}")
+    _check_creatable(p.parent, f"{flag} {str(p)!r}", "written")
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> None:
+    """Refuse an output folder that is a file or cannot be created (a file above it, no permission), naming it."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"output folder {str(p)!r} is a file; give a folder for --out (it is created if missing)")
+    _check_creatable(p, f"output folder {str(p)!r}", "created")
 
 
 def read_utf8(path: str | os.PathLike[str], what: str) -> str:

@@ -66,6 +66,20 @@ class RayOptions:
     cpus_per_job: float = 1.0
     retries: int = 2
 
+    def __post_init__(self) -> None:
+        import math
+
+        checks = (("--ray-workers", self.workers, self.workers is None or self.workers >= 1, "at least 1"),
+                  ("--ray-gpus-per-job", self.gpus_per_job,
+                   self.gpus_per_job is None or (math.isfinite(self.gpus_per_job) and self.gpus_per_job >= 0),
+                   "a finite number >= 0"),
+                  ("--ray-cpus-per-job", self.cpus_per_job,
+                   math.isfinite(self.cpus_per_job) and self.cpus_per_job > 0, "a finite number > 0"),
+                  ("--retries", self.retries, self.retries >= 0, "at least 0"))
+        for flag, value, ok, allowed in checks:
+            if not ok:
+                raise BenchError(f"{flag} must be {allowed}, got {value}")
+
 
 def run_bench(cfg: BenchConfig, prompts: str | os.PathLike[str] | PromptSet, out: str | os.PathLike[str], *,
               column: str | None = None, ray: RayOptions | None = None, argv: list[str] | None = None,

@@ -142,11 +142,11 @@ def run(args: argparse.Namespace) -> int:
 
     from dpo_diff.bench.runner import RayOptions, run_bench
 
-    cfg = config_from_args(args)
     ray = None
-    if args.ray is not None:
+    if args.ray is not None:  # checked before the config: a bad option never starts Ray or looks up a model
         ray = RayOptions(address=args.ray or None, workers=args.ray_workers, gpus_per_job=args.ray_gpus_per_job,
                          cpus_per_job=args.ray_cpus_per_job, retries=args.retries)
+    cfg = config_from_args(args)
     summary = run_bench(cfg, args.prompts, args.out, column=args.column, ray=ray, argv=list(sys.argv),
                         log=lambda line: print(line, flush=True), fail_fast=args.fail_fast)
     failed = (f"; {len(summary.failed)} failed (recorded in {args.out}/failures.jsonl and shown by the report; rerun "

@@ -1,7 +1,11 @@
 """Optimize one prompt with DPO-Diff: improve it (negative antonym space) or attack the model (synonym space).
 
 Writes DIR/config.json, DIR/result.json (before/after losses on search and held-out report seeds), DIR/search.json,
-DIR/progress.jsonl and side-by-side PNGs of the user prompt's images and the optimized ones on the same seeds.
+DIR/progress.jsonl and side-by-side PNGs of the user prompt's images and the optimized ones on the same seeds. Without
+--space the task's space is built for the prompt and saved as DIR/space.json; without --model the bundled shapes world
+generates and judges:
+
+  dpo-diff optimize --prompt "a green orb" --task improve --out runs/orb
 """
 
 from __future__ import annotations
