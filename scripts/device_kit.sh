@@ -3,7 +3,7 @@
 # ignored .whl/ folder, which travels with the working tree; scripts/gpu_suite.sh installs them there with
 # `pip install --no-index --no-deps --target` into a temporary folder and puts it and src/ on PYTHONPATH.
 #
-# The image (docs/gpu.md, "The device image") has Python 3.12, torch, transformers, accelerate, safetensors,
+# The image (docs/gpu_suite.md, "The device image") has Python 3.12, torch, transformers, accelerate, safetensors,
 # huggingface_hub, numpy, pillow, tqdm, filelock, scipy, pyyaml, pytest, hypothesis and sentence-transformers, but
 # not diffusers, pydantic or optuna (nor their own dependencies below). Versions are pinned to what this checkout's
 # pyproject.toml resolved to when the kit was made; change them together with the environment you test against.

@@ -18,30 +18,7 @@ PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=$(command -v python3 || command -v python); fi
 fi
-KIT_DIR=${KIT_DIR:-.whl}
-SITE=""
 case " $* " in *" --plan "*|*" --help "*|*" -h "*) KIT_DIR=/nonexistent ;; esac  # they import nothing from the kit
-if compgen -G "$KIT_DIR/*.whl" >/dev/null; then
-  missing=$("$PY" - "$KIT_DIR" <<'PYEOF'
-import importlib.metadata as md
-import pathlib
-import sys
-
-for wheel in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
-    name = wheel.name.split("-")[0]
-    try:
-        md.version(name)
-    except md.PackageNotFoundError:
-        print(wheel)
-PYEOF
-)
-  if [ -n "$missing" ]; then
-    SITE=$(mktemp -d "${TMPDIR:-/tmp}/dpo_diff_kit.XXXXXX")
-    trap 'rm -rf "$SITE"' EXIT
-    echo "device kit: installing $(echo "$missing" | wc -l) wheel(s) from $KIT_DIR into $SITE" >&2
-    # shellcheck disable=SC2086
-    "$PY" -m pip install -q --no-index --no-deps --disable-pip-version-check --target "$SITE" $missing
-  fi
-fi
-export PYTHONPATH="${SITE:+$SITE:}$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# shellcheck source=scripts/device_env.sh
+source scripts/device_env.sh
 "$PY" scripts/gpu_suite.py "$@"

@@ -7,7 +7,7 @@
 #
 #   bash scripts/simulate_device.sh [FOLDER]     # FOLDER: where to build it (default: a new temporary folder)
 #
-# The image's list (docs/gpu.md, "The device image"): Python 3.12, torch 2.11, transformers 5.17, accelerate,
+# The image's list (docs/gpu_suite.md, "The device image"): Python 3.12, torch 2.11, transformers 5.17, accelerate,
 # safetensors, huggingface_hub, numpy, pillow, tqdm, filelock, scipy, matplotlib, pyarrow, pyyaml, pytest, hypothesis,
 # sentence-transformers. Here: this machine's Python and the CPU torch build setup.sh installs (TORCH_VERSION,
 # TORCH_INDEX_URL), transformers at the image's 5.17.0, the others at what the index resolves. Needs an index.
