@@ -27,6 +27,8 @@ if ! "$VPY" -c "import torch, transformers, sentence_transformers" 2>/dev/null; 
   "$VPY" -m pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION:-2.13.0}"
   "$VPY" -m pip install -q "${IMAGE_PACKAGES[@]}"
 fi
+# Today's typer (a transformers dependency) pulls pydantic in; the image has none: take it out again.
+"$VPY" -m pip uninstall -q -y pydantic pydantic-core 2>/dev/null || true
 # The rehearsal is only one if the image lacks what the kit brings (and dpo-diff itself).
 "$VPY" - <<'EOF'
 import importlib.util
