@@ -5,8 +5,10 @@
 #
 # The image (docs/gpu_suite.md, "The device image") has Python 3.12, torch, transformers, accelerate, safetensors,
 # huggingface_hub, numpy, pillow, tqdm, filelock, scipy, pyyaml, pytest, hypothesis and sentence-transformers, but
-# not diffusers, pydantic or optuna (nor their own dependencies below). Versions are pinned to what this checkout's
-# pyproject.toml resolved to when the kit was made; change them together with the environment you test against.
+# not diffusers, pydantic or optuna (nor their own dependencies below). scripts/gpu_suite.sh installs only the
+# wheels whose distribution the interpreter lacks, so listing one the image has costs carry space, nothing else.
+# Versions are pinned to what this checkout's pyproject.toml resolved to when the kit was made; change them together
+# with the environment you test against.
 #
 #   bash scripts/device_kit.sh                       # wheels for the device (CPython 3.12, manylinux x86_64)
 #   PYVER=3.11 KIT_DIR=/tmp/kit bash scripts/device_kit.sh   # the same set for another Python (the simulation)
@@ -39,6 +41,11 @@ markupsafe==3.0.4           mako dependency (compiled)
 colorlog==6.12.0            optuna dependency
 importlib-metadata==10.2.0  diffusers dependency
 zipp==4.1.2                 importlib-metadata dependency
+requests==2.34.2            diffusers checks it at import (huggingface_hub 1.x no longer brings it)
+urllib3==2.8.0              requests dependency
+charset-normalizer==3.5.3   requests dependency
+idna==3.21                  requests dependency
+certifi==2026.10.19.post1   requests dependency
 "
 
 mkdir -p "$KIT_DIR"
