@@ -129,8 +129,7 @@ def test_a_failed_hybrid_does_not_skip_mf_and_every_row_is_written_when_its_step
     steps = [suite.Step("preflight", py("pass"), 30),
              suite.Step("save random model", py("print('saved')"), 30),
              suite.Step("optimize hybrid fp16", py("raise SystemExit(3)"), 30, needs="save random model"),
-             suite.Step("optimize mf fp16", py("import pathlib; pathlib.Path('mf_result.json').write_text('{}')"),
-                        30, needs="save random model"),
+             suite.Step("optimize mf fp16", py("print('mf ran')"), 30, needs="save random model"),
              suite.Step("shortcut_memory flux", py(f"import json, pathlib; rows = [json.loads(l) for l in "
                                                    f"pathlib.Path({str(results / 'steps.jsonl')!r}).read_text()"
                                                    f".splitlines()]; assert len(rows) == 4, rows"), 30)]
