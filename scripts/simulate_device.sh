@@ -12,6 +12,7 @@
 # sentence-transformers. Here: this machine's Python and the CPU torch build setup.sh installs (TORCH_VERSION,
 # TORCH_INDEX_URL), transformers at the image's 5.17.0, the others at what the index resolves. Needs an index.
 set -euo pipefail
+unset PYTHONPATH PYTHONHOME  # the device's interpreter sees only its own packages (and what the suite adds)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIM=${1:-$(mktemp -d "${TMPDIR:-/tmp}/dpo_diff_device.XXXXXX")}
 PYTHON=${PYTHON:-python3}
