@@ -180,11 +180,11 @@ def plan(args: argparse.Namespace, work: Path, tflops: float = H100_TFLOPS) -> l
         ]
 
     steps += sd15_steps(first)
-    # Every file with @pytest.mark.gpu tests (the dry run keeps test_gpu.py's CPU variants only: the others are the
-    # CPU suite's own tests there).
-    files = ["tests/test_gpu.py"] if args.dry else ["tests/test_gpu.py", *GPU_TEST_FILES]
-    marks = "not slow" if args.dry else "gpu"  # dry: the CPU variant of the GPU test's measurement
-    pytest = [py, "-m", "pytest", *files, "-q", "-m", marks, "-rs", "-p", "no:cacheprovider"]
+    # Every file with @pytest.mark.gpu tests. Dry: the same files, the CPU variant of the GPU measurement run and the
+    # GPU tests collected and skipped (so their imports are checked on the image), the files' other tests left out.
+    files = ["tests/test_gpu.py", *GPU_TEST_FILES]
+    select = ["-m", "not slow", "-k", "gpu"] if args.dry else ["-m", "gpu"]
+    pytest = [py, "-m", "pytest", *files, "-q", *select, "-rs", "-p", "no:cacheprovider"]
     steps.append(Step("pytest -m gpu", pytest, sz["timeout"],
                       env={"DPO_DIFF_GPU_RESULTS": str(results / "gpu_tests.jsonl"), **hf},
                       estimate=20 + 4 * START_S + 2 * 2 * _memory_s(arch, [50], [], tflops, False)))

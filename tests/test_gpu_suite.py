@@ -42,6 +42,8 @@ def test_the_gpu_plan_runs_the_big_backbones_before_the_cheap_steps(suite, tmp_p
     assert len(set(names)) == len(names)  # no step runs twice
     argv = {s.name: s.argv for s in steps}
     assert argv["pytest -m gpu"][-5:-3] == ["-m", "gpu"]
+    dry = {s.name: s.argv for s in suite.plan(suite.parse_args(["--dry"], environ={}), tmp_path)}["pytest -m gpu"]
+    assert dry[-7:-3] == ["-m", "not slow", "-k", "gpu"] and set(suite.GPU_TEST_FILES) <= set(dry)
     assert {"tests/test_gpu.py", *suite.GPU_TEST_FILES} <= set(argv["pytest -m gpu"])  # every file with gpu tests
     assert "--skip-hybrid" in argv["eval_throughput fp16"]  # hybrid at budget 40 runs once: the optimize step
     for name in ("shortcut_memory fp16", "eval_throughput fp16"):
