@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the measurements to this JSON file")
     args = parser.parse_args()
 
+    from dpo_diff.device import is_out_of_memory, release_memory
     from dpo_diff.judges.clip import ClipJudge
     from dpo_diff.problem import Problem, SamplingConfig, Task
     from dpo_diff.space import space_from_substitutes
@@ -97,37 +98,46 @@ def main() -> None:
     space = space_from_substitutes("a red car on a snowy road", {"car": ["truck", "van"]},
                                    {"red": ["blue", "green"], "snowy": ["sunny", "dry"]})
     problem = Problem(space, Task("improve"), backend, judge, SamplingConfig())
-    one_iteration(problem, 4, "shortcut")  # warm-up
     print(f"arch={args.arch} device={args.device} dtype={args.dtype}")
     print(f"{'mode':13s} {'steps':>5s} {'saved MB':>10s} {'seconds':>8s} {'peak MB':>9s}")
     results: dict[tuple[str, int], tuple[int, float, int]] = {}
+    rows: list[dict] = []
     full_steps = [int(s) for s in args.full_steps.split(",") if s]
     ckpt = args.grad_checkpointing
     plan = [("shortcut", ckpt), *([("shortcut", not ckpt)] if args.compare_checkpointing else []), ("full", ckpt)]
     plan.sort(key=lambda p: p[1])  # checkpointed runs last: per-block checkpointing stays on once turned on
-    for mode, checkpointing in plan:
-        name = mode + ("+ckpt" if checkpointing else "")  # e.g. "shortcut+ckpt"
-        for steps in full_steps if mode == "full" else [int(s) for s in args.steps.split(",")]:
-            try:
-                r = one_iteration(problem, steps, mode, checkpointing)
-            except torch.OutOfMemoryError:
-                print(f"{name:13s} {steps:5d}   out of memory")
-                torch.cuda.empty_cache()
-                continue
+    # The warm-up (4 steps, the first mode) runs under the same out-of-memory guard as the measurements: a backbone
+    # that does not fit then gives an "out of memory" row, not a crash without one.
+    runs = [("warm-up", plan[0][1], 4, plan[0][0])] + [
+        (mode + ("+ckpt" if c else ""), c, steps, mode) for mode, c in plan  # name e.g. "shortcut+ckpt"
+        for steps in (full_steps if mode == "full" else [int(s) for s in args.steps.split(",")])]
+    for name, checkpointing, steps, mode in runs:
+        r, failed = None, False
+        try:
+            r = one_iteration(problem, steps, mode, checkpointing)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is a result; anything else is a bug
+            if not is_out_of_memory(e):
+                raise
+            failed = True
+        if failed:  # after the except block, whose traceback pins the failed iteration's activations
+            release_memory()
+            print(f"{name:13s} {steps:5d}   out of memory")
+            rows.append({"mode": name, "steps": steps, "oom": True})
+        elif name != "warm-up":
             results[name, steps] = r
+            rows.append({"mode": name, "steps": steps, "saved_bytes": r[0], "seconds": r[1],
+                         "peak_bytes": r[2] or None})
             print(f"{name:13s} {steps:5d} {r[0] / 2**20:10.1f} {r[1]:8.3f} {r[2] / 2**20:9.1f}")
+        if args.json:  # after every row: a run cut off by a deadline keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump({"arch": args.arch, "device": args.device, "dtype": args.dtype, "size": args.size,
+                           "rows": rows}, f, indent=1)
     for mode in dict.fromkeys(m for m, _ in results):
         steps = sorted(s for m, s in results if m == mode)
         if len(steps) >= 2:
             lo, hi = results[mode, steps[0]], results[mode, steps[-1]]
             print(f"{mode}: saved-bytes ratio {steps[-1]}/{steps[0]} steps = {hi[0] / lo[0]:.3f}, "
                   f"time ratio = {hi[1] / lo[1]:.2f}")
-    if args.json:
-        rows = [{"mode": m, "steps": st, "saved_bytes": r[0], "seconds": r[1], "peak_bytes": r[2] or None}
-                for (m, st), r in results.items()]
-        with open(args.json, "w") as f:
-            json.dump({"arch": args.arch, "device": args.device, "dtype": args.dtype, "size": args.size,
-                       "rows": rows}, f, indent=1)
     suffix = "+ckpt" if ckpt else ""
     both = {s for m, s in results if m == "shortcut+ckpt"} & {s for m, s in results if m == "shortcut"}
     for s_steps in sorted(both):

@@ -167,3 +167,60 @@ def test_an_fp16_gpo_run_recovers_from_gradient_overflow(tiny_sd, tiny_clip):
           and bool(torch.isfinite(state.mixture.logits).all()))
     record(check="fp16_overflow", dtype="fp16", backoffs=backoffs, final_scale=state.loss_scale.scale, ok=ok)
     assert ok, f"log {len(state.log)}, back-offs {state.loss_scale.backoffs}"
+
+
+class OomJudge:
+    """A judge that asks CUDA for an impossible allocation on more than two images: a real out-of-memory (the CUDA
+    caching allocator's error, its cleanup and the retry), raised from the judge inside the back-off unit."""
+
+    def __init__(self, inner):
+        self.inner, self.sizes = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def loss(self, images, texts):
+        self.sizes.append(len(images))
+        if len(images) > 2:
+            torch.empty(2**50, dtype=torch.uint8, device="cuda")  # raises torch.OutOfMemoryError
+        return self.inner.loss(images, texts)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_cuda_out_of_memory_in_the_judge_halves_the_evaluation_batch(tiny_sd, tiny_clip):
+    problem = cuda_problem(tiny_sd, tiny_clip, "fp16")
+    cands = [(0, 0), (1, 0), (0, 1)]
+    reference = problem.candidate_losses(cands, (0, 1))
+    problem.judge = OomJudge(problem.judge)
+    problem.sampling = type(problem.sampling)(steps=10, batch_size=8)
+    losses = problem.candidate_losses(cands, (0, 1))
+    ok = problem.judge.sizes[:2] == [6, 4] and max(problem.judge.sizes[2:]) == 2 and bool(
+        torch.allclose(losses, reference, atol=1e-3))
+    record(check="eval_oom", dtype="fp16", sizes=problem.judge.sizes, ok=ok)
+    assert ok, f"judge batches {problem.judge.sizes}; losses {losses} vs {reference}"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_the_vqa_judge_scores_on_cuda_in_bf16_by_default(tmp_path):
+    from dpo_diff.judges.spec import JudgeRegistry
+    from dpo_diff.testing_vlm import save_tiny_llava
+
+    judge = JudgeRegistry("cuda").load(f"vqa:{save_tiny_llava(tmp_path / 'llava')}")
+    assert judge.model.dtype == torch.bfloat16 and judge.model.device.type == "cuda"
+    images = torch.rand(4, 3, 32, 32, device="cuda", requires_grad=True)
+    loss = judge.loss(images, "a red dog on the grass")
+    loss.sum().backward()
+    assert loss.shape == (4,) and torch.isfinite(loss).all() and images.grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_sdxl_in_fp16_decodes_with_its_fp32_vae_on_cuda(tiny_sdxl):
+    from dpo_diff.backends.sdxl import StableDiffusionXLBackend
+
+    backend = StableDiffusionXLBackend.from_pretrained(tiny_sdxl, device="cuda", dtype="fp16")
+    assert backend.vae_dtype == torch.float32 and next(backend.vae.parameters()).dtype == torch.float32
+    images = backend.generate(["a red dog", "a blue cat"], ["", "blurry"], [0, 1], steps=4)
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
