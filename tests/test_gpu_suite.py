@@ -108,7 +108,7 @@ def test_summary_reads_the_results_and_judges_the_targets(suite, tmp_path):
     assert "9.00 GB FAIL" in row["GPO iteration peak, robust preset (pytest)"]
     assert "3.00x FAIL" in row["batched / one-at-a-time throughput"]
     assert "18.0 s PASS" in row["hybrid, budget 40, `dpo-diff optimize` search time"]
-    assert "5.0 s" in row["tpe, budget 12 at 20 steps, `dpo-diff optimize` search time"]
+    assert "5.0 s" in row["tpe, budget 8 at 10 steps, `dpo-diff optimize` search time"]
     assert "n/a" in row["batched / one-at-a-time throughput"]  # bf16 has no result
     flux = "FLUX.1-dev GPO iteration peak, 1024 px, true CFG, per-block checkpointing (benchmark)"
     assert "out of memory FAIL" in row[flux]
