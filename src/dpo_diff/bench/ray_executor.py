@@ -3,7 +3,8 @@
 Workers may sit on other machines, so a task writes into a temporary folder and returns its record together with its
 files (images, result.json, ...); the driver writes both into the results folder as each task finishes. Results thus
 stream into the same ``results.jsonl`` as a local run, in completion order. A task that still fails after its
-retries stops the benchmark: the queued tasks are cancelled and the finished records stay (rerun to resume).
+retries is recorded as a failed job and the others go on, as in a local run (a rerun retries it); with
+``--fail-fast`` it stops the benchmark: the queued tasks are cancelled and the finished records stay.
 """
 
 from __future__ import annotations
