@@ -226,3 +226,19 @@ def test_greedy_on_the_tiny_model_batched_equals_one_at_a_time(backend, judge):
     assert all(num_changed(e.candidate) <= 2 for e in a.evaluations)
     torch.testing.assert_close(torch.tensor([e.losses for e in a.evaluations]),
                                torch.tensor([e.losses for e in b.evaluations]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["random", "epo", "tpe", "mf"])
+def test_sparse_samplers_resume_exactly_and_respect_the_meaning_constraint(method):
+    sparse = Proposal("sparse")
+    full = search(SyntheticProblem(synthetic_space(8, 5), seed=9, steps=20), method=method, budget=30, seed=0,
+                  proposal=sparse, **_settings(method))
+    half = {e.key: Evaluation.from_dict(e.to_dict())
+            for e in (full.evaluations + full.previews)[: (len(full.evaluations) + len(full.previews)) // 2]}
+    resumed = search(SyntheticProblem(synthetic_space(8, 5), seed=9, steps=20), method=method, budget=30, seed=0,
+                     proposal=sparse, preloaded=half, **_settings(method))
+    assert [e.candidate for e in resumed.evaluations] == [e.candidate for e in full.evaluations]
+    constraint = lambda user, prompts: ["w3x" not in p for p in prompts]  # noqa: E731
+    problem = SyntheticProblem(synthetic_space(8, 5), seed=9, steps=20, constraint=constraint)
+    result = search(problem, method=method, budget=30, seed=0, proposal=sparse, **_settings(method))
+    assert result.rejected and all(e.candidate[3] == 0 for e in result.evaluations + result.previews)
