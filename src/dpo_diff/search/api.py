@@ -115,7 +115,7 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
     elif selection.active:
         result.extra["selection"] = {"validation_seeds": list(selection.validation_seeds), "cost": 0.0,
                                      "candidates": [], "skipped": f"budget {budget} too small to re-rank within "
-                                     f"{selection.max_share:.0%} of it; the search used the whole budget"}
+                                     f"{selection.max_share:.0%} of it; the whole budget went to the search"}
     result.budget = budget
     return result
 
