@@ -70,6 +70,25 @@ class Judge:
         return spherical_loss(img, txt).cpu().numpy()
 
 
+class SpecJudge:
+    """Any judge spec (``world:vqa``, ``clip:FOLDER``, ...) through the judge registry, with the interface above."""
+
+    def __init__(self, spec: str, device: str) -> None:
+        from dpo_diff.judges.spec import JudgeRegistry
+
+        self.judge = JudgeRegistry(device).load(spec)
+
+    def loss(self, images_u8: np.ndarray, prompts: list[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(prompts), 64):
+            x = torch.from_numpy(images_u8[i:i + 64]).permute(0, 3, 1, 2).float().div(255.0)
+            with torch.no_grad():
+                out.append(self.judge.loss(x, list(prompts[i:i + 64])).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
 def antonym_swap(prompt: str, rng: np.random.Generator) -> str | None:
     """``prompt`` with one attribute word replaced by an antonym (a prompt the image no longer satisfies)."""
     from dpo_diff.space import prompt_words
@@ -263,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                    "the generator (judge AUCs on rendered images only)")
     p.add_argument("--judge", default=None, help="a judge folder to measure instead of the shipped judge (e.g. the "
                    "second judge, src/dpo_diff/data/shapes_world/judge_b)")
+    p.add_argument("--judge-spec", default=None, help="a judge spec to measure instead (any kind, e.g. world:vqa; "
+                   "the AUCs read its loss the same way)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0, help="prompt-set and sampling seed (held-out seeds: not 0 in demos)")
     p.add_argument("--pool", choices=("v1", "eval"), default="v1",
@@ -301,10 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     from dpo_diff.world import load_checker, load_generator
 
     t0 = time.time()
-    models = (load_generator(device=args.device), load_checker(device=args.device), Judge(args.device, args.judge))
+    judge = SpecJudge(args.judge_spec, args.device) if args.judge_spec else Judge(args.device, args.judge)
+    models = (load_generator(device=args.device), load_checker(device=args.device), judge)
     guidance = [float(x) for x in args.guidance.split(",") if x.strip()]
     settings = {"steps": args.steps, "pool": args.pool, "n_easy": args.n_easy, "n_hard": args.n_hard,
-                "guidance": guidance, **({"judge": args.judge} if args.judge else {})}
+                "guidance": guidance, **({"judge": args.judge} if args.judge else {}),
+                **({"judge_spec": args.judge_spec} if args.judge_spec else {})}
 
     if len(args.prompt_seed_list) == 1:  # the original single-seed report
         report = measure_seed(models, args.prompt_seed_list[0], image_seeds[0], args)

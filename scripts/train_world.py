@@ -1,11 +1,14 @@
-"""Train every shipped model of the shapes world: VAE, checker, judge CLIP, generator (UNet + text encoder).
+"""Train every shipped model of the shapes world: VAE, checker, judge CLIP, generator (UNet + text encoder), and the
+VQA judge (a tiny LLaVA asked VQAScore's question; trained apart from the checker, on rendered scenes with caption
+negatives: one attribute changed, two objects' attributes swapped, the relation flipped).
 
 Seeded and resumable: each stage checkpoints under ``--work`` every few minutes and resumes from its last
 checkpoint; the data of step ``k`` is drawn from ``numpy.random.default_rng([seed, stage, k])`` so a resumed run
 sees the same batches as an uninterrupted one. Finished stages are exported into the package data folder
 (``src/dpo_diff/data/shapes_world``) in safetensors (fp16 storage, fp32 configs: they load as float32).
 
-    python scripts/train_world.py                       # all stages, CPU: ~100 min on 2 free cores
+    python scripts/train_world.py                       # the first four stages, CPU: ~100 min on 2 free cores
+    python scripts/train_world.py --stages vqa          # the VQA judge (vqa:world:vqa)
     python scripts/train_world.py --device cuda --bf16  # same on a GPU, minutes
     python scripts/train_world.py --stages generator --gen-steps 4000 --gen-anneal-steps 700  # extend a stage
     python scripts/train_world.py --export-only         # re-export all models from their checkpoints
@@ -35,7 +38,7 @@ from dpo_diff.world.prompts import sample_training_example
 from dpo_diff.world.render import render_batch
 from dpo_diff.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, make_object, sample_scene
 
-STAGE_IDS = {"vae": 1, "checker": 2, "judge": 3, "generator": 4}
+STAGE_IDS = {"vae": 1, "checker": 2, "judge": 3, "generator": 4, "vqa": 5}
 TOKENIZER_SRC = Path(__file__).resolve().parent.parent / "src" / "dpo_diff" / "data" / "clip_tokenizer"
 GEN_TEXT_LEN = 77  # like real SD: the pipeline pads prompts to 77 tokens
 JUDGE_TEXT_LEN = 32
@@ -402,9 +405,18 @@ def train_judge(args) -> None:
     log(f"judge: done at step {step}, exported")
 
 
-def export_judge(args) -> None:
+def save_image_processor(out: Path) -> None:
+    """The judges' ``preprocessor_config.json``: 32 px images, mean = std = 0.5 (the [-1, 1] range they train on)."""
     from transformers import CLIPImageProcessor
 
+    CLIPImageProcessor(
+        do_resize=True, size={"shortest_edge": 32}, do_center_crop=True, crop_size={"height": 32, "width": 32},
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=JUDGE_MEAN, image_std=JUDGE_STD,
+        do_convert_rgb=True,
+    ).save_pretrained(out)
+
+
+def export_judge(args) -> None:
     state = Ckpt(args.work, args.judge_out).load()
     model = build_judge(args)
     model.load_state_dict(state["model"])
@@ -415,15 +427,179 @@ def export_judge(args) -> None:
     model.save_pretrained(out)
     save_fp16(out)
     copy_tokenizer(out, JUDGE_TEXT_LEN)
-    CLIPImageProcessor(
-        do_resize=True, size={"shortest_edge": 32}, do_center_crop=True, crop_size={"height": 32, "width": 32},
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=JUDGE_MEAN, image_std=JUDGE_STD,
-        do_convert_rgb=True,
-    ).save_pretrained(out)
+    save_image_processor(out)
     record = {"steps": step, "seed": args.seed}
     if args.judge_arch != "vit4":  # the shipped judge's record stays as it was
         record.update(arch=args.judge_arch, batch=args.judge_batch)
     (out / "training_state.json").write_text(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# VQA judge: a tiny LLaVA (CLIP vision tower, projector, Llama language model) asked VQAScore's question
+
+
+VQA_ARCH = dict(vision=dict(image_size=32, patch_size=4, hidden_size=96, intermediate_size=384, num_hidden_layers=4,
+                            num_attention_heads=4),
+                text=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=4, max_position_embeddings=256))
+VQA_SPECIALS = ("[PAD]", "[UNK]", "<image>")
+# LLaVA-1.5's conversation layout; the question is the VQA judge's own (dpo_diff.judges.vqa.QUESTION)
+VQA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<image> {% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {% for c in message['content'] %}{{ c['text'] }}{% endfor %} {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+VQA_PAIR_SHARE = 0.6  # scenes with two objects (binding and relations are what a bag-of-words judge misses)
+
+
+def build_vqa_tokenizer():
+    """A word-level tokenizer over the world's words, the question and the template (lower-cased; unknown words
+    read as [UNK]): the world's captions need no sub-words, and it keeps the model small."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from dpo_diff.judges.vqa import ANSWER, QUESTION
+    from dpo_diff.world.captions import VOCABULARY
+
+    words = set(VOCABULARY) | set("user assistant no".split()) | set(QUESTION.lower().replace("{}", " ").split())
+    words |= {ANSWER.lower(), ":"}
+    split = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated")])
+    pieces = {p for w in words for p, _ in split.pre_tokenize_str(w)}
+    vocab = {w: i for i, w in enumerate([*VQA_SPECIALS, *sorted(pieces)])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = split
+    tk.add_special_tokens(list(VQA_SPECIALS))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]")
+    tok.chat_template = VQA_CHAT_TEMPLATE
+    return tok
+
+
+def build_vqa(args, tok):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    cfg = LlavaConfig(vision_config=CLIPVisionConfig(**VQA_ARCH["vision"]),
+                      text_config=LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
+                                              eos_token_id=None, **VQA_ARCH["text"]),
+                      image_token_id=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(args.seed + 11)  # the VQA judge's own initialisation seed
+    return LlavaForConditionalGeneration(cfg)
+
+
+class VqaBatcher:
+    """Question token rows for captions (the image token expanded to the vision tower's patches), left-padded so
+    the answer position is the last one, with positions counted from each row's first real token (as the judge
+    scores one unpadded row)."""
+
+    def __init__(self, tok, n_image_tokens: int) -> None:
+        from dpo_diff.judges.vqa import ANSWER, QUESTION
+
+        self.tok, self.n, self.cache = tok, n_image_tokens, {}
+        self.image = tok.convert_tokens_to_ids("<image>")
+        self.yes, self.no = (tok.convert_tokens_to_ids(w) for w in (ANSWER.lower(), "no"))
+        self.question = QUESTION
+
+    def row(self, text: str) -> list[int]:
+        if text not in self.cache:
+            messages = [{"role": "user", "content": [{"type": "image"},
+                                                     {"type": "text", "text": self.question.format(text)}]}]
+            prompt = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = self.tok(prompt, add_special_tokens=False).input_ids
+            at = ids.index(self.image)
+            self.cache[text] = ids[:at] + [self.image] * self.n + ids[at + 1:]
+        return self.cache[text]
+
+    def __call__(self, texts: list[str], device: str) -> dict[str, torch.Tensor]:
+        rows = [self.row(t) for t in texts]
+        width = max(map(len, rows))
+        ids = torch.tensor([[self.tok.pad_token_id] * (width - len(r)) + r for r in rows], device=device)
+        mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(r) for r in rows],
+                                                                         device=device)[:, None]).long()
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+
+
+def vqa_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The judge's own augmentation: a shift of up to one pixel, then blur, noise and brightness jitter."""
+    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
+    x = F.pad(x, (1, 1, 1, 1), mode="replicate")[..., 1 + dy:33 + dy, 1 + dx:33 + dx]
+    return augment(x, gen)
+
+
+def vqa_examples(rng: np.random.Generator, n: int) -> tuple[list[Scene], list[str], list[bool]]:
+    """``n`` scenes, each with one true caption and one false caption (:mod:`dpo_diff.world.negatives`)."""
+    from dpo_diff.world.captions import caption
+    from dpo_diff.world.negatives import negative_caption
+    from dpo_diff.world.prompts import is_heldout_caption
+
+    scenes, texts, yes = [], [], []
+    while len(scenes) < 2 * n:
+        scene = sample_scene(rng, p_pair=VQA_PAIR_SHARE)
+        text = caption(scene, rng, "uniform")
+        if is_heldout_caption(text):
+            continue
+        scenes += [scene, scene]
+        texts += [text, negative_caption(scene, rng)[0]]
+        yes += [True, False]
+    return scenes, texts, yes
+
+
+def train_vqa(args) -> None:
+    device = args.device
+    tok = build_vqa_tokenizer()
+    model = build_vqa(args, tok).to(device)
+    batcher = VqaBatcher(tok, (32 // VQA_ARCH["vision"]["patch_size"]) ** 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.vqa_lr, weight_decay=0.0)
+    ck = Ckpt(args.work, "vqa")
+    state, step = ck.load(), 0
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log(f"vqa: resumed at step {step}")
+    start = time.time()
+    while step < args.vqa_steps and (time.time() - start) < args.vqa_minutes * 60:
+        rng = step_rng(args.seed, "vqa", step)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        scenes, texts, yes = vqa_examples(rng, args.vqa_batch // 2)
+        x = vqa_augment(to_tensor(render_batch(scenes), device), gen)
+        target = torch.tensor([batcher.yes if y else batcher.no for y in yes], device=device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.vqa_lr, 200) * 0.5 * (1 + math.cos(math.pi * step / args.vqa_steps))
+        with autocast(device, args.bf16):
+            out = model(**batcher(texts, device), pixel_values=x, logits_to_keep=1, use_cache=False)
+        logits = out.logits[:, -1].float()
+        loss = F.cross_entropy(logits, target)  # the full vocabulary, as VQAScore reads P("Yes")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            p_yes = logits.softmax(-1)[:, batcher.yes]
+            acc = ((p_yes > 0.5) == torch.tensor(yes, device=device)).float().mean().item()
+            log(f"vqa step {step} loss {loss.item():.4f} acc {acc:.3f} ({(time.time() - start) / 60:.1f} min)")
+        ck.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step})
+    ck.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, force=True)
+    export_vqa(args)
+    log(f"vqa: done at step {step}, exported")
+
+
+def export_vqa(args) -> None:
+    from dpo_diff.world.paths import vqa_path
+
+    state = Ckpt(args.work, "vqa").load()
+    tok = build_vqa_tokenizer()
+    model = build_vqa(args, tok)
+    model.load_state_dict(state["model"])
+    out = vqa_path()
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out)
+    save_fp16(out)
+    tok.save_pretrained(out)
+    save_image_processor(out)
+    (out / "training_state.json").write_text(json.dumps({"steps": state["step"], "seed": args.seed,
+                                                         "batch": args.vqa_batch}) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -598,6 +774,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="judge architecture (vit4: the shipped judge; vit8s: the smaller second judge)")
     p.add_argument("--judge-out", default="judge", help="folder name of the exported judge under the world's data "
                    "folder (and of its checkpoints under --work); the second judge: judge_b")
+    p.add_argument("--vqa-steps", type=int, default=2400)
+    p.add_argument("--vqa-batch", type=int, default=96, help="examples per step: half true captions, half false")
+    p.add_argument("--vqa-lr", type=float, default=1e-3)
+    p.add_argument("--vqa-minutes", type=float, default=90)
     p.add_argument("--gen-steps", type=int, default=3300)
     p.add_argument("--gen-lr", type=float, default=1e-3)
     p.add_argument("--gen-anneal-steps", type=int, default=600)
@@ -616,14 +796,16 @@ def main(argv: list[str] | None = None) -> int:
     world_data_dir().mkdir(parents=True, exist_ok=True)
     if args.export_only:
         # Re-export every model whose checkpoint exists (e.g. after an interrupted run, or to refresh formats).
-        for stage, fn in (("checker", export_checker), ("judge", export_judge), ("generator", export_generator)):
+        for stage, fn in (("checker", export_checker), ("judge", export_judge), ("generator", export_generator),
+                          ("vqa", export_vqa)):
             if Ckpt(args.work, args.judge_out if stage == "judge" else stage).path.exists():
                 fn(args)
                 log(f"exported {stage}")
         return 0
     for stage in args.stages.split(","):
         t0 = time.time()
-        {"vae": train_vae, "checker": train_checker, "judge": train_judge, "generator": train_generator}[stage](args)
+        {"vae": train_vae, "checker": train_checker, "judge": train_judge, "generator": train_generator,
+         "vqa": train_vqa}[stage](args)
         log(f"stage {stage} took {(time.time() - t0) / 60:.1f} min")
     return 0
 

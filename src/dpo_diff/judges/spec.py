@@ -10,7 +10,9 @@ A *judge spec* names one judge: ``KIND:SOURCE[key=value;key=value]``.
   image shows the prompt (LLaVA-1.5, Qwen2-VL, Qwen2.5-VL; :mod:`.vqa`); option ``dtype=fp32|bf16|fp16``;
 * ``checker`` - the shapes world's ground-truth checker (evaluation only: it has no gradient).
 
-``SOURCE`` may be ``world:judge`` or ``world:judge_b`` for the shapes world's bundled judges. Options:
+``SOURCE`` may be ``world:judge`` or ``world:judge_b`` (CLIP) or ``world:vqa`` (a VQAScore-style judge: a tiny LLaVA
+trained apart from the checker) for the shapes world's bundled judges; the bare ``world:NAME`` is short for the
+spec with its kind (``world:vqa`` = ``vqa:world:vqa``, ``world:judge`` = ``clip:world:judge``). Options:
 ``checkpointing=1`` (gradient checkpointing of the vision tower: less memory for the shortcut gradient).
 
 An *objective spec* is a comma-separated list of terms, each a judge spec with a weight (``=W``, default 1) or a
@@ -35,6 +37,7 @@ DEFAULT_AESTHETIC_BACKBONE = "openai/clip-vit-large-patch14"
 _OPTIONS = {"clip": ("checkpointing",), "siglip": ("checkpointing",), "aesthetic": ("clip", "checkpointing"),
             "vqa": ("checkpointing", "dtype"), "checker": ()}
 VQA_DTYPES = ("fp32", "bf16", "fp16")
+WORLD_JUDGES = {"judge": "clip", "judge_b": "clip", "vqa": "vqa"}  # the shapes world's judges and their kinds
 _WEIGHT_RE = re.compile(r"^(?P<judge>.*?)(?:=(?P<weight>[-+0-9.eE]+))?$")
 
 
@@ -108,6 +111,15 @@ def parse_judge(text: str) -> JudgeSpec:
             opts.append((key.strip(), value.strip()))
     kind, _, source = text.partition(":")
     kind, source = kind.strip().lower(), source.strip()
+    if kind == "world":  # the bare world:NAME: the kind is the shipped judge's own
+        if source not in WORLD_JUDGES:
+            raise ValueError(f"the shapes world has no judge {source!r}; it has "
+                             f"{', '.join('world:' + n for n in WORLD_JUDGES)}")
+        kind, source = WORLD_JUDGES[source], f"world:{source}"
+    name = source.removeprefix("world:") if source.startswith("world:") else None
+    if name in WORLD_JUDGES and kind in ("clip", "siglip", "vqa") and WORLD_JUDGES[name] != kind:
+        raise ValueError(f"{source} is a {WORLD_JUDGES[name]} judge, not {kind}: write "
+                         f"{WORLD_JUDGES[name]}:{source} (or just {source})")
     if kind not in JUDGE_KINDS:
         raise ValueError(f"unknown judge kind {kind!r} in {text!r}; choose one of {', '.join(JUDGE_KINDS)} "
                          f"(e.g. clip:openai/clip-vit-large-patch14)")
@@ -180,7 +192,7 @@ def resolve_source(source: str) -> str:
         name = source.split(":", 1)[1]
         folder = world_data_dir() / name
         if not folder.is_dir():
-            have = sorted(p.name for p in world_data_dir().iterdir() if p.name.startswith("judge"))
+            have = sorted(p.name for p in world_data_dir().iterdir() if p.name in WORLD_JUDGES)
             raise ValueError(f"the shapes world has no model {name!r}; it has {', '.join(have)}")
         return str(folder)
     return source

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dpo_diff.world.paths import REBUILD_COMMAND, checker_path, generator_path, judge_path
+from dpo_diff.world.paths import REBUILD_COMMAND, checker_path, generator_path, judge_path, vqa_path
 
 CLIP_VOCAB_SIZE = 49408
 
@@ -24,8 +24,9 @@ EXPECTED_FILES: dict[str, tuple[str, ...]] = {
     ),
     "judge": ("config.json", "model.safetensors", "preprocessor_config.json", *_TOKENIZER_FILES),
     "checker": ("config.json", "model.safetensors"),
+    "vqa": ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"),
 }
-_STAGE = {"generator": "vae,generator", "judge": "judge", "checker": "checker"}
+_STAGE = {"generator": "vae,generator", "judge": "judge", "checker": "checker", "vqa": "vqa"}
 
 
 class WorldModelError(RuntimeError):
@@ -38,13 +39,14 @@ def _rebuild_hint(kind: str) -> str:
 
 
 def verify_model_folder(kind: str, folder: str | Path | None = None) -> Path:
-    """Check that every file of a ``kind`` (``"generator"``, ``"judge"``, ``"checker"``) folder exists and parses.
+    """Check that every file of a ``kind`` (``"generator"``, ``"judge"``, ``"checker"``, ``"vqa"``) folder exists
+    and parses.
 
     Returns the folder. Raises :class:`WorldModelError` naming the first bad file.
     """
     if kind not in EXPECTED_FILES:
         raise ValueError(f"kind must be one of {sorted(EXPECTED_FILES)}, got {kind!r}")
-    default = {"generator": generator_path, "judge": judge_path, "checker": checker_path}[kind]()
+    default = {"generator": generator_path, "judge": judge_path, "checker": checker_path, "vqa": vqa_path}[kind]()
     root = Path(folder) if folder is not None else default
     for rel in EXPECTED_FILES[kind]:
         f = root / rel

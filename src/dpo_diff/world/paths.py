@@ -21,6 +21,12 @@ def judge_path() -> Path:
     return world_data_dir() / "judge"
 
 
+def vqa_path() -> Path:
+    """The VQA judge: a transformers ``LlavaForConditionalGeneration`` folder with its tokenizer (chat template) and
+    ``preprocessor_config.json`` (``vqa:world:vqa``)."""
+    return world_data_dir() / "vqa"
+
+
 def checker_path() -> Path:
     """The ground-truth checker's ``model.safetensors`` + ``config.json``."""
     return world_data_dir() / "checker"

@@ -1,0 +1,137 @@
+"""benchmarks/judge_gap.py: attribute labels (binding), within-prompt AUC, the selection rules, and a whole prompt
+record on a fake world whose judges and checker are known."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from dpo_diff.problem import Task
+from dpo_diff.space import PromptPair, SearchSpace, Slot
+from dpo_diff.world.checker import ObjectReading, SceneReading
+
+
+@pytest.fixture(scope="module")
+def gap(load_script):
+    return load_script("benchmarks/judge_gap.py")
+
+
+def reading(*objs, background="black", position=None):
+    return SceneReading(tuple(ObjectReading(*o) for o in objs), position, background)
+
+
+def test_binding_is_defined_only_where_every_word_is_present(gap):
+    prompt = "a red circle to the left of a blue square"
+    right = gap.attribute_labels(reading(("red", "circle", "small"), ("blue", "square", "small")), prompt)
+    swapped = gap.attribute_labels(reading(("blue", "circle", "small"), ("red", "square", "small")), prompt)
+    missing = gap.attribute_labels(reading(("green", "circle", "small"), ("blue", "square", "small")), prompt)
+    assert right["binding"] is True and right["colour"] is True and right["position"] is True
+    assert swapped["binding"] is False and swapped["colour"] is False
+    assert "binding" not in missing and missing["colour"] is False  # a missing word is a colour error, not binding
+    single = gap.attribute_labels(reading(("red", "circle", "big"), position="left"), "a big red circle on the left")
+    assert "binding" not in single and single == {"count": True, "colour": True, "shape": True, "size": True,
+                                                  "position": True}
+
+
+def test_auc_pairs_within_prompts_and_counts_ties_half(gap):
+    assert gap.within_prompt_pairs([0.1, 0.2], [0.3, 0.2]) == (3.5, 4)
+    assert gap.within_prompt_pairs([], [0.3]) == (0.0, 0)
+    auc, lo, hi, pairs = gap.pooled_auc([(4.0, 4), (0.0, 4), (0.0, 0)])
+    assert (auc, pairs) == (0.5, 8) and 0.0 <= lo <= auc <= hi <= 1.0
+    assert np.isnan(gap.pooled_auc([(0.0, 0)])[0])
+
+
+class StubMemo:
+    """Means per (candidate, judge) on the validation seeds and on seed 0 / the search seeds."""
+
+    def __init__(self, table, user=(0, 0)):
+        self.table, self.task = table, Task("improve")
+        self.space = argparse.Namespace(default=user)
+
+    def mean(self, c, seeds, field=0):
+        judge = "clip" if field == 0 else field
+        where = "val" if tuple(seeds) == (1, 2) else "search"
+        return self.table[tuple(c)][judge][where]
+
+
+def test_selection_rules_follow_the_first_judge_and_every_judge_must_agree(gap):
+    table = {(0, 0): {"clip": {"search": 0.50, "val": 0.50}, "vqa": {"search": 1.0, "val": 1.0}},
+             (1, 0): {"clip": {"search": 0.30, "val": 0.40}, "vqa": {"search": 1.2, "val": 1.2}},  # vqa vetoes
+             (0, 1): {"clip": {"search": 0.35, "val": 0.49}, "vqa": {"search": 0.8, "val": 0.8}},
+             (1, 1): {"clip": {"search": 0.40, "val": 0.60}, "vqa": {"search": 0.5, "val": 0.5}}}  # clip vetoes
+    memo = StubMemo(table)
+    cands = list(table)
+    assert gap.selection_pick(memo, cands, 4, ()) == (1, 0)  # the search judge alone
+    assert gap.selection_pick(memo, cands, 4, ("vqa",)) == (1, 1)  # vqa's favourite
+    assert gap.selection_pick(memo, cands, 4, ("vqa", "clip")) == (0, 1)  # (1, 1) vetoed by clip
+    assert gap.selection_pick(memo, [(0, 0), (1, 0)], 4, ("vqa", "clip")) == (0, 0)  # every one vetoed: the user
+    assert gap.selection_pick(memo, cands, 1, ("vqa",)) == (0, 0)  # top 1 is (1, 0), which vqa vetoes
+
+
+class FakeWorld:
+    """A 2-slot antonym-like space; an image is a constant colour encoding its candidate; the checker reads it
+    right exactly for candidate (1, 0); the 'clip' judge prefers dense negatives, 'vqa' prefers (1, 0)."""
+
+    def __init__(self):
+        self.space = SearchSpace("a red circle", (Slot("negative", "red", ("", "blue", "green"), 1),
+                                                  Slot("negative", "circle", ("", "square"), 2)))
+        self.task = Task("improve")
+        self.generated = 0
+
+    def generate(self, pairs: list[PromptPair], seeds):
+        self.generated += len(pairs) * len(seeds)
+        out = []
+        for p in pairs:
+            terms = [t for t in p.negative_prompt.split(", ") if t]
+            value = (0.2 if terms == ["blue"] else 0.1 * len(terms) + 0.5) if terms else 0.05
+            out += [torch.full((3, 32, 32), value) for _ in seeds]
+        return torch.stack(out)
+
+
+class FakeJudge:
+    def __init__(self, good):
+        self.good = good
+
+    def loss(self, images, text):
+        v = images[:, 0, 0, 0]
+        return (v - self.good).abs() if self.good is not None else 1.0 - v
+
+
+class FakeChecker:
+    def read(self, images):
+        return [reading(("red", "circle", "big"), position="center") if abs(int(im[0, 0, 0]) - 51) <= 1
+                else reading(("blue", "square", "big"), position="center") for im in images]
+
+
+def test_a_prompt_record_measures_every_pick_and_the_summary_reads_it(gap):
+    world = FakeWorld()
+    judges = {"clip": FakeJudge(None), "vqa": FakeJudge(0.2)}
+    memo = gap.ImageMemo(world, judges, FakeChecker())
+    args = argparse.Namespace(pair_top=3, uniform=4, top=4, report=[100, 101])
+    rec = gap.prompt_record(memo, args)
+    picks = rec["picks"]
+    assert picks["user"]["all_correct"] == 0.0 and picks["checker's choice"]["all_correct"] == 1.0
+    assert picks["vqa exhaustive"]["candidate"] == picks["checker's choice"]["candidate"]
+    assert picks["clip exhaustive"]["changes"] == 2 and picks["clip exhaustive"]["all_correct"] == 0.0
+    assert {im["seed"] for im in rec["images"]} == {0, 1, 2}
+    before = world.generated
+    memo.fill([(1, 0)], [0, 1, 2, 100, 101])  # everything is memoised: nothing generated again
+    assert world.generated == before
+    rec["kind"] = "single"
+    text = gap.summarise([rec, rec])
+    assert "| colour | " in text and "clip top 4, agreement clip + vqa" in text and "gaming share" in text
+
+
+def test_images_round_trip_through_the_saved_file(gap, tmp_path):
+    images = {((0, 1), 3): np.full((32, 32, 3), 7, np.uint8), ((1, 0), 0): np.zeros((32, 32, 3), np.uint8)}
+    gap.save_images(tmp_path / "x.npz", images)
+    back = gap.load_images(tmp_path / "x.npz")
+    assert back.keys() == images.keys() and all((back[k] == images[k]).all() for k in images)
+
+
+def test_only_development_prompt_seeds_are_taken(gap):
+    with pytest.raises(SystemExit):
+        gap.main(["--prompt-seed", "1006", "--summary-only", "--out", "unused"])
