@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-ATTRIBUTES = ("count", "colour", "shape", "size", "position", "background", "binding")
+ATTRIBUTES = ("all claims", "count", "colour", "shape", "size", "position", "background", "binding")
+YES = 0.5  # a VQA judge "says yes" where P("Yes") = exp(-loss) is above this: its agreement with the checker
 SEARCH_SEEDS = (0, 1, 2)
 VALIDATION = (1, 2)  # the default re-ranking's validation seeds after search seed 0
 BOOTSTRAP = 2000
@@ -138,11 +139,12 @@ def attribute_labels(reading, prompt: str) -> dict[str, bool]:
     from dpo_diff.world.captions import parse_caption
 
     spec = parse_caption(prompt)
-    out: dict[str, bool] = {}
-    for attr, ok in faithfulness(reading, prompt).checks:
+    result = faithfulness(reading, prompt)
+    out: dict[str, bool] = {"all claims": result.all_correct}
+    for attr, ok in result.checks:
         out[attr] = out.get(attr, True) and ok
     if spec.count == 2 and len(reading.objects) == 2:
-        per_object = [ok for attr, ok in faithfulness(reading, prompt).checks if attr in ("colour", "shape", "size")]
+        per_object = [ok for attr, ok in result.checks if attr in ("colour", "shape", "size")]
         if words_present(spec, reading):
             out["binding"] = all(per_object)
     return out
@@ -272,6 +274,21 @@ def auc_lines(records: list[dict]) -> list[str]:
     return lines
 
 
+def agreement_lines(records: list[dict]) -> list[str]:
+    """VQA judges' yes/no (P("Yes") > 0.5) against the checker's all-correct, per image."""
+    lines = []
+    for j in (j for j in records[0]["judges"] if j.startswith("vqa:")):
+        said = [(float(np.exp(-im["losses"][j])) > YES, im["labels"]["all claims"]) for r in records
+                for im in r["images"]]
+        agree = sum(a == b for a, b in said) / len(said)
+        yes_right = sum(a and b for a, b in said) / max(1, sum(b for _, b in said))
+        no_wrong = sum(not a and not b for a, b in said) / max(1, sum(not b for _, b in said))
+        lines.append(f"* {j} says yes (P(\"Yes\") > {YES}) where the checker finds every claim right: agreement "
+                     f"{100 * agree:.1f}% of {len(said)} images (yes on {100 * yes_right:.1f}% of the right ones, no "
+                     f"on {100 * no_wrong:.1f}% of the wrong ones)")
+    return lines
+
+
 def pick_lines(records: list[dict]) -> list[str]:
     search = records[0]["judges"][0]
     lines = [f"| pick | all-correct | attribute accuracy | Δ {search} loss vs user | changes (mean) | "
@@ -298,7 +315,7 @@ def summarise(records: list[dict]) -> str:
     counts = ", ".join(f"{k}: {sum(r['kind'] == k for r in records)}" for k in kinds)
     return "\n".join([f"{len(records)} prompts ({counts})", "",
                       "Per-attribute separation on the fixed sets' generated images (search seeds 0-2):", "",
-                      *auc_lines(records), "",
+                      *auc_lines(records), "", *agreement_lines(records), "",
                       "Picks, measured on the held-out report seeds (means over prompts):", "", *pick_lines(records),
                       ""])
 

@@ -32,8 +32,9 @@ def test_binding_is_defined_only_where_every_word_is_present(gap):
     assert swapped["binding"] is False and swapped["colour"] is False
     assert "binding" not in missing and missing["colour"] is False  # a missing word is a colour error, not binding
     single = gap.attribute_labels(reading(("red", "circle", "big"), position="left"), "a big red circle on the left")
-    assert "binding" not in single and single == {"count": True, "colour": True, "shape": True, "size": True,
-                                                  "position": True}
+    assert "binding" not in single and single == {"all claims": True, "count": True, "colour": True, "shape": True,
+                                                  "size": True, "position": True}
+    assert swapped["all claims"] is False
 
 
 def test_auc_pairs_within_prompts_and_counts_ties_half(gap):
@@ -108,13 +109,13 @@ class FakeChecker:
 
 def test_a_prompt_record_measures_every_pick_and_the_summary_reads_it(gap):
     world = FakeWorld()
-    judges = {"clip": FakeJudge(None), "vqa": FakeJudge(0.2)}
+    judges = {"clip": FakeJudge(None), "vqa:fake": FakeJudge(0.2)}
     memo = gap.ImageMemo(world, judges, FakeChecker())
     args = argparse.Namespace(pair_top=3, uniform=4, top=4, report=[100, 101])
     rec = gap.prompt_record(memo, args)
     picks = rec["picks"]
     assert picks["user"]["all_correct"] == 0.0 and picks["checker's choice"]["all_correct"] == 1.0
-    assert picks["vqa exhaustive"]["candidate"] == picks["checker's choice"]["candidate"]
+    assert picks["vqa:fake exhaustive"]["candidate"] == picks["checker's choice"]["candidate"]
     assert picks["clip exhaustive"]["changes"] == 2 and picks["clip exhaustive"]["all_correct"] == 0.0
     assert {im["seed"] for im in rec["images"]} == {0, 1, 2}
     before = world.generated
@@ -122,7 +123,8 @@ def test_a_prompt_record_measures_every_pick_and_the_summary_reads_it(gap):
     assert world.generated == before
     rec["kind"] = "single"
     text = gap.summarise([rec, rec])
-    assert "| colour | " in text and "clip top 4, agreement clip + vqa" in text and "gaming share" in text
+    assert "| colour | " in text and "clip top 4, agreement clip + vqa:fake" in text and "gaming share" in text
+    assert "vqa:fake says yes" in text
 
 
 def test_images_round_trip_through_the_saved_file(gap, tmp_path):
