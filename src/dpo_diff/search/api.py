@@ -117,15 +117,14 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
         result = random_search(problem, evaluator, seed=seed, proposal=proposal)
     if evaluator.cancelled:
         result.extra["cancelled"] = True  # re-ranking would spend more after the user said stop
+        if selection.judges:  # never silent: the answer was not put to the selection judges
+            result.extra["selection"] = skipped_selection(selection, "the search was cancelled")
     elif top:
         apply_selection(result, rerank(problem, evaluator, selection, top, select_judges), evaluator, problem)
     elif selection.active:
-        unjudged = (f"; the selection judges ({', '.join(selection.judges)}) did not run: the search judge alone "
-                    f"chose") if selection.judges else ""
-        result.extra["selection"] = {"validation_seeds": list(selection.validation_seeds), "cost": 0.0,
-                                     "candidates": [], "skipped": f"budget {budget} too small to re-rank within "
-                                     f"{selection.max_share:.0%} of it; the whole budget went to the search"
-                                     f"{unjudged}"}
+        result.extra["selection"] = skipped_selection(selection, f"budget {budget} too small to re-rank within "
+                                                      f"{selection.max_share:.0%} of it; the whole budget went to "
+                                                      f"the search")
     result.budget = budget
     return result
 
@@ -142,6 +141,14 @@ def enumerate_space(problem, evaluator: Evaluator, method: str) -> SearchResult:
     except BudgetExhausted:
         pass
     return finish(method, evaluator, {"enumerated": True})
+
+
+def skipped_selection(selection: SelectionConfig, reason: str) -> dict[str, Any]:
+    """The record of a re-ranking that did not run, saying so for the selection judges too."""
+    unjudged = (f"; the selection judges ({', '.join(selection.judges)}) did not run: the search judge alone "
+                f"chose") if selection.judges else ""
+    return {"validation_seeds": list(selection.validation_seeds), "cost": 0.0, "candidates": [],
+            "skipped": reason + unjudged}
 
 
 def matched_select_judges(selection: SelectionConfig, select_judges: Mapping[str, Any] | None) -> dict[str, Any]:
