@@ -209,3 +209,157 @@ def test_a_budget_too_small_to_rerank_says_the_selection_judges_did_not_run():
                     select_judges={"clip:world:judge": FakeJudge({})})
     assert "the selection judges (clip:world:judge) did not run" in result.extra["selection"]["skipped"]
     assert p.generated == []
+
+
+def test_the_flag_reaches_optimize_and_bench_configs(tmp_path):
+    import argparse
+
+    from dpo_diff.commands import bench, optimize
+    from dpo_diff.commands.search_args import search_settings
+
+    parser = argparse.ArgumentParser()
+    optimize.add_arguments(parser)
+    args = parser.parse_args(["--prompt", "a green orb", "--out", "x", "--select-judge", "clip:world:judge_b",
+                              "--select-judge", " clip:world:judge , clip:openai/clip-vit-large-patch14"])
+    assert search_settings(args)["selection"].judges == ("clip:world:judge_b", "clip:world:judge",
+                                                         "clip:openai/clip-vit-large-patch14")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    cfg = bench.config_from_args(parser.parse_args(["--prompts", "p.txt", "--world", "--out", str(tmp_path / "b"),
+                                                    "--select-judge", "clip:world:judge_b"]))
+    assert cfg.selection.judges == ("clip:world:judge_b",) and cfg.to_dict()["selection"]["judges"] == [
+        "clip:world:judge_b"]
+
+
+def test_optimize_on_the_shapes_world_records_the_selection_judges_verdict(tmp_path, capsys):
+    from dpo_diff.cli import main
+
+    out = tmp_path / "orb"
+    # budget 10 and one validation seed: 2 candidates re-ranked (at most 20% of the budget)
+    assert main(["optimize", "--prompt", "a green orb", "--out", str(out), "--steps", "4", "--budget", "10",
+                 "--report-seeds", "5", "--rerank-top", "2", "--validation-seeds", "1", "--select-judge",
+                 "clip:world:judge_b", "--quiet", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "result.json").read_text())
+    record = result["selection"]
+    assert record["select_judges"] == ["clip:world:judge_b"] and record["validation_seeds"] == [1]
+    assert len(record["candidates"]) == 2 and all("clip:world:judge_b" in r["select_losses"]
+                                                  for r in record["candidates"])
+    assert record["select_calls"] == (2 + record["baseline_generations"]) * 1
+    assert result["cost"] <= 10 + 1e-9 and record["cost"] == 2
+    assert "selection judges clip:world:judge_b:" in printed
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["selection"]["judges"] == ["clip:world:judge_b"]
+    user = (result["best"]["prompt"], result["best"]["negative_prompt"]) == (result["user_prompt"], "")
+    assert user == record["kept_user"]  # the selection judge's verdict decides, not the search judge
+    if record["kept_user"]:
+        assert "clip:world:judge_b vetoed" in result["note"]
+
+
+def test_in_optimize_the_search_judge_cannot_overrule_the_selection_judges(tmp_path):
+    """Attack (higher losses win). Where the search judge finds every candidate better than the user prompt but the
+    selection judge prefers none, the user prompt is kept; where the search judge finds every candidate worse but the
+    selection judge prefers them all, the re-ranked winner is the answer."""
+    from dpo_diff.optimize import OptimizeConfig, run_search
+    from dpo_diff.space import space_from_substitutes
+
+    space = space_from_substitutes("w0 w1", {"w0": ["a", "b"], "w1": ["c", "d"]}, None)
+    cfg = OptimizeConfig(prompt="w0 w1", space="unused", model="m", task="attack", budget=20, report_seeds=(9,),
+                         selection=SelectionConfig(4, validation_seeds=(5,), max_share=0.5,
+                                                   judges=("clip:world:judge_b",)))
+    for search_gain, select_loss, kept in ((0.1, 0.0, True), (-0.1, 9.0, False)):
+        costs = torch.tensor([[0.0, search_gain, 2 * search_gain]] * 2)
+        p = ImageProblem(space, "attack", costs, noise=0.0)
+        judge = FakeJudge({tuple(p.space.default): 1.0}, default=select_loss)
+        out = tmp_path / f"run{select_loss}"
+        out.mkdir()
+        found = run_search(cfg, p, space, out, resume=False, progress=False,
+                           select_judges={"clip:world:judge_b": judge})
+        record = found.search.extra["selection"]
+        assert record["kept_user"] == kept and (found.best_candidate == tuple(p.space.default)) == kept
+        assert ("clip:world:judge_b vetoed 4 of 4" in found.note) == kept
+
+
+def test_a_missing_selection_judge_fails_as_any_missing_judge_before_the_search():
+    from dpo_diff.loading import ModelNotFoundError
+    from dpo_diff.optimize import OptimizeConfig, load_select_judges
+
+    cfg = OptimizeConfig(prompt="a red car", model="m", selection=SelectionConfig(4, judges=("clip:no/such-judge",)))
+    with pytest.raises(ModelNotFoundError, match="CLIP judge 'no/such-judge' is not a local folder"):
+        load_select_judges(cfg)
+    assert load_select_judges(OptimizeConfig(prompt="a red car", model="m")) == {}
+
+
+def selection_record(kept: bool, vetoes: dict[str, int]) -> dict:
+    return {"validation_seeds": [1], "cost": 2.0, "candidates": [{"candidate": [1], "vetoed_by": []}] * 2,
+            "select_judges": list(vetoes), "compared": 2, "vetoes": vetoes, "kept_user": kept, "select_calls": 6,
+            "baseline_generations": 1}
+
+
+def test_bench_records_carry_the_verdict_and_the_report_counts_vetoes(tmp_path):
+    from dpo_diff.bench.config import BenchConfig
+    from dpo_diff.bench.jobs import Job, make_record
+    from dpo_diff.bench.report import write_report
+    from test_report import write_folder
+
+    cfg = BenchConfig(world=True, seeds=(0,), report_seeds=(5,), device="cpu",
+                      selection=SelectionConfig(4, judges=("clip:world:judge_b",)))
+    losses = {"search_losses": {"0": 0.5}, "report_losses": {"5": 0.4}}
+    result = {"best": {"prompt": "p", "negative_prompt": ""}, "before": losses, "after": losses, "cost": 4.0,
+              "evaluated": 3, "note": "", "slots": 1, "space_size": 2}
+    job = Job("p", "random", {}, "k")
+    assert "selection" not in make_record(cfg, job, result, [], 1.0, {})  # no selection judges: as before
+    verdict = selection_record(True, {"clip:world:judge_b": 2})
+    assert make_record(cfg, job, {**result, "selection": verdict}, [], 1.0, {})["selection"] == verdict
+
+    out = write_folder(tmp_path / "b", {"user": [1.0, 0.8, 0.9], "random": [0.9, 0.8, 0.7]})
+    plain = write_report(out)["markdown"].read_text()
+    assert "Selection judges" not in plain
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    judged = iter([selection_record(True, {"clip:a": 2, "clip:b": 1}), selection_record(False, {"clip:a": 1,
+                                                                                                 "clip:b": 0})])
+    for r in records:
+        if r["method"] == "random" and r["prompt"] != "prompt 2":  # the third run was not judged
+            r["selection"] = next(judged)
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    paths = write_report(out)
+    md = paths["markdown"].read_text()
+    assert ("| method | judged runs | user kept | vetoes: clip:a | vetoes: clip:b | judge scorings / run | "
+            "baseline gen. / run |") in md
+    assert "| random | 2/3 | 1 | 3/4 | 1/4 | 6 | 1 |" in md
+    assert 'id="selection-judges"' in paths["html"].read_text()
+
+
+def test_the_web_app_takes_selection_judges_it_already_has_and_shows_the_verdict(tmp_path):
+    from dpo_diff.optimize import selection_line
+    from dpo_diff.ui import folders
+    from dpo_diff.ui.jobs import Models, RunRequest, make_config
+    from dpo_diff.world.spaces import world_space
+
+    space, world = world_space("a green orb", "improve"), Models(None, None, "cpu")
+    cfg, _ = make_config(RunRequest("a green orb", select_judges="clip:world:judge_b, clip:world:judge"), world,
+                         tmp_path / "run", space)
+    assert cfg.selection.judges == ("clip:world:judge_b", "clip:world:judge") and cfg.selection.rerank_top == 4
+    assert make_config(RunRequest("a green orb"), world, tmp_path / "run", space)[0].selection.judges == ()
+    for text, message in (("checker", "never a selection judge"), ("clip:/etc", "takes only judges it already has"),
+                          ("aesthetic:world:judge[clip=/x]", "takes only judges it already has")):
+        with pytest.raises(ValueError, match=message):
+            make_config(RunRequest("a green orb", select_judges=text), world, tmp_path / "run", space)
+    own = Models("some/model", "my/clip", "cpu")  # the judge given on the app's command line is trusted too
+    assert make_config(RunRequest("a green orb", select_judges="clip:my/clip"), own, tmp_path / "run",
+                       space)[0].selection.judges == ("clip:my/clip",)
+    verdict = selection_record(True, {"clip:world:judge_b": 2})
+    result = {"user_prompt": "a green orb", "task": "improve", "method": "random", "cost": 4, "budget": 4,
+              "evaluated": 2, "best": {"prompt": "a green orb", "negative_prompt": ""}, "before": {}, "after": {},
+              "selection": verdict}
+    text = folders.result_markdown(result)
+    assert selection_line(verdict) in text and "user prompt kept" in text and "clip:world:judge_b 2" in text
+
+
+def test_a_cancelled_search_says_the_selection_judges_did_not_run():
+    p = problem()
+    result = search(p, method="random", budget=BUDGET, seed=0, selection=selection(("clip:world:judge_b",)),
+                    select_judges={"clip:world:judge_b": FakeJudge({})}, should_stop=lambda: True)
+    assert result.extra["cancelled"] and p.generated == []
+    assert result.extra["selection"]["skipped"] == ("the search was cancelled; the selection judges "
+                                                    "(clip:world:judge_b) did not run: the search judge alone chose")
