@@ -220,7 +220,7 @@ def test_the_flag_reaches_optimize_and_bench_configs(tmp_path):
     parser = argparse.ArgumentParser()
     optimize.add_arguments(parser)
     args = parser.parse_args(["--prompt", "a green orb", "--out", "x", "--select-judge", "clip:world:judge_b",
-                              "--select-judge", " clip:world:judge , clip:openai/clip-vit-large-patch14"])
+                              "--select-judge", " world:judge , clip:openai/clip-vit-large-patch14"])
     assert search_settings(args)["selection"].judges == ("clip:world:judge_b", "clip:world:judge",
                                                          "clip:openai/clip-vit-large-patch14")
     parser = argparse.ArgumentParser()
