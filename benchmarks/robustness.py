@@ -9,6 +9,10 @@ and the answer are then judged on held-out report seeds by the CLIP judge (loss)
 * ``rerank``: search on seed 0, then re-score the best 4 candidates on validation seeds 1 and 2 (8 generations
   reserved from the same budget).
 
+A method spec ``NAME+select=PRESET`` (with ``--variants rerank``) adds the selection judges of
+``SELECT_PRESETS[PRESET]``: the re-ranked answer must be preferred to the user prompt by every one of them, else the
+user prompt is kept (records say ``select``, ``kept_user`` and each judge's ``vetoes``).
+
 Records go to ``OUT/records.jsonl`` one job at a time (a rerun resumes; a bad line is skipped with a warning).
 The summary gives, per (task, method, variant), Δloss and Δfaithfulness as mean ± std across root seeds, and paired
 comparisons against random search over prompts (root seeds averaged first): bootstrap 95% intervals, Wilcoxon
@@ -33,6 +37,9 @@ VARIANTS = {
     "rerank": {"seeds": (0,), "rerank_top": 4, "validation_seeds": (1, 2)},
 }
 KEY = ("task", "prompt", "method", "variant", "root", "threads")
+# Selection judges of the method-spec suffix +select=NAME (the agreement rule, dpo_diff.search.selection): the
+# re-ranking's answer must be preferred to the user prompt by every one of them. Needs the rerank variant.
+SELECT_PRESETS = {"judge_b": ("clip:world:judge_b",), "both": ("clip:world:judge", "clip:world:judge_b")}
 
 
 def read_records(path: Path) -> list[dict]:
@@ -54,7 +61,8 @@ def user_baseline(problem, checker, prompt: str, seeds: list[int], report: list[
 def method_spec(spec: str) -> tuple[str, dict]:
     """``NAME[+MOD...]`` -> (search method, extra search() settings): ``+sparse`` (the sparse proposal, mean 2),
     ``+sparseM`` (mean M), ``+beamB`` (greedy's beam width), ``+both`` (improve: the space of synonym swaps and
-    antonym negatives together, as ``space``). E.g. ``random+sparse``, ``greedy+beam3``, ``greedy+both``."""
+    antonym negatives together, as ``space``), ``+select=NAME`` (the selection judges of ``SELECT_PRESETS[NAME]``,
+    as ``select``). E.g. ``random+sparse``, ``greedy+beam3``, ``greedy+both``, ``random+select=judge_b``."""
     from dpo_diff.search import METHODS
     from dpo_diff.search.greedy import GreedyConfig
     from dpo_diff.search.proposal import Proposal
@@ -70,9 +78,14 @@ def method_spec(spec: str) -> tuple[str, dict]:
             extra["greedy"] = GreedyConfig(beam=int(mod[4:]))
         elif mod == "both":
             extra["space"] = "both"
+        elif mod.startswith("select="):
+            if mod[7:] not in SELECT_PRESETS:
+                raise ValueError(f"unknown selection preset {mod[7:]!r} in {spec!r}; choose from "
+                                 f"{', '.join(SELECT_PRESETS)}")
+            extra["select"] = mod[7:]
         else:
-            raise ValueError(f"unknown modifier {mod!r} in {spec!r}: use +sparse[MEAN], +both or, for greedy, "
-                             f"+beamB")
+            raise ValueError(f"unknown modifier {mod!r} in {spec!r}: use +sparse[MEAN], +both, +select=NAME or, "
+                             f"for greedy, +beamB")
     return name, extra
 
 
@@ -105,21 +118,30 @@ def run_job(problem, checker, prompt: str, method: str, variant: str, root: int,
     from dpo_diff.world import summarize
 
     v = VARIANTS[variant]
-    selection = SelectionConfig(v["rerank_top"], v["validation_seeds"])
     name, extra = method_spec(method)
     extra.pop("space", None)  # the caller built the problem on it
+    preset = extra.pop("select", None)
+    judges = SELECT_PRESETS[preset] if preset else ()
+    if judges and not v["rerank_top"]:
+        raise ValueError(f"{method}: selection judges score the re-ranking's images; run it with the rerank variant, "
+                         f"not {variant}")
+    selection = SelectionConfig(v["rerank_top"], v["validation_seeds"], judges=judges)
     settings = {k: c for k, c in (settings or {}).items() if k == name}  # only the method's own settings
     t0 = time.perf_counter()
     result = search(problem, method=name, budget=budget, seeds=v["seeds"], seed=root, selection=selection,
-                    **settings, **extra)
+                    select_judges=loaded_select_judges(problem, judges), **settings, **extra)
     chosen = result.best
-    rows = result.extra.get("selection", {}).get("candidates")
+    record = result.extra.get("selection", {})
+    rows = record.get("candidates")
     judged = list(v["seeds"]) + list(v["validation_seeds"] if rows else ())
     best_mean = rows[0]["mean_loss"] if rows else sum(chosen.losses) / len(chosen.losses)
     user_mean = sum(base["losses"][s] for s in judged) / len(judged)
     space = problem.space
     pair = space.render(chosen.candidate)
-    if problem.task.objective(best_mean) >= problem.task.objective(user_mean):
+    if rows and record.get("select_judges"):
+        if record["kept_user"]:  # the selection judges' agreement decides, not the search judge
+            pair = space.render(space.default)
+    elif problem.task.objective(best_mean) >= problem.task.objective(user_mean):
         pair = space.render(space.default)  # nothing beat the user prompt where the search could see: keep it
     kept = chosen.candidate if pair != space.render(space.default) else space.default
     losses, imgs = problem.losses([pair], report, keep_images=True)
@@ -132,7 +154,30 @@ def run_job(problem, checker, prompt: str, method: str, variant: str, root: int,
             "cost": result.cost, "seconds": time.perf_counter() - t0, "timings": result.timings,
             "gpo_skipped": result.extra.get("gpo_skipped", ""), "mf_skipped": result.extra.get("mf_skipped", ""),
             "settings": {**{k: c.to_dict() for k, c in settings.items()},
-                         **{k: c.to_dict() for k, c in extra.items()}}}
+                         **{k: c.to_dict() for k, c in extra.items()}},
+            **selection_fields(preset, record)}
+
+
+def loaded_select_judges(problem, judges: tuple[str, ...]) -> dict:
+    """``{spec: judge}`` for ``judges``, loaded once per process on the search judge's device (shared registry)."""
+    if not judges:
+        return {}
+    from dpo_diff.judges.evaluate import load_eval_judges
+    from dpo_diff.judges.spec import shared_registry
+
+    return load_eval_judges(judges, shared_registry(str(getattr(problem.judge, "device", "cpu"))))
+
+
+def selection_fields(preset: str | None, record: dict) -> dict:
+    """A record's selection-judge fields (none without a preset, so older records and summaries stay as they were):
+    the preset, its judges, whether the user prompt was kept and how many re-ranked candidates each judge vetoed
+    (empty when re-ranking was skipped and the search judge chose alone)."""
+    if not preset:
+        return {}
+    ran = bool(record.get("select_judges") and record.get("candidates"))
+    return {"select": preset, "select_judges": list(SELECT_PRESETS[preset]),
+            "kept_user": bool(record["kept_user"]) if ran else None, "vetoes": record["vetoes"] if ran else {},
+            "select_calls": record.get("select_calls", 0)}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -473,7 +518,8 @@ def main() -> None:
     p.add_argument("--tpe-ladder", default=None, help="tpe: the ladder (default full: no previews)")
     p.add_argument("--tpe-keep", type=float, default=None, help="tpe: share of a batch promoted past the cheap rung")
     p.add_argument("--methods", default="random,hybrid", type=lambda s: s.split(","),
-                   help="search methods, each NAME[+sparse[MEAN]][+beamB], e.g. random,random+sparse,greedy")
+                   help="search methods, each NAME[+sparse[MEAN]][+beamB][+both][+select=PRESET], e.g. "
+                        f"random,random+sparse,greedy,random+select=judge_b (presets: {', '.join(SELECT_PRESETS)})")
     p.add_argument("--variants", default="1seed", type=lambda s: s.split(","))
     p.add_argument("--roots", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--threads", default="1", type=lambda s: [int(x) for x in s.split(",")])
@@ -493,6 +539,14 @@ def main() -> None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    try:  # every method spec checked before any model loads
+        selected = [m for m in args.methods if "select" in method_spec(m)[1]]
+    except ValueError as e:
+        p.error(str(e))
+    unranked = [v for v in args.variants if not VARIANTS[v]["rerank_top"]]
+    if selected and unranked:
+        p.error(f"methods {selected} use selection judges, which score the re-ranking's images: run them with "
+                f"--variants rerank, not {unranked}")
     records = read_records(Path(args.out) / "records.jsonl") if args.summary_only else run(args)
     pairs = [tuple(x.replace("/", ":").split(":")) for x in args.pairs]
     table = summarise(records, pairs)

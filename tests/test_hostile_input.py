@@ -81,6 +81,13 @@ CASES = [
      r"--tpe-ladder: steps:8 is 8 steps, not fewer than the full sampler's 8"),
     ("objective-weight-word", optimize("--objective", "clip:J=abc"),
      r"term 'clip:J=abc': the weight after = must be a number"),
+    ("select-judge-checker", optimize("--select-judge", "checker"),
+     r"the checker is the shapes world's ground truth, never a selection judge"),
+    ("select-judge-without-rerank", optimize("--select-judge", "clip:world:judge_b", "--rerank-top", "0"),
+     r"selection judges \['clip:world:judge_b'\] score the re-ranking's images, but re-ranking is off.*--rerank-top"),
+    ("select-judge-bad-kind", bench("--select-judge", "bogus:x"), r"unknown judge kind 'bogus' in 'bogus:x'"),
+    ("select-judge-twice", bench("--select-judge", "clip:a", "--select-judge", "clip:a"),
+     r"selection judges name \['clip:a'\] twice"),
     # 8. the right words
     ("space-is-a-directory", optimize("--space", "{dir}"), r"is a directory, not a space file"),
     ("bench-spaces-is-a-directory", bench("--spaces", "{dir}"), r"is a directory, not a space file"),

@@ -88,3 +88,44 @@ def test_the_both_modifier_searches_synonym_swaps_and_antonym_negatives_on_the_s
     assert {s.target for s in world_space("a red circle", "improve", "synonym").slots} == {"positive"}
     with pytest.raises(ValueError, match="unknown space kind 'all'"):
         world_space("a red circle", "improve", "all")
+
+
+def test_the_select_suffix_names_a_preset_of_selection_judges(bench):
+    name, extra = bench.method_spec("random+select=both")
+    assert name == "random" and extra["select"] == "both"
+    assert bench.SELECT_PRESETS["both"] == ("clip:world:judge", "clip:world:judge_b")
+    name, extra = bench.method_spec("greedy+beam2+select=judge_b")
+    assert extra["greedy"].beam == 2 and extra["select"] == "judge_b"
+    with pytest.raises(ValueError, match="unknown selection preset 'clip' in 'random\\+select=clip'; choose from "
+                                         "judge_b, both"):
+        bench.method_spec("random+select=clip")
+
+
+def test_with_a_select_preset_the_selection_judges_decide_whether_the_user_prompt_is_kept(bench, monkeypatch):
+    """The search judge finds every candidate worse than the user prompt; the selection judge's verdict decides."""
+    import torch
+
+    from dpo_diff.testing import synthetic_space
+    from test_select_judges import FakeJudge, ImageProblem
+
+    class Checker:
+        def score(self, images, prompts):
+            return [type("F", (), {"checks": [], "all_correct": True, "attribute_accuracy": 1.0,
+                                   "judgeable": True})() for _ in prompts]
+
+    costs = torch.tensor([[0.0, 0.05, 0.1]] * 4)  # the user prompt (all zeros) is the search judge's best
+    base = {"losses": dict.fromkeys(range(10), 0.8), "faithful": 0.0, "attribute_accuracy": 0.5}
+    for select_loss, kept in ((0.9, True), (0.1, False)):
+        problem = ImageProblem(synthetic_space(4, 3), "improve", costs, noise=0.0)
+        judge = FakeJudge({tuple(problem.space.default): 0.5}, default=select_loss)
+        monkeypatch.setattr(bench, "loaded_select_judges", lambda p, judges: dict.fromkeys(judges, judge))
+        rec = bench.run_job(problem, Checker(), "w0 w1 w2 w3", "random+select=judge_b", "rerank", 0, [7], base, 40)
+        assert rec["select"] == "judge_b" and rec["select_judges"] == ["clip:world:judge_b"]
+        assert rec["kept_user"] is kept and (rec["best_prompt"] == problem.space.prompt) is kept
+        assert rec["vetoes"] == {"clip:world:judge_b": 4 if kept else 0} and rec["select_calls"] == 5 * 2
+        assert "select" not in rec["settings"]
+    with pytest.raises(ValueError, match="run it with the rerank variant, not 1seed"):
+        bench.run_job(problem, Checker(), "w0 w1 w2 w3", "random+select=judge_b", "1seed", 0, [7], base, 40)
+    plain = bench.run_job(ImageProblem(synthetic_space(4, 3), "improve", costs, noise=0.0), Checker(),
+                          "w0 w1 w2 w3", "random", "rerank", 0, [7], base, 40)
+    assert "select" not in plain and plain["best_prompt"] == problem.space.prompt  # the search judge alone

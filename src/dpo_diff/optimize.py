@@ -257,9 +257,10 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
         if built:
             save_built_space(full_space, cfg, out)
         problem = load_problem(cfg, space, backend, judge, constraint)
+        select_judges = load_select_judges(cfg)  # before the search: a missing model fails before any generation
         calibrate_run(cfg, problem)
         searched = run_search(cfg, problem, full_space, out, resume=resume, progress=progress,
-                              should_stop=should_stop)
+                              should_stop=should_stop, select_judges=select_judges)
         return write_result(cfg, problem, full_space, searched, out, extra_metrics, progress)
 
 
@@ -413,6 +414,17 @@ def load_problem(cfg: OptimizeConfig, space: SearchSpace, backend=None, judge=No
     return Problem(space, Task(cfg.task), backend, judge, sampling, constraint)
 
 
+def load_select_judges(cfg: OptimizeConfig) -> dict[str, Any]:
+    """The selection judges of ``cfg.selection`` (``{spec: judge}``), loaded through the shared registry: the
+    search's objective, the evaluators and other runs of the process reuse loaded models."""
+    from dpo_diff.judges.evaluate import load_eval_judges
+    from dpo_diff.judges.spec import shared_registry
+
+    if not cfg.selection.judges:
+        return {}
+    return load_eval_judges(cfg.selection.judges, shared_registry(cfg.judge_device or cfg.device))
+
+
 def calibrate_run(cfg: OptimizeConfig, problem) -> None:
     """Normalise an objective against the user prompt on every seed the run scores (search, validation, report);
     a single judge needs nothing."""
@@ -522,8 +534,12 @@ class GenerationBar:
 
 
 def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path, *, resume: bool,
-               progress: bool, should_stop: Callable[[], bool] | None = None) -> _Searched:
-    """Search, saving every evaluation to ``progress.jsonl`` and the best so far to ``best.json`` as they come."""
+               progress: bool, should_stop: Callable[[], bool] | None = None,
+               select_judges: dict[str, Any] | None = None) -> _Searched:
+    """Search, saving every evaluation to ``progress.jsonl`` and the best so far to ``best.json`` as they come.
+
+    The answer replaces the user prompt only if it beats it where it was chosen (search and validation seeds), by
+    the search judge, or, when selection judges ran, by every selection judge (their verdict alone decides)."""
     from dpo_diff.files import append_jsonl
     from dpo_diff.search.api import search
 
@@ -586,7 +602,7 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
                         greedy=cfg.greedy, proposal=cfg.proposal, on_evaluation=on_eval, on_iteration=on_iter,
                         preloaded=preloaded,
                         gpo_resume=load_gpo_state(out / GPO_STATE) if resume else None,
-                        time_budget=cfg.time_budget, should_stop=should_stop)
+                        time_budget=cfg.time_budget, should_stop=should_stop, select_judges=select_judges or None)
     except ValueError:
         if not verdicts["asked"] or verdicts["accepted"] or preloaded:
             raise
@@ -604,7 +620,15 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         atomic_write_text(out / "search.json", strict_dumps(result.to_dict(), indent=2) + "\n")
         return _Searched(result, user, space.default, none_admissible, t0, earlier)
     atomic_write_text(out / "search.json", strict_dumps(result.to_dict(), indent=2) + "\n")
-    rows = result.extra.get("selection", {}).get("candidates")
+    selection = result.extra.get("selection", {})
+    rows = selection.get("candidates")
+    if rows and selection.get("select_judges"):
+        # The agreement rule already compared every candidate with the user prompt on the validation seeds; the
+        # search judge must not overrule it either way (gaming it is what the selection judges guard against).
+        note = selection_note(selection)
+        if selection["kept_user"]:
+            return _Searched(result, user, space.default, note, t0, earlier)
+        return _Searched(result, space.render(result.best.candidate), result.best.candidate, note, t0, earlier)
     best_objective = rows[0]["objective"] if rows else result.best.objective
     user_losses = before_search[0] if rows else before_search[0, : len(cfg.seeds)]
     if best_objective < float(problem.task.objective(user_losses.mean())):
@@ -612,6 +636,30 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
     where = "search and validation seeds" if rows else "search seeds"
     note = f"no candidate beat the user prompt on the {where}; the user prompt is kept"
     return _Searched(result, user, space.default, note, t0, earlier)
+
+
+def selection_note(selection: dict[str, Any]) -> str:
+    """The run's note on the selection judges' verdict: who vetoed, and whether the user prompt was kept."""
+    n = selection["compared"]
+    vetoes = ", ".join(f"{name} vetoed {k} of {n}" for name, k in selection["vetoes"].items() if k)
+    if selection["kept_user"]:
+        why = f" ({vetoes})" if vetoes else " (the search's best was the user prompt itself)"
+        return (f"no re-ranked candidate was preferred to the user prompt by every selection judge{why}; the user "
+                f"prompt is kept")
+    if vetoes:
+        return f"the answer is the first candidate every selection judge prefers to the user prompt ({vetoes})"
+    return ""
+
+
+def selection_line(selection: dict[str, Any]) -> str:
+    """The selection judges' verdict in one line (summaries, the web app): who vetoed how many re-ranked candidates,
+    and their cost beside the generations (judge scorings; the user prompt's uncharged baseline images)."""
+    n = selection["compared"]
+    vetoes = ", ".join(f"{name} {k}" for name, k in selection["vetoes"].items() if k) or "none"
+    verdict = "user prompt kept" if selection["kept_user"] else "answer preferred by every judge"
+    return (f"selection judges {', '.join(selection['select_judges'])}: {verdict}; vetoes of {n} re-ranked: "
+            f"{vetoes} ({selection['select_calls']} judge scorings, {selection['baseline_generations']} uncharged "
+            f"baseline generations)")
 
 
 def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _Searched, out: Path,
@@ -661,6 +709,9 @@ def write_result(cfg: OptimizeConfig, problem, full_space: SearchSpace, found: _
         "timings": dict(searched.timings) if searched else {},  # wall seconds per phase (this process's part)
         "cancelled": bool(searched and searched.extra.get("cancelled")),  # stopped early: best so far
     }
+    selection = searched.extra.get("selection", {}) if searched else {}
+    if selection.get("select_judges"):  # the agreement rule's record (absent without selection judges, as before)
+        result["selection"] = selection
     if extra_metrics is not None:
         n_all = len(seeds_all)
         result["metrics"] = extra_metrics(images[:n_all], images[n_all:], seeds_all)

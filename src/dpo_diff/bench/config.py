@@ -206,6 +206,8 @@ class BenchConfig:
                                                                         terms)]
         if self.eval_judges:
             d["eval_judges"] = source_fingerprints(list(parse_judges(list(self.eval_judges))))
+        if self.selection.judges:  # they choose every search's answer; a retrained judge must change the key
+            d["selection"]["judges"] = source_fingerprints(list(parse_judges(list(self.selection.judges))))
         return d
 
     def _check_judges(self) -> None:

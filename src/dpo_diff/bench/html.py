@@ -139,6 +139,12 @@ def render_html(data: Any, *, markdown_tables: tuple, curves_png: Path | None, g
 
         parts += ["<h2>Cross-judge evaluation</h2>", _table(*cross_judge, "cross-judge"),
                   f"<p class='muted'>{html.escape(cross_judge_note(data))}</p>"]
+    from dpo_diff.bench.report import SELECTION_NOTE, selection_table
+
+    selection = selection_table(data)
+    if selection is not None:
+        parts += ["<h2>Selection judges</h2>", _table(*selection, "selection-judges"),
+                  f"<p class='muted'>{html.escape(SELECTION_NOTE)}</p>"]
     if curves_png is not None:
         parts += ["<h2>Best loss vs budget</h2>",
                   f"<img id='curves' src='{_data_uri(curves_png, thumb=10_000)}' alt='loss vs budget'>"]

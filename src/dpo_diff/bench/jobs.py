@@ -275,6 +275,7 @@ def make_record(cfg: BenchConfig, job: Job, result: dict[str, Any], history: lis
         "space_size": result["space_size"],
         "faithfulness": faith,
         **record_judges(result, report),
+        **({"selection": result["selection"]} if "selection" in result else {}),  # selection judges' verdict
         "images": {"user": [f"{folder}/images/user_seed{s}.png" for s in report],
                    "best": [f"{folder}/images/best_seed{s}.png" for s in report]},
         "seconds": seconds,

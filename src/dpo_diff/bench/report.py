@@ -267,6 +267,36 @@ def stage_note(data: ReportData) -> str:
             "and its row measures that. Raise --budget or use fewer --seeds so that every listed method runs.")
 
 
+SELECTION_NOTE = ("Selection judges (--select-judge): an answer replaces the user prompt only if every selection "
+                  "judge prefers it on the validation seeds. Judged runs: runs whose re-ranking ran with selection "
+                  "judges. User kept: runs where no re-ranked candidate passed every judge. Vetoes: re-ranked "
+                  "candidates the judge did not prefer to the user prompt, of all re-ranked ones (the user prompt "
+                  "itself, when the search scored it among its best, not counted). Judge scorings: images x judges "
+                  "per judged run; baseline gen.: the user prompt's generations on the validation seeds per judged "
+                  "run, not charged to the budget (the cost column counts neither).")
+
+
+def selection_table(data: ReportData) -> tuple[list[str], list[list[str]]] | None:
+    """Per method, the selection judges' verdicts over the compared prompts (``None`` when no record has them)."""
+    verdicts = {m: [data.records[(p, m)]["selection"] for p in data.prompts if "selection" in data.records[(p, m)]]
+                for m in data.methods}
+    if not any(verdicts.values()):
+        return None
+    judges = list(dict.fromkeys(j for sels in verdicts.values() for sel in sels for j in sel["select_judges"]))
+    header = ["method", "judged runs", "user kept", *(f"vetoes: {j}" for j in judges), "judge scorings / run",
+              "baseline gen. / run"]
+    cells = []
+    for m, sels in verdicts.items():
+        if not sels:
+            continue
+        ranked = sum(sel["compared"] for sel in sels)
+        cells.append([m, f"{len(sels)}/{len(data.prompts)}", f"{sum(bool(sel['kept_user']) for sel in sels)}",
+                      *(f"{sum(sel['vetoes'].get(j, 0) for sel in sels)}/{ranked}" for j in judges),
+                      f"{_mean([sel['select_calls'] for sel in sels]):g}",
+                      f"{_mean([sel['baseline_generations'] for sel in sels]):g}"])
+    return header, cells
+
+
 def failed_jobs(data: ReportData) -> list[str]:
     """One line per job that failed and has not succeeded since (``DIR/failures.jsonl``)."""
     return [f"{f['method']} on {f['prompt']!r}: {f['error']}" for f in data.failures]
@@ -333,6 +363,9 @@ def markdown(data: ReportData) -> str:
     cross = cross_judge_table(data)
     if cross is not None:
         text += ["", cross_judge_note(data), "", md(*cross)]
+    selection = selection_table(data)
+    if selection is not None:
+        text += ["", SELECTION_NOTE, "", md(*selection)]
     if stage_note(data):
         text += ["", stage_note(data)]
     if data.failures:

@@ -135,6 +135,10 @@ def summary_lines(result: dict) -> list[str]:
     # :g shows 40.00000000000001 (a sum of fractional costs) as 40
     lines.append(f"  cost {result['cost']:g} of budget {result['budget']:g}, {result['evaluated']} candidates "
                  f"evaluated")
+    if "selection" in result:
+        from dpo_diff.optimize import selection_line
+
+        lines.append("  " + selection_line(result["selection"]))
     return lines
 
 

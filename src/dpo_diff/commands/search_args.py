@@ -26,6 +26,9 @@ def add_search_arguments(g) -> None:
     g.add_argument("--validation-seeds", default="",
                    help="seeds for --rerank-top (default: the two smallest seeds above the search seeds that are not "
                         "report seeds)")
+    from dpo_diff.commands.judge_args import SELECT_HELP
+
+    g.add_argument("--select-judge", action="append", default=[], metavar="SPECS", help=SELECT_HELP)
     g.add_argument("--time-budget", type=float, default=None,
                    help="optional wall-clock limit of each search in seconds (compare methods at equal time)")
     from dpo_diff.search.model_based import TPEConfig
@@ -91,4 +94,5 @@ def search_settings(args: argparse.Namespace) -> dict[str, Any]:
             "greedy": GreedyConfig(beam=args.beam, expand=args.greedy_expand, max_changes=args.max_changes,
                                    screen=args.greedy_screen),
             "proposal": Proposal(args.proposal, args.sparsity_mean),
-            "selection": SelectionConfig(args.rerank_top, validation), "time_budget": args.time_budget}
+            "selection": SelectionConfig(args.rerank_top, validation, judges=args.select_judge),
+            "time_budget": args.time_budget}

@@ -26,7 +26,7 @@ with a :class:`~dpo_diff.search.selection.SelectionConfig` the best candidates a
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dpo_diff.search import DEFAULT_METHOD, METHODS
@@ -40,7 +40,7 @@ from dpo_diff.search.model_based import TPEConfig, tpe_search
 from dpo_diff.search.multi_fidelity import MultiFidelityConfig, multi_fidelity_search
 from dpo_diff.search.proposal import UNIFORM, Proposal
 from dpo_diff.search.random_search import random_search
-from dpo_diff.search.selection import SelectionConfig, rerank
+from dpo_diff.search.selection import SelectionConfig, normalised_select_judges, rerank, user_evaluation
 
 __all__ = ["METHODS", "search"]
 
@@ -53,7 +53,8 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
            on_evaluation: Callable[[Evaluation], None] | None = None,
            on_iteration: Callable[[GradientState], None] | None = None,
            preloaded: dict | None = None, gpo_resume: dict[str, Any] | None = None,
-           time_budget: float | None = None, should_stop: Callable[[], bool] | None = None) -> SearchResult:
+           time_budget: float | None = None, should_stop: Callable[[], bool] | None = None,
+           select_judges: Mapping[str, Any] | None = None) -> SearchResult:
     """Search ``problem.space`` for the candidate minimising the task objective within ``budget``.
 
     Args:
@@ -72,6 +73,11 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
         time_budget: optional wall-clock limit in seconds for the search.
         should_stop: cancellation check asked between evaluations; once true the search returns its best so far
             (after at least one evaluation), skips re-ranking and records ``extra["cancelled"] = True``.
+        select_judges: the loaded selection judges ``{spec: judge}`` of ``selection.judges`` (required exactly
+            when it names some): an answer replaces the user prompt only if every one prefers it on the validation
+            seeds (:func:`~dpo_diff.search.selection.judged_rerank`). When all are vetoed, ``result.best`` is the
+            user prompt's evaluation (see :func:`~dpo_diff.search.selection.user_evaluation`) and
+            ``extra["selection"]["kept_user"]`` is true.
 
     Raises:
         NothingToSearch: the space has no slot with a second option.
@@ -86,6 +92,7 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
         )
     proposal = proposal or UNIFORM
     selection = (selection or SelectionConfig()).resolved(seeds)
+    select_judges = matched_select_judges(selection, select_judges)
     top = selection.top_for(budget)
     evaluator = Evaluator(problem, tuple(seeds), budget - selection.reserve(budget), on_evaluation,
                           dict(preloaded or {}), time_budget=time_budget, should_stop=should_stop)
@@ -110,12 +117,14 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
         result = random_search(problem, evaluator, seed=seed, proposal=proposal)
     if evaluator.cancelled:
         result.extra["cancelled"] = True  # re-ranking would spend more after the user said stop
+        if selection.judges:  # never silent: the answer was not put to the selection judges
+            result.extra["selection"] = skipped_selection(selection, "the search was cancelled")
     elif top:
-        apply_selection(result, rerank(problem, evaluator, selection, top), evaluator)
+        apply_selection(result, rerank(problem, evaluator, selection, top, select_judges), evaluator, problem)
     elif selection.active:
-        result.extra["selection"] = {"validation_seeds": list(selection.validation_seeds), "cost": 0.0,
-                                     "candidates": [], "skipped": f"budget {budget} too small to re-rank within "
-                                     f"{selection.max_share:.0%} of it; the whole budget went to the search"}
+        result.extra["selection"] = skipped_selection(selection, f"budget {budget} too small to re-rank within "
+                                                      f"{selection.max_share:.0%} of it; the whole budget went to "
+                                                      f"the search")
     result.budget = budget
     return result
 
@@ -134,10 +143,36 @@ def enumerate_space(problem, evaluator: Evaluator, method: str) -> SearchResult:
     return finish(method, evaluator, {"enumerated": True})
 
 
-def apply_selection(result: SearchResult, record: dict[str, Any], evaluator: Evaluator) -> None:
-    """Make the re-ranked winner the result's best and charge the re-ranking to its cost."""
+def skipped_selection(selection: SelectionConfig, reason: str) -> dict[str, Any]:
+    """The record of a re-ranking that did not run, saying so for the selection judges too."""
+    unjudged = (f"; the selection judges ({', '.join(selection.judges)}) did not run: the search judge alone "
+                f"chose") if selection.judges else ""
+    return {"validation_seeds": list(selection.validation_seeds), "cost": 0.0, "candidates": [],
+            "skipped": reason + unjudged}
+
+
+def matched_select_judges(selection: SelectionConfig, select_judges: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``select_judges`` keyed by canonical spec, checked against ``selection.judges`` (the same judges, no more)."""
+    given = dict(zip(normalised_select_judges(list(select_judges)), select_judges.values())) if select_judges else {}
+    if set(given) != set(selection.judges):
+        if not selection.judges:
+            raise ValueError(f"select_judges {sorted(given)} given, but the selection names no judges; set "
+                             f"SelectionConfig(judges=...) to the same specs (with re-ranking on)")
+        missing, extra = set(selection.judges) - set(given), set(given) - set(selection.judges)
+        parts = ([f"missing {sorted(missing)}"] if missing else []) + ([f"not asked for {sorted(extra)}"] if extra
+                                                                        else [])
+        raise ValueError(f"the selection judges {list(selection.judges)} need their loaded judges in "
+                         f"select_judges={{spec: judge}}: {'; '.join(parts)}")
+    return {name: given[name] for name in selection.judges}  # the configured order: the first judge ranks
+
+
+def apply_selection(result: SearchResult, record: dict[str, Any], evaluator: Evaluator, problem=None) -> None:
+    """Make the re-ranked winner the result's best and charge the re-ranking to its cost. When selection judges
+    vetoed every candidate (``kept_user``), the best is the user prompt's evaluation (``problem`` needed)."""
     result.extra["selection"] = record
-    if record["candidates"]:
+    if record.get("kept_user"):
+        result.best = user_evaluation(problem, evaluator, record, result.cost + record["cost"])
+    elif record["candidates"]:
         result.best = evaluator.evaluations[tuple(record["candidates"][0]["candidate"])]
     result.cost += record["cost"]
     result.history.append((result.cost, result.history[-1][1] if result.history else float("nan")))

@@ -66,6 +66,9 @@ def _run_tab(gr: Any, c: Controller, d: RunRequest, methods: tuple[str, ...]) ->
         report_seeds = gr.Textbox(d.report_seeds, label="held-out seeds", elem_id="report_seeds")
         seed = gr.Number(d.seed, label="root seed", precision=0, elem_id="seed")
         steps = gr.Number(d.steps, label="sampling steps", precision=0, elem_id="steps")
+    select_judges = gr.Textbox(d.select_judges, label="selection judges (optional; every one must prefer the answer "
+                               "to the user prompt on the validation seeds, e.g. clip:world:judge_b)",
+                               elem_id="select_judges")
     build = gr.Button("Build search space", elem_id="build")
     space = gr.Textbox(label="search space (one line per slot: edit the substitutes)", lines=6, elem_id="space")
     space_info = gr.Markdown(elem_id="space_info")
@@ -92,10 +95,10 @@ def _run_tab(gr: Any, c: Controller, d: RunRequest, methods: tuple[str, ...]) ->
         except UserMessage as e:
             return "", "", None, error_text(e)
 
-    def on_start(p, t, m, b, s, rs, sd, st, text, built_space, pr):
+    def on_start(p, t, m, b, s, rs, sd, st, text, built_space, pr, sj):
         request = RunRequest(prompt=p, task=t, method=m, proposal=pr, budget=b if b is not None else 0, seeds=s,
                              report_seeds=rs, seed=int(sd or 0), steps=None if st is None or st == "" else int(st),
-                             space_text=text if text and text.strip() else None)
+                             space_text=text if text and text.strip() else None, select_judges=sj or "")
         try:
             job_id = c.start(request, built_space)
         except UserMessage as e:
@@ -114,7 +117,8 @@ def _run_tab(gr: Any, c: Controller, d: RunRequest, methods: tuple[str, ...]) ->
                 str(view.comparison) if view.comparison else None, str(view.download) if view.download else None)
 
     build.click(on_build, [prompt, task], [space, space_info, built, message])
-    start.click(on_start, [prompt, task, method, budget, seeds, report_seeds, seed, steps, space, built, proposal],
+    start.click(on_start, [prompt, task, method, budget, seeds, report_seeds, seed, steps, space, built, proposal,
+                           select_judges],
                 [job, message, timer, status, best, live, result, comparison, download])
     def on_cancel(job_id):
         try:

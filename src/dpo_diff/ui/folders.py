@@ -136,6 +136,10 @@ def result_markdown(result: dict[str, Any]) -> str:
     goal = "lower" if result["task"] == "improve" else "higher"
     lines += ["", f"task **{result['task']}** ({goal} loss is better), method **{result['method']}**, cost "
               f"{result['cost']:g} of budget {result['budget']:g}, {result['evaluated']} candidates evaluated"]
+    if "selection" in result:
+        from dpo_diff.optimize import selection_line
+
+        lines.append("\n" + selection_line(result["selection"]))
     if result.get("cancelled"):
         lines.append("\n**cancelled**: the search stopped early; this is the best it had found")
     for note in [result.get("note"), *result.get("search_notes", [])]:

@@ -24,6 +24,7 @@ from typing import Any
 from dpo_diff.optimize import OptimizeConfig
 from dpo_diff.search import DEFAULT_METHOD, DEFAULT_PROPOSAL
 from dpo_diff.search.proposal import Proposal
+from dpo_diff.search.selection import SelectionConfig
 from dpo_diff.space import SearchSpace, SpaceError
 
 WORLD = "shapes-world"  # the model name of the bundled shapes world (the app's default, offline)
@@ -62,6 +63,7 @@ class RunRequest:
     steps: int | None = None  # None: the model's recommended number (50)
     space_text: str | None = None  # the edited space (see dpo_diff.ui.space_text); None: as built
     proposal: str = DEFAULT_PROPOSAL  # how the samplers draw candidates: uniform (the paper's) or sparse edits
+    select_judges: str = ""  # --select-judge: judges that must all prefer the answer to the user prompt
 
 
 def build_space(prompt: str, task: str, models: Models) -> SearchSpace:
@@ -115,8 +117,30 @@ def make_config(request: RunRequest, models: Models, out: Path, built: SearchSpa
                          seeds=parse_seeds(request.seeds), report_seeds=parse_seeds(request.report_seeds),
                          seed=int(request.seed), steps=50 if request.steps is None else int(request.steps),
                          device=models.device, proposal=Proposal(request.proposal),
-                         out=str(out), **extra)
+                         selection=page_selection(request.select_judges, models), out=str(out), **extra)
     return cfg, space
+
+
+def page_selection(text: str, models: Models) -> SelectionConfig:
+    """The run's selection (the default re-ranking) with the page's selection judges, parsed as ``--select-judge``
+    is (comma-separated specs).
+
+    A page may name only judges the app already trusts: the shapes world's bundled ones (``world:NAME``) and the
+    judge given on the app's command line. Any other source is a model path or hub id, which the browser must not
+    choose (see :class:`Models`)."""
+    from dpo_diff.judges.spec import WORLD_JUDGES, parse_judge
+    from dpo_diff.search import DEFAULT_RERANK_TOP
+
+    selection = SelectionConfig(DEFAULT_RERANK_TOP, judges=text or ())
+    trusted = {models.judge} if models.judge else set()
+    for spec in map(parse_judge, selection.judges):
+        named = [spec.source, *(v for k, v in spec.options if k == "clip")]
+        if any(src and not (src.startswith("world:") or src in trusted) for src in named):
+            allowed = ", ".join([*(f"world:{name}" for name in WORLD_JUDGES), *sorted(trusted)])
+            raise ValueError(f"selection judge {str(spec)!r}: the web app takes only judges it already has (sources "
+                             f"{allowed}); start 'dpo-diff ui --judge ...' for another, or use dpo-diff optimize "
+                             f"--select-judge")
+    return selection
 
 
 def run_folder_name(prompt: str) -> str:
