@@ -19,6 +19,8 @@ and read by the checker. Images are kept (``OUT/images/``), so adding a judge la
    the candidate to the user prompt, else the user prompt is kept). Every pick is measured on the held-out report
    seeds: all-correct, attribute accuracy, the search judge's loss against the user's, and the **gaming share** (of
    the prompts whose pick lowered the search judge's report loss, the share with no all-correct gain).
+3. **Searches for real** on the same memo (new candidates are generated and kept): each ``--methods`` search at
+   ``--budget`` under every selection setting (``--select-judge`` as the searches take it), one answer per root.
 
     python benchmarks/judge_gap.py --prompt-seed 16 --n 12 --judges world:judge,world:judge_b,world:vqa \\
         --out runs/judge_gap
@@ -65,8 +67,10 @@ class ImageMemo:
         self.problem, self.judges, self.checker = problem, judges, checker
         self.space, self.task = problem.space, problem.task
         self.images: dict[tuple[tuple[int, ...], int], np.ndarray] = dict(images or {})
-        self.losses: dict[str, dict[tuple[tuple[int, ...], int], float]] = {name: {} for name in judges}
+        self.scores: dict[str, dict[tuple[tuple[int, ...], int], float]] = {name: {} for name in judges}
         self.readings: dict[tuple[tuple[int, ...], int], Any] = {}
+        self._candidate_of: dict[Any, tuple[int, ...]] = {}
+        self.render(self.space.default)
 
     def fill(self, candidates: Sequence[Sequence[int]], seeds: Sequence[int]) -> None:
         """Generate the images the memo lacks (one batch per group missing the same seeds), then score what is
@@ -88,21 +92,56 @@ class ImageMemo:
         import torch
 
         for name, judge in self.judges.items():
-            todo = [k for k in dict.fromkeys(keys) if k not in self.losses[name]]
+            todo = [k for k in dict.fromkeys(keys) if k not in self.scores[name]]
             for i in range(0, len(todo), 64):
                 chunk = todo[i:i + 64]
                 with torch.no_grad():
                     vals = judge.loss(from_uint8([self.images[k] for k in chunk]), self.space.prompt)
-                self.losses[name].update(zip(chunk, (float(v) for v in vals.cpu())))
+                self.scores[name].update(zip(chunk, (float(v) for v in vals.cpu())))
         todo = [k for k in dict.fromkeys(keys) if k not in self.readings]
         if todo:
             self.readings.update(zip(todo, self.checker.read(np.stack([self.images[k] for k in todo]))))
+
+    # -- the problem interface searches use (the search judge's losses; images for selection judges)
+    @property
+    def sampling(self):
+        return self.problem.sampling
+
+    @property
+    def user_prompt(self) -> str:
+        return self.space.prompt
+
+    constraint = None
+
+    def render(self, candidate: Sequence[int]):
+        pair = self.space.render(tuple(candidate))
+        self._candidate_of[pair] = tuple(candidate)
+        return pair
+
+    def calls_for(self, steps: int | None = None) -> int:
+        return self.problem.calls_for(steps)
+
+    def candidate_losses(self, candidates, seeds, fidelity="full"):
+        import torch
+
+        if str(fidelity) != "full":
+            raise ValueError("the judge diagnostics score full generations only")
+        self.fill(candidates, seeds)
+        search = next(iter(self.judges))
+        return torch.tensor([[self.scores[search][(tuple(c), s)] for s in seeds] for c in candidates])
+
+    def losses(self, pairs, seeds, keep_images: bool = False):
+        """``Problem.losses`` for pairs this memo rendered (the re-ranking asks by pair)."""
+        cands = [self._candidate_of[p] for p in pairs]
+        losses = self.candidate_losses(cands, seeds)
+        images = from_uint8([self.images[(c, s)] for c in cands for s in seeds]) if keep_images else None
+        return losses, images
 
     def mean(self, candidate: Sequence[int], seeds: Sequence[int], field: int | str = 0) -> float:
         """Mean over ``seeds`` of a judge's loss (``field``: 0 = the search judge, or a judge's name)."""
         name = next(iter(self.judges)) if field == 0 else str(field)
         self.fill([candidate], seeds)
-        return statistics.mean(self.losses[name][(tuple(candidate), s)] for s in seeds)
+        return statistics.mean(self.scores[name][(tuple(candidate), s)] for s in seeds)
 
     def truth(self, candidate: Sequence[int], seeds: Sequence[int]) -> tuple[float, float]:
         """(all-correct rate, attribute accuracy) of ``candidate`` on ``seeds`` against the user prompt."""
@@ -223,28 +262,73 @@ def choices(memo: ImageMemo, cands: Sequence[tuple[int, ...]], top: int) -> dict
     return out
 
 
+def selection_settings(names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Label -> selection judges: today's re-ranking by the search judge, each other judge selecting alone, and
+    the agreement of the search judge with each other one."""
+    search = names[0]
+    out: dict[str, tuple[str, ...]] = {f"re-ranked by {search}": ()}
+    for j in names[1:]:
+        out[f"selected by {j}"] = (j,)
+        out[f"agreement {search} + {j}"] = (search, j)
+    return out
+
+
+def run_searches(memo: ImageMemo, methods: Sequence[str], roots: Sequence[int], budget: float,
+                 top: int) -> dict[str, list[tuple[int, ...]]]:
+    """Real searches on the memo at ``budget`` (search seed 0, re-ranking on seeds 1-2), every method under every
+    selection setting, one answer per root: with selection judges their verdict decides whether the user prompt is
+    kept; without, the robustness benchmark's rule (the answer must beat the user prompt where it was chosen)."""
+    sys_path_benchmarks()
+    from landscape import kept_answer
+    from robustness import method_spec
+
+    from dpo_diff.search.api import search
+    from dpo_diff.search.selection import SelectionConfig
+
+    out: dict[str, list[tuple[int, ...]]] = {}
+    for method in methods:
+        name, extra = method_spec(method)
+        extra.pop("space", None)
+        for label, judges in selection_settings(list(memo.judges)).items():
+            answers = []
+            for root in roots:
+                result = search(memo, method=name, budget=budget, seeds=(0,), seed=root,
+                                selection=SelectionConfig(top, VALIDATION, judges=judges),
+                                select_judges={j: memo.judges[j] for j in judges} or None, **extra)
+                answers.append(tuple(result.best.candidate) if judges else kept_answer(memo, result))
+            out[f"{method} at {budget:g}, {label}"] = answers
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ one prompt
 def prompt_record(memo: ImageMemo, args: argparse.Namespace) -> dict[str, Any]:
     """The fixed set on the search seeds (per image: every judge's loss and the attribute labels) and every pick
-    on the report seeds."""
+    on the report seeds (a search's: the mean over its roots)."""
     sys_path_benchmarks()
     from landscape import changed, fixed_set
 
     cands = fixed_set(memo, SEARCH_SEEDS, args.pair_top, args.uniform)
-    picks = choices(memo, cands, args.top)
-    memo.fill(list(picks.values()), args.report)
+    picks = {k: [v] for k, v in choices(memo, cands, args.top).items()}
+    picks.update(run_searches(memo, args.methods, args.roots, args.budget, args.top))
+    memo.fill([c for cs in picks.values() for c in cs], args.report)
     prompt = memo.space.prompt
     images = [{"candidate": list(c), "seed": s, "changes": changed(c),
-               "losses": {j: memo.losses[j][(c, s)] for j in memo.judges},
+               "losses": {j: memo.scores[j][(c, s)] for j in memo.judges},
                "labels": attribute_labels(memo.readings[(c, s)], prompt)}
               for c in cands for s in SEARCH_SEEDS]
-    measured = {}
-    for label, c in picks.items():
-        ok, acc = memo.truth(c, args.report)
-        measured[label] = {"candidate": list(c), "changes": changed(c), "all_correct": ok, "attribute_accuracy": acc,
-                           "losses": {j: memo.mean(c, args.report, j) for j in memo.judges}}
     return {"prompt": prompt, "kind": prompt_kind_of(prompt), "judges": list(memo.judges), "fixed_set": len(cands),
-            "images": images, "picks": measured}
+            "images": images, "picks": {label: measured(memo, cs, args.report) for label, cs in picks.items()}}
+
+
+def measured(memo: ImageMemo, answers: Sequence[tuple[int, ...]], report: Sequence[int]) -> dict[str, Any]:
+    """Report-seed ground truth and every judge's loss of one pick (several roots' answers: their means)."""
+    truth = [memo.truth(c, report) for c in answers]
+    return {"candidates": [list(c) for c in answers],
+            "changes": statistics.mean(sum(1 for x in c if x) for c in answers),
+            "kept_user": statistics.mean(float(not any(c)) for c in answers),
+            "all_correct": statistics.mean(t[0] for t in truth),
+            "attribute_accuracy": statistics.mean(t[1] for t in truth),
+            "losses": {j: statistics.mean(memo.mean(c, report, j) for c in answers) for j in memo.judges}}
 
 
 def prompt_kind_of(prompt: str) -> str:
@@ -292,7 +376,7 @@ def agreement_lines(records: list[dict]) -> list[str]:
 def pick_lines(records: list[dict]) -> list[str]:
     search = records[0]["judges"][0]
     lines = [f"| pick | all-correct | attribute accuracy | Δ {search} loss vs user | changes (mean) | "
-             "kept the user prompt | gaming share |", "|---|---|---|---|---|---|---|"]
+             "kept the user prompt (prompts) | gaming share |", "|---|---|---|---|---|---|---|"]
     for label in dict.fromkeys(k for r in records for k in r["picks"]):
         have = [r for r in records if label in r["picks"]]
         ms = [r["picks"][label] for r in have]
@@ -303,7 +387,7 @@ def pick_lines(records: list[dict]) -> list[str]:
         gaming = f"{sum(g <= 0 for g in judged)}/{len(judged)}" if judged else "-"
         ok, acc = (100 * statistics.mean(m[f] for m in ms) for f in ("all_correct", "attribute_accuracy"))
         lines.append(f"| {label} | {ok:.1f}% | {acc:.1f}% | {statistics.mean(dl):+.4f} | "
-                     f"{statistics.mean(m['changes'] for m in ms):.1f} | {sum(m['changes'] == 0 for m in ms)} | "
+                     f"{statistics.mean(m['changes'] for m in ms):.1f} | {sum(m['kept_user'] for m in ms):.1f} | "
                      f"{gaming} |")
     return lines
 
@@ -399,6 +483,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--pair-top", type=int, default=6, help="pairs among this many best singles")
     p.add_argument("--uniform", type=int, default=32, help="uniform random search's draws (root 0) in the set")
     p.add_argument("--top", type=int, default=4, help="candidates the re-ranking takes (the default's)")
+    p.add_argument("--methods", default="random,greedy", type=lambda s: s.split(","),
+                   help="searches run for real on the memo under every selection setting (robustness method specs)")
+    p.add_argument("--roots", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--budget", type=float, default=40.0)
     p.add_argument("--report", default="100-107", type=lambda s: list(range(int(s.split("-")[0]),
                                                                             int(s.split("-")[1]) + 1)))
     p.add_argument("--steps", type=int, default=20)

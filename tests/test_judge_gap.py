@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_diff.problem import Task
+from dpo_diff.problem import SamplingConfig, Task
 from dpo_diff.space import PromptPair, SearchSpace, Slot
 from dpo_diff.world.checker import ObjectReading, SceneReading
 
@@ -79,15 +79,18 @@ class FakeWorld:
     def __init__(self):
         self.space = SearchSpace("a red circle", (Slot("negative", "red", ("", "blue", "green"), 1),
                                                   Slot("negative", "circle", ("", "square"), 2)))
-        self.task = Task("improve")
+        self.task, self.sampling = Task("improve"), SamplingConfig(20, batch_size=4)
         self.generated = 0
+
+    def calls_for(self, steps=None):
+        return 20
 
     def generate(self, pairs: list[PromptPair], seeds):
         self.generated += len(pairs) * len(seeds)
         out = []
         for p in pairs:
             terms = [t for t in p.negative_prompt.split(", ") if t]
-            value = (0.2 if terms == ["blue"] else 0.1 * len(terms) + 0.5) if terms else 0.05
+            value = {(): 0.05, ("blue",): 0.2, ("green",): 0.1}.get(tuple(terms), 0.1 * len(terms) + 0.5)
             out += [torch.full((3, 32, 32), value) for _ in seeds]
         return torch.stack(out)
 
@@ -109,21 +112,28 @@ class FakeChecker:
 
 def test_a_prompt_record_measures_every_pick_and_the_summary_reads_it(gap):
     world = FakeWorld()
-    judges = {"clip": FakeJudge(None), "vqa:fake": FakeJudge(0.2)}
+    judges = {"clip:fake": FakeJudge(None), "vqa:fake": FakeJudge(0.2)}
     memo = gap.ImageMemo(world, judges, FakeChecker())
-    args = argparse.Namespace(pair_top=3, uniform=4, top=4, report=[100, 101])
+    args = argparse.Namespace(pair_top=3, uniform=4, top=4, report=[100, 101], methods=["random", "greedy"],
+                              roots=[0, 1], budget=40.0)
     rec = gap.prompt_record(memo, args)
     picks = rec["picks"]
     assert picks["user"]["all_correct"] == 0.0 and picks["checker's choice"]["all_correct"] == 1.0
-    assert picks["vqa:fake exhaustive"]["candidate"] == picks["checker's choice"]["candidate"]
-    assert picks["clip exhaustive"]["changes"] == 2 and picks["clip exhaustive"]["all_correct"] == 0.0
+    assert picks["vqa:fake exhaustive"]["candidates"] == picks["checker's choice"]["candidates"]
+    assert picks["clip:fake exhaustive"]["changes"] == 2 and picks["clip:fake exhaustive"]["all_correct"] == 0.0
     assert {im["seed"] for im in rec["images"]} == {0, 1, 2}
     before = world.generated
     memo.fill([(1, 0)], [0, 1, 2, 100, 101])  # everything is memoised: nothing generated again
     assert world.generated == before
+    # the searches: the search judge alone is gamed by dense negatives; vqa:fake selecting finds the right answer,
+    # and so does the agreement (vqa:fake vetoes the dense answers the search judge prefers)
+    assert picks["random at 40, re-ranked by clip:fake"]["all_correct"] == 0.0
+    assert picks["random at 40, selected by vqa:fake"]["all_correct"] == 1.0
+    assert picks["greedy at 40, agreement clip:fake + vqa:fake"]["all_correct"] == 1.0  # the denser ones vetoed
     rec["kind"] = "single"
     text = gap.summarise([rec, rec])
-    assert "| colour | " in text and "clip top 4, agreement clip + vqa:fake" in text and "gaming share" in text
+    assert "| colour | " in text and "gaming share" in text
+    assert "clip:fake top 4, agreement clip:fake + vqa:fake" in text
     assert "vqa:fake says yes" in text
 
 
