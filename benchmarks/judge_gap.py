@@ -322,9 +322,11 @@ def prompt_record(memo: ImageMemo, args: argparse.Namespace) -> dict[str, Any]:
 
 def measured(memo: ImageMemo, answers: Sequence[tuple[int, ...]], report: Sequence[int]) -> dict[str, Any]:
     """Report-seed ground truth and every judge's loss of one pick (several roots' answers: their means)."""
+    from landscape import changed
+
     truth = [memo.truth(c, report) for c in answers]
     return {"candidates": [list(c) for c in answers],
-            "changes": statistics.mean(sum(1 for x in c if x) for c in answers),
+            "changes": statistics.mean(changed(c) for c in answers),
             "kept_user": statistics.mean(float(not any(c)) for c in answers),
             "all_correct": statistics.mean(t[0] for t in truth),
             "attribute_accuracy": statistics.mean(t[1] for t in truth),

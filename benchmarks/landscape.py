@@ -102,20 +102,15 @@ class Landscape:
         return statistics.mean(self.memo[(tuple(candidate), s)][field] for s in seeds)
 
 
-def singles(sizes: Sequence[int]) -> list[tuple[int, ...]]:
-    from dpo_diff.search.greedy import single_changes
-
-    return single_changes(sizes)
-
-
 def fixed_set(land: Landscape, seeds: Sequence[int], pair_top: int, n_uniform: int) -> list[tuple[int, ...]]:
     """The user prompt, every single change, pairs of the best singles (mean loss on ``seeds``) and uniform random
     search's own draws for root 0, all scored on ``seeds``."""
+    from dpo_diff.search.greedy import single_changes
     from dpo_diff.search.proposal import UNIFORM
     from dpo_diff.seeding import rng as make_rng
 
     sizes = land.space.sizes
-    base = [land.space.default, *singles(sizes)]
+    base = [land.space.default, *single_changes(sizes)]
     land.fill(base, seeds)
     sign = land.task.objective
     ranked = sorted(base[1:], key=lambda c: sign(land.mean(c, seeds, 0)))[:pair_top]
@@ -175,7 +170,9 @@ def choices(land: Landscape, cands: Sequence[tuple[int, ...]], seeds: Sequence[i
 
 
 def changed(candidate: Sequence[int]) -> int:
-    return sum(1 for c in candidate if c)
+    from dpo_diff.search.proposal import num_changed
+
+    return num_changed(candidate)
 
 
 def landscape_record(land: Landscape, args: argparse.Namespace) -> dict[str, Any]:

@@ -54,7 +54,6 @@ def test_the_map_finds_the_sparse_truth_the_judge_misses(land):
     assert picks["user"][0]["changes"] == 0 and len(picks["uniform random"]) == 2  # one answer per root
     assert set(rec["by_bucket_search_seeds"]) >= {"0", "1", "2"}
     assert rec["by_bucket_search_seeds"]["1"]["n"] == 15  # every single change: 5 slots x 3 terms
-    assert len(land.singles(problem.space.sizes)) == 15
     table = land.summarise([json.loads(json.dumps(rec))])
     assert "| checker's choice | 100.0% |" in table and "| greedy |" in table and "| 1 | 15 |" in table
 

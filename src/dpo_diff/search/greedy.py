@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 from dpo_diff.problem import Problem
 from dpo_diff.search.base import BudgetExhausted, Evaluation, Evaluator, SearchResult, finish
+from dpo_diff.search.proposal import num_changed
 from dpo_diff.seeding import rng as make_rng
 from dpo_diff.space import Candidate
 
@@ -136,7 +137,7 @@ def _screen_singles(evaluator: Evaluator, queue: list[Candidate], fidelity: str,
 def _combine(evaluator: Evaluator, sizes: Sequence[int], config: GreedyConfig) -> int:
     """Beam rounds over the best single changes; returns how many rounds ran."""
     user = evaluator.evaluations.get(tuple([0] * len(sizes)))
-    singles = sorted((e for c, e in evaluator.evaluations.items() if sum(1 for x in c if x) == 1),
+    singles = sorted((e for c, e in evaluator.evaluations.items() if num_changed(c) == 1),
                      key=lambda e: e.objective)
     good = [e.candidate for e in singles if user is None or e.objective < user.objective][: config.expand]
     beam: list[Evaluation] = singles[: config.beam]
@@ -160,7 +161,7 @@ def _combine(evaluator: Evaluator, sizes: Sequence[int], config: GreedyConfig) -
 def _extend(state: Candidate, good: Sequence[Candidate], config: GreedyConfig) -> list[Candidate]:
     """``state`` with one more of the ``good`` single changes, on a slot it leaves unchanged."""
     out = []
-    if config.max_changes and sum(1 for x in state if x) >= config.max_changes:
+    if config.max_changes and num_changed(state) >= config.max_changes:
         return out
     for single in good:
         i = next(k for k, x in enumerate(single) if x)
