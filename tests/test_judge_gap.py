@@ -147,3 +147,18 @@ def test_images_round_trip_through_the_saved_file(gap, tmp_path):
 def test_only_development_prompt_seeds_are_taken(gap):
     with pytest.raises(SystemExit):
         gap.main(["--prompt-seed", "1006", "--summary-only", "--out", "unused"])
+
+
+def test_world_quality_measures_any_judge_spec_as_it_measures_the_clip_judge(load_script):
+    """``--judge-spec clip:world:judge`` reads the same losses as the benchmark's own CLIP code (so a VQA judge's
+    AUCs are comparable with the CLIP judges' rows of the model card)."""
+    from dpo_diff.world.prompts import sample_training_example
+    from dpo_diff.world.render import render_batch
+
+    wq = load_script("benchmarks/world_quality.py")
+    rng = np.random.default_rng(3)
+    pairs = [sample_training_example(rng, "judge") for _ in range(6)]
+    images = render_batch([s for s, _ in pairs])
+    texts = [t for _, t in pairs]
+    own, spec = wq.Judge("cpu").loss(images, texts), wq.SpecJudge("clip:world:judge", "cpu").loss(images, texts)
+    np.testing.assert_allclose(spec, own, rtol=1e-3, atol=1e-4)
