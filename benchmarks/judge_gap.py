@@ -406,6 +406,46 @@ def summarise(records: list[dict]) -> str:
                       ""])
 
 
+# ------------------------------------------------------------------------------------------------ rendered scenes
+def caption_negatives(judges: dict[str, Any], n: int, seed: int) -> str:
+    """On ``n`` rendered scenes (60% pairs, drawn from ``seed``), one true caption and one false caption each (the
+    VQA judge's training negatives, :mod:`dpo_diff.world.negatives`): per negative kind and judge, the share of
+    scenes whose true caption scores the lower loss, with a Wilson 95% interval."""
+    import torch
+    from scipy import stats
+
+    from dpo_diff.world.captions import caption
+    from dpo_diff.world.negatives import NEGATIVE_KINDS, negative_caption
+    from dpo_diff.world.render import render_batch
+    from dpo_diff.world.scene import sample_scene
+
+    rng = np.random.default_rng([seed, 20261207])
+    rows = []
+    for _ in range(n):
+        scene = sample_scene(rng, p_pair=0.6)
+        false, kind = negative_caption(scene, rng)
+        rows.append((scene, caption(scene, rng, "uniform"), false, kind))
+    x = torch.from_numpy(render_batch([r[0] for r in rows])).permute(0, 3, 1, 2).float().div(255.0)
+    lines = [f"True against false captions on {n} rendered scenes (seed {seed}): the share whose true caption has "
+             "the lower loss", "", "| negative kind | scenes | " + " | ".join(judges) + " |",
+             "|---|---|" + "---|" * len(judges)]
+    wins = {}
+    for name, judge in judges.items():
+        with torch.no_grad():
+            right = judge.loss(x, [r[1] for r in rows]).float().cpu()
+            wrong = judge.loss(x, [r[2] for r in rows]).float().cpu()
+        wins[name] = (right < wrong).tolist()
+    for kind in NEGATIVE_KINDS:
+        idx = [i for i, r in enumerate(rows) if r[3] == kind]
+        cells = []
+        for name in judges:
+            k = sum(wins[name][i] for i in idx)
+            ci = stats.binomtest(k, len(idx)).proportion_ci(method="wilson") if idx else None
+            cells.append(f"{k / len(idx):.2f} [{ci.low:.2f}, {ci.high:.2f}]" if idx else "n/a")
+        lines.append(f"| {kind} | {len(idx)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ running
 def load_images(path: Path) -> dict:
     if not path.is_file():
@@ -495,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--caption-negatives", type=int, default=0, metavar="N",
+                   help="instead: true against false captions on N rendered scenes, per negative kind")
+    p.add_argument("--caption-seed", type=int, default=1, help="the rendered scenes' seed (--caption-negatives)")
     p.add_argument("--out", default="runs/judge_gap")
     args = p.parse_args(argv)
     from dpo_diff.world.prompts import DEV_PROMPT_SEEDS
@@ -502,6 +545,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.prompt_seed not in DEV_PROMPT_SEEDS:
         p.error(f"judge diagnostics are for development prompts only: --prompt-seed in {DEV_PROMPT_SEEDS[0]}-"
                 f"{DEV_PROMPT_SEEDS[-1]}, got {args.prompt_seed}")
+    if args.caption_negatives:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(caption_negatives(load_judges(args.judges), args.caption_negatives, args.caption_seed))
+        return
     if not args.summary_only:
         run(args)
     table = summarise(read_records(Path(args.out) / "records.jsonl"))

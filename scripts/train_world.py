@@ -489,7 +489,7 @@ def build_vqa(args, tok):
 class VqaBatcher:
     """Question token rows for captions (the image token expanded to the vision tower's patches), left-padded so
     the answer position is the last one, with positions counted from each row's first real token (as the judge
-    scores one unpadded row)."""
+    scores one unpadded row). ``labels`` mark the caption's tokens of true captions: the captioning loss."""
 
     def __init__(self, tok, n_image_tokens: int) -> None:
         from dpo_diff.judges.vqa import ANSWER, QUESTION
@@ -500,22 +500,36 @@ class VqaBatcher:
         self.question = QUESTION
 
     def row(self, text: str) -> list[int]:
+        return self.row_and_caption(text)[0]
+
+    def row_and_caption(self, text: str) -> tuple[list[int], int, int]:
+        """The row and where the caption's tokens are in it (``[start, end)``)."""
         if text not in self.cache:
             messages = [{"role": "user", "content": [{"type": "image"},
                                                      {"type": "text", "text": self.question.format(text)}]}]
             prompt = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             ids = self.tok(prompt, add_special_tokens=False).input_ids
             at = ids.index(self.image)
-            self.cache[text] = ids[:at] + [self.image] * self.n + ids[at + 1:]
+            row = ids[:at] + [self.image] * self.n + ids[at + 1:]
+            cap = self.tok(text, add_special_tokens=False).input_ids
+            start = next(i for i in range(len(row) - len(cap), -1, -1) if row[i:i + len(cap)] == cap)
+            self.cache[text] = row, start, start + len(cap)
         return self.cache[text]
 
-    def __call__(self, texts: list[str], device: str) -> dict[str, torch.Tensor]:
-        rows = [self.row(t) for t in texts]
-        width = max(map(len, rows))
-        ids = torch.tensor([[self.tok.pad_token_id] * (width - len(r)) + r for r in rows], device=device)
-        mask = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(r) for r in rows],
-                                                                         device=device)[:, None]).long()
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+    def __call__(self, texts: list[str], device: str, captions: list[bool] | None = None) -> dict[str, torch.Tensor]:
+        rows = [self.row_and_caption(t) for t in texts]
+        width = max(len(r) for r, _, _ in rows)
+        pads = [width - len(r) for r, _, _ in rows]
+        ids = torch.tensor([[self.tok.pad_token_id] * p + r for p, (r, _, _) in zip(pads, rows)], device=device)
+        mask = (torch.arange(width, device=device)[None] >= torch.tensor(pads, device=device)[:, None]).long()
+        out = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+        if captions is not None:
+            labels = torch.full_like(ids, -100)
+            for i, (p, (_, a, b)) in enumerate(zip(pads, rows)):
+                if captions[i]:
+                    labels[i, p + a:p + b] = ids[i, p + a:p + b]
+            out["labels"] = labels
+        return out
 
 
 def vqa_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -565,10 +579,17 @@ def train_vqa(args) -> None:
         target = torch.tensor([batcher.yes if y else batcher.no for y in yes], device=device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.vqa_lr, 200) * 0.5 * (1 + math.cos(math.pi * step / args.vqa_steps))
+        inputs = batcher(texts, device, captions=yes)
+        labels = inputs.pop("labels")
         with autocast(device, args.bf16):
-            out = model(**batcher(texts, device), pixel_values=x, logits_to_keep=1, use_cache=False)
-        logits = out.logits[:, -1].float()
+            out = model(**inputs, pixel_values=x, use_cache=False)
+        every = out.logits.float()
+        logits = every[:, -1]
         loss = F.cross_entropy(logits, target)  # the full vocabulary, as VQAScore reads P("Yes")
+        # Captioning (BLIP trains matching with language modelling alike): each token of a true caption predicted
+        # from the image and the words before it. Many bits per image where the answer gives one: it teaches the
+        # language model to read the image much sooner than the yes/no answer alone did (0.58 at 800 steps).
+        loss = loss + args.vqa_caption_weight * F.cross_entropy(every[:, :-1].transpose(1, 2), labels[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -599,7 +620,8 @@ def export_vqa(args) -> None:
     tok.save_pretrained(out)
     save_image_processor(out)
     (out / "training_state.json").write_text(json.dumps({"steps": state["step"], "seed": args.seed,
-                                                         "batch": args.vqa_batch}) + "\n")
+                                                         "batch": args.vqa_batch,
+                                                         "caption_weight": args.vqa_caption_weight}) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -774,10 +796,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="judge architecture (vit4: the shipped judge; vit8s: the smaller second judge)")
     p.add_argument("--judge-out", default="judge", help="folder name of the exported judge under the world's data "
                    "folder (and of its checkpoints under --work); the second judge: judge_b")
-    p.add_argument("--vqa-steps", type=int, default=2400)
+    p.add_argument("--vqa-steps", type=int, default=1600)
     p.add_argument("--vqa-batch", type=int, default=96, help="examples per step: half true captions, half false")
     p.add_argument("--vqa-lr", type=float, default=1e-3)
     p.add_argument("--vqa-minutes", type=float, default=90)
+    p.add_argument("--vqa-caption-weight", type=float, default=1.0, help="weight of the captioning loss on true "
+                   "captions beside the yes/no answer's")
     p.add_argument("--gen-steps", type=int, default=3300)
     p.add_argument("--gen-lr", type=float, default=1e-3)
     p.add_argument("--gen-anneal-steps", type=int, default=600)

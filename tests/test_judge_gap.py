@@ -162,3 +162,11 @@ def test_world_quality_measures_any_judge_spec_as_it_measures_the_clip_judge(loa
     texts = [t for _, t in pairs]
     own, spec = wq.Judge("cpu").loss(images, texts), wq.SpecJudge("clip:world:judge", "cpu").loss(images, texts)
     np.testing.assert_allclose(spec, own, rtol=1e-3, atol=1e-4)
+
+
+def test_caption_negatives_table_has_every_kind_and_the_clip_judge_reads_attributes(gap):
+    text = gap.caption_negatives(gap.load_judges(["world:judge"]), 40, seed=3)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert {"attribute", "binding", "relation", "other"} <= set(rows)
+    share = float(rows["attribute"].split(" | ")[2].split(" ")[0])
+    assert share >= 0.8  # the shipped CLIP judge tells a changed attribute from the true one

@@ -34,7 +34,8 @@ def checker():
 
 def test_shipped_models_fit_the_size_budget():
     total = sum(f.stat().st_size for f in generator_path().parent.rglob("*") if f.is_file())
-    assert total <= 30 * 2**20, f"shipped world models take {total / 2**20:.1f} MB (budget 30 MB)"
+    # 30 MB until the VQA judge (2.7 MB) joined; the GPU kit carries the tracked tree in 64 MiB with its wheels
+    assert total <= 34 * 2**20, f"shipped world models take {total / 2**20:.1f} MB (budget 34 MB)"
 
 
 def test_generator_loads_offline_as_stable_diffusion_and_generates(pipe):
