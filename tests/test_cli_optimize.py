@@ -182,3 +182,58 @@ def test_cli_start_sets_transformers_logging_to_error(space_file, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, space_file], capture_output=True, text=True, env=env,
                           check=True)
     assert proc.stdout.splitlines()[-1] == "40" and proc.stderr == ""  # logging.ERROR; nothing on stderr
+
+
+@pytest.mark.parametrize("bad", ["missing", "not-a-model"])
+@pytest.mark.parametrize("command, which", [("optimize", "--model"), ("optimize", "--judge"), ("bench", "--model")])
+def test_a_bad_model_path_fails_before_anything_is_written(space_file, tmp_path, capsys, command, which, bad):
+    """Given --steps and --guidance nothing else looks the model up: the check must still come before config.json
+    (optimize) or bench.json and spaces.json (bench) are written, and name the path."""
+    from dpo_diff.world import generator_path, judge_path
+
+    path = tmp_path / bad
+    if bad == "not-a-model":
+        path.mkdir()
+        (path / "weights.bin").write_bytes(b"")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PROMPT + "\n")
+    models = {"--model": str(generator_path()), "--judge": str(judge_path()), which: str(path)}
+    argv = {"optimize": ["optimize", "--prompt", PROMPT, "--space", space_file, "--quiet"],
+            "bench": ["bench", "--prompts", str(prompts), "--spaces", space_file, "--methods", "user"]}[command]
+    out = tmp_path / "o"
+    assert main([*argv, *[a for kv in models.items() for a in kv], "--steps", "4", "--guidance", "7.5", "--device",
+                 "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"folder {str(path)!r}" in err and ("does not exist" if bad == "missing" else "has no ") in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+class _FirstGeneration(Exception):
+    """Raised where a run would generate its first image: the test has seen what it needs by then."""
+
+
+@pytest.mark.parametrize("method, budget, skipped", [("hybrid", "4", True), ("gpo", "4", True),
+                                                     ("hybrid", "40", False)])
+def test_optimize_says_before_generating_that_gpo_will_be_skipped(tmp_path, capsys, monkeypatch, method, budget,
+                                                                  skipped):
+    from dpo_diff.problem import Problem
+
+    said: list[str] = []
+
+    def first_generation(self, chunk, steps=None):
+        said.append(capsys.readouterr().err)
+        raise _FirstGeneration
+
+    monkeypatch.setattr(Problem, "_generate", first_generation)
+    with pytest.raises(_FirstGeneration):  # the shapes world (no --model): 48 candidates, so nothing is enumerated
+        main(["optimize", "--prompt", "a green orb", "--method", method, "--budget", budget, "--steps", "4",
+              "--report-seeds", "5", "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu"])
+    warnings = [line for line in said[0].splitlines() if "GPO" in line]
+    if not skipped:
+        assert warnings == []
+        return
+    assert len(warnings) == 1 and warnings[0].startswith(f"dpo-diff: warning: --method {method} will skip its GPO "
+                                                         f"stage")
+    assert "--budget 4 pays for 0 GPO iteration(s)" in warnings[0] and "minimum of 3" in warnings[0]
+    assert "larger --budget" in warnings[0] and "another --method" in warnings[0]

@@ -249,3 +249,26 @@ def test_light_constants_name_the_presets_and_methods_the_cli_offers():
     from dpo_diff.search.gradient import GPO_PRESETS
 
     assert tuple(GPO_PRESETS) == GPO_PRESET_NAMES
+
+
+@pytest.mark.parametrize("method", ["gpo", "hybrid"])
+@pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
+def test_the_planned_gpo_skip_is_the_one_the_search_makes(method, seeds):
+    """What optimize warns about before a run (planned_gpo_shortfall) is exactly what the search then does, at
+    budgets around the threshold, with re-ranking reserved and at a budget where the space is enumerated."""
+    from dpo_diff.search.api import planned_gpo_shortfall
+
+    selection = SelectionConfig(4)
+    for budget in (4, 8, 12, 13, 16, 20, 40):
+        problem = SyntheticProblem(synthetic_space(4, 5), seed=11)
+        planned = planned_gpo_shortfall(problem, method=method, budget=budget, seeds=seeds, selection=selection)
+        result = search(problem, method=method, budget=budget, seeds=seeds, seed=0, selection=selection)
+        skipped = result.extra.get("gpo_skipped", "")
+        assert (planned is not None) == bool(skipped), (budget, planned, skipped)
+        if planned is not None:
+            assert f"allows {planned} iteration(s)" in skipped
+    assert planned_gpo_shortfall(SyntheticProblem(synthetic_space(4, 5)), method="random", budget=4, seeds=(0,)) \
+        is None
+    tiny = SyntheticProblem(synthetic_space(2, 2), seed=11)  # 4 candidates: enumerated, GPO never starts
+    assert planned_gpo_shortfall(tiny, method=method, budget=4 * len(seeds), seeds=seeds) is None
+    assert search(tiny, method=method, budget=4 * len(seeds), seeds=seeds).extra["enumerated"]

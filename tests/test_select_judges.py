@@ -363,3 +363,32 @@ def test_a_cancelled_search_says_the_selection_judges_did_not_run():
     assert result.extra["cancelled"] and p.generated == []
     assert result.extra["selection"]["skipped"] == ("the search was cancelled; the selection judges "
                                                     "(clip:world:judge_b) did not run: the search judge alone chose")
+
+
+def test_optimize_generates_each_validation_image_once_and_the_record_says_what_was_generated(tmp_path,
+                                                                                               monkeypatch):
+    """The re-ranking generates the user prompt's validation images for the agreement rule; optimize's own
+    keep-or-replace comparison must not generate them a second time (the selection judges' verdict decides)."""
+    from collections import Counter
+
+    from dpo_diff.cli import main
+    from dpo_diff.problem import Problem
+
+    rows: Counter = Counter()
+    generate = Problem._generate
+
+    def counted(self, chunk, steps=None):
+        rows.update((pair.prompt, pair.negative_prompt, seed) for pair, seed in chunk)
+        return generate(self, chunk, steps)
+
+    monkeypatch.setattr(Problem, "_generate", counted)
+    out = tmp_path / "orb"
+    assert main(["optimize", "--prompt", "a green orb", "--out", str(out), "--steps", "4", "--budget", "10",
+                 "--report-seeds", "5", "--rerank-top", "2", "--validation-seeds", "1", "--select-judge",
+                 "clip:world:judge_b", "--seed", "1", "--quiet", "--device", "cpu"]) == 0
+    record = json.loads((out / "result.json").read_text())["selection"]
+    validation = {row: n for row, n in rows.items() if row[2] == 1}
+    assert rows[("a green orb", "", 1)] == 1  # the user prompt on the validation seed
+    assert all(n == 1 for n in validation.values()), validation
+    # Honest cost: the candidates' charged generations plus the uncharged baseline are all that was generated there.
+    assert sum(validation.values()) == record["cost"] + record["baseline_generations"]

@@ -252,11 +252,14 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     space = select_target(full_space, cfg.task, cfg.target)
     out = Path(cfg.out)
     with output_lock(out):  # a busy folder is the first error, before the model's defaults are looked up
+        check_models(None if backend is not None else cfg.model,
+                     None if judge is not None or cfg.objective else cfg.judge)
         resolve_sampling(cfg, space, backend)  # before config.json is written: it records the values used
         prepare_folder(cfg, space, out, resume=resume, overwrite=overwrite)
         if built:
             save_built_space(full_space, cfg, out)
         problem = load_problem(cfg, space, backend, judge, constraint)
+        warn_gpo_skip(cfg, problem)
         select_judges = load_select_judges(cfg)  # before the search: a missing model fails before any generation
         calibrate_run(cfg, problem)
         searched = run_search(cfg, problem, full_space, out, resume=resume, progress=progress,
@@ -368,6 +371,39 @@ def pipeline_defaults(model: str, *, negative: bool, backend=None) -> tuple[int,
     defaults = getattr(cls, "DEFAULTS", SD_DEFAULTS)
     key = "negative_guidance" if negative and "negative_guidance" in defaults else "guidance"
     return defaults["steps"], defaults[key]
+
+
+def check_models(model: str | None, judge: str | None) -> None:
+    """Refuse a generator that is not a supported diffusers model (no such folder, no ``model_index.json``, an
+    unsupported pipeline) or a judge that is not a model folder or hub id, naming the path. Called before anything is
+    written to the output folder: loading would find the same only after ``config.json``. ``None``: not loaded."""
+    from dpo_diff.loading import resolve_model
+
+    if model is not None:
+        backend_class(model)
+    if judge is not None:
+        resolve_model(judge, "CLIP judge", "config.json")
+
+
+def warn_gpo_skip(cfg: OptimizeConfig, problem) -> None:
+    """Say on stderr, before anything is generated, that the method's GPO stage will be skipped at this budget (the
+    search's own rule, :func:`~dpo_diff.search.api.planned_gpo_shortfall`), instead of only in the notes afterwards.
+    It cannot be said before the model loads: a GPO iteration's cost counts the scheduler's denoiser calls, which
+    only the loaded backend knows (Heun and PNDM make more than one per step)."""
+    import sys
+
+    from dpo_diff.search.api import planned_gpo_shortfall
+
+    planned = planned_gpo_shortfall(problem, method=cfg.method, budget=cfg.budget, seeds=cfg.seeds, gpo=cfg.gpo,
+                                    selection=cfg.selection)
+    if planned is None:
+        return
+    instead = {"gpo": "random search", "hybrid": f"evolution from a {cfg.proposal.kind} first population"}[cfg.method]
+    share = f"its {cfg.gpo.budget_share:.0%} share of " if cfg.gpo.budget_share is not None else ""
+    print(f"dpo-diff: warning: --method {cfg.method} will skip its GPO stage and run {instead} instead: {share}"
+          f"--budget {cfg.budget:g} pays for {planned} GPO iteration(s) on {len(cfg.seeds)} seed(s), fewer than its "
+          f"minimum of {cfg.gpo.min_iterations}; give a larger --budget (or fewer --seeds), or choose another "
+          f"--method", file=sys.stderr, flush=True)
 
 
 def backend_class(model: str) -> type:
@@ -523,11 +559,6 @@ class GenerationBar:
         self._written = (self.bar.n, self.generated)
         self.bar.refresh()
 
-    def restart(self) -> None:
-        """Count from zero again (what was generated so far is not part of this bar's total)."""
-        self.bar.n, self._mark, self._written = 0, (0.0, self.generated), (0.0, self.generated)
-        self.bar.refresh()
-
     def close(self) -> None:
         self.problem.on_generated = None
         self.bar.close()
@@ -574,9 +605,6 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         save_gpo_state(out / GPO_STATE, state.checkpoint())
 
     user = space.render(space.default)
-    # The user prompt where the answer is chosen: the baseline every method must beat (not charged to the budget).
-    before_search, _ = problem.losses([user], cfg.judged_seeds)
-    tracker.restart()
     if space.is_trivial:
         note = "the space offers no alternative to the user prompt (no slot has a second option); nothing to search"
         if full_space.meta.get("warning"):
@@ -629,6 +657,10 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         if selection["kept_user"]:
             return _Searched(result, user, space.default, note, t0, earlier)
         return _Searched(result, space.render(result.best.candidate), result.best.candidate, note, t0, earlier)
+    # The user prompt where the answer is chosen: the baseline every method must beat (not charged to the budget).
+    # Generated only here, where it decides: with selection judges the re-ranking has already generated and compared
+    # the user prompt's validation images, and generating them twice would only cost time.
+    before_search, _ = problem.losses([user], cfg.judged_seeds)
     best_objective = rows[0]["objective"] if rows else result.best.objective
     user_losses = before_search[0] if rows else before_search[0, : len(cfg.seeds)]
     if best_objective < float(problem.task.objective(user_losses.mean())):

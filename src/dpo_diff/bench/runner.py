@@ -115,6 +115,11 @@ def _run_locked(cfg: BenchConfig, pset: PromptSet, out: Path, ray: RayOptions | 
         from dpo_diff.space import load_spaces
 
         load_spaces(cfg.spaces)
+    if ray is None and job_fn is run_job:  # the models this process will load (a Ray worker checks its own)
+        from dpo_diff.optimize import check_models
+
+        model, judge = cfg.model_paths()
+        check_models(model, None if cfg.objective else judge)  # a bad path is refused before anything is written
     executor = None
     if ray is not None:
         from dpo_diff.bench.ray_executor import RayExecutor

@@ -31,8 +31,9 @@ from typing import Any
 
 from dpo_diff.search import DEFAULT_METHOD, METHODS
 from dpo_diff.search.base import BudgetExhausted, Evaluation, Evaluator, NothingToSearch, SearchResult, finish
+from dpo_diff.search.cost import generation_calls
 from dpo_diff.search.evolution import EvolutionSearchConfig, evolution_search
-from dpo_diff.search.gradient import GradientSearchConfig, GradientState, gradient_search
+from dpo_diff.search.gradient import GradientSearchConfig, GradientState, gpo_shortfall, gradient_search
 from dpo_diff.search.greedy import GreedyConfig, greedy_search
 from dpo_diff.search.hybrid import hybrid_search
 from dpo_diff.search.llm_search import LLMSearchConfig, llm_search
@@ -94,9 +95,9 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
     selection = (selection or SelectionConfig()).resolved(seeds)
     select_judges = matched_select_judges(selection, select_judges)
     top = selection.top_for(budget)
-    evaluator = Evaluator(problem, tuple(seeds), budget - selection.reserve(budget), on_evaluation,
+    evaluator = Evaluator(problem, tuple(seeds), selection.search_budget(budget), on_evaluation,
                           dict(preloaded or {}), time_budget=time_budget, should_stop=should_stop)
-    if problem.space.num_candidates * len(seeds) <= evaluator.budget + 1e-9:
+    if enumerates(problem, evaluator):
         result = enumerate_space(problem, evaluator, method)
     elif method == "gpo":
         result = gradient_search(problem, evaluator, gpo, seed=seed, on_iteration=on_iteration, resume=gpo_resume)
@@ -127,6 +128,27 @@ def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds
                                                       f"the search")
     result.budget = budget
     return result
+
+
+def enumerates(problem, evaluator: Evaluator) -> bool:
+    """Whether every candidate of the space fits the search's budget: then it is enumerated, whatever the method."""
+    return problem.space.num_candidates * len(evaluator.seeds) <= evaluator.budget + 1e-9
+
+
+def planned_gpo_shortfall(problem, *, method: str, budget: float, seeds: Sequence[int],
+                          gpo: GradientSearchConfig | None = None,
+                          selection: SelectionConfig | None = None) -> int | None:
+    """The GPO iterations that :func:`search` with these settings can afford when it will skip ``method``'s GPO
+    stage for them (:func:`~dpo_diff.search.gradient.gpo_shortfall`), else ``None`` (GPO runs, the method has no
+    GPO stage, or the space is enumerated). Computed as the search computes it, without generating anything, so a
+    caller can say so before the run."""
+    if method not in ("gpo", "hybrid") or problem.space.is_trivial:
+        return None
+    selection = (selection or SelectionConfig()).resolved(seeds)
+    evaluator = Evaluator(problem, tuple(seeds), selection.search_budget(budget))
+    if enumerates(problem, evaluator):
+        return None
+    return gpo_shortfall(evaluator, gpo or GradientSearchConfig(), generation_calls(problem))
 
 
 def enumerate_space(problem, evaluator: Evaluator, method: str) -> SearchResult:

@@ -310,6 +310,14 @@ def affordable_iterations(evaluator: Evaluator, config: GradientSearchConfig, ca
     return n
 
 
+def gpo_shortfall(evaluator: Evaluator, config: GradientSearchConfig, calls: int) -> int | None:
+    """The iterations GPO's budget affords when they are fewer than ``config.min_iterations`` (GPO is then
+    skipped), else ``None``. The one rule: :func:`train_mixture` applies it, and ``optimize`` warns with it before
+    anything is generated."""
+    planned = affordable_iterations(evaluator, config, calls)
+    return planned if planned < config.min_iterations else None
+
+
 def _first_chunk(problem: Problem, config: GradientSearchConfig) -> int:
     if config.sample_chunk is not None:
         return min(config.sample_chunk, config.samples)
@@ -479,12 +487,12 @@ def train_mixture(problem: Problem, evaluator: Evaluator, config: GradientSearch
                           streams={"gumbel": torch_generator(seed, "gumbel"),
                                    "k": random.Random(derive_seed(seed, "k-schedule"))},
                           loss_scale=_first_loss_scale(problem, config))
-    planned = affordable_iterations(evaluator, config, calls)
+    planned = gpo_shortfall(evaluator, config, calls)
     if resume is not None:
         state.restore(resume)
         evaluator.charge(state.gpo_cost)  # what the interrupted run spent learning, in the same order of magnitude
         _score(evaluator, state.scored)
-    elif planned < config.min_iterations:
+    elif planned is not None:
         state.skipped = (f"GPO skipped: the budget share allows {planned} iteration(s), fewer than "
                          f"min_iterations={config.min_iterations}; the search starts from the prior instead")
         return state

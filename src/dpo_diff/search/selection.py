@@ -88,6 +88,10 @@ class SelectionConfig:
         """Budget set aside for re-ranking (full-generation equivalents)."""
         return float(self.top_for(budget) * len(self.validation_seeds))
 
+    def search_budget(self, budget: float) -> float:
+        """What the search itself may spend of ``budget``: all but the re-ranking's reserve."""
+        return budget - self.reserve(budget)
+
     def check_seeds(self, search_seeds: Sequence[int], report_seeds: Sequence[int] = ()) -> None:
         clash = set(self.validation_seeds) & (set(search_seeds) | set(report_seeds))
         if self.active and clash:
