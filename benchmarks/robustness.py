@@ -39,7 +39,8 @@ VARIANTS = {
 KEY = ("task", "prompt", "method", "variant", "root", "threads")
 # Selection judges of the method-spec suffix +select=NAME (the agreement rule, dpo_diff.search.selection): the
 # re-ranking's answer must be preferred to the user prompt by every one of them. Needs the rerank variant.
-SELECT_PRESETS = {"judge_b": ("clip:world:judge_b",), "both": ("clip:world:judge", "clip:world:judge_b")}
+SELECT_PRESETS = {"judge_b": ("clip:world:judge_b",), "both": ("clip:world:judge", "clip:world:judge_b"),
+                  "vqa": ("vqa:world:vqa",)}
 
 
 def read_records(path: Path) -> list[dict]:

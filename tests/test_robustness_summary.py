@@ -97,8 +97,12 @@ def test_the_select_suffix_names_a_preset_of_selection_judges(bench):
     name, extra = bench.method_spec("greedy+beam2+select=judge_b")
     assert extra["greedy"].beam == 2 and extra["select"] == "judge_b"
     with pytest.raises(ValueError, match="unknown selection preset 'clip' in 'random\\+select=clip'; choose from "
-                                         "judge_b, both"):
+                                         "judge_b, both, vqa"):
         bench.method_spec("random+select=clip")
+    from dpo_diff.search.selection import normalised_select_judges
+
+    for judges in bench.SELECT_PRESETS.values():  # every preset names canonical specs (as records store them)
+        assert normalised_select_judges(judges) == judges
 
 
 def test_with_a_select_preset_the_selection_judges_decide_whether_the_user_prompt_is_kept(bench, monkeypatch):

@@ -10,6 +10,7 @@ from dpo_diff.world import heldout_prompts, is_heldout_caption, parse_caption, p
 from dpo_diff.world.captions import word_tier
 from dpo_diff.world.prompts import (
     DEV_PROMPT_SEEDS,
+    EVAL2_JUDGE_REPORT_SEEDS,
     EVAL2_REPORT_SEEDS,
     EVAL_IMAGE_SEEDS,
     EVAL_PROMPT_SEEDS,
@@ -85,6 +86,8 @@ def test_protocol_seeds_do_not_overlap():
     assert min(EVAL_IMAGE_SEEDS) >= 9000
     assert EVAL2_REPORT_SEEDS == tuple(range(9010, 9018))  # registered for prompt seed 1006 on; never move it
     assert not set(EVAL2_REPORT_SEEDS) & set(EVAL_SELECT_SEEDS + EVAL_REPORT_SEEDS)
+    assert EVAL2_JUDGE_REPORT_SEEDS == tuple(range(9018, 9026))  # registered for prompt seed 1007; never move it
+    assert not set(EVAL2_JUDGE_REPORT_SEEDS) & set(EVAL_SELECT_SEEDS + EVAL_REPORT_SEEDS + EVAL2_REPORT_SEEDS)
 
 
 def _longest_hard_list(seed: int) -> list[str]:

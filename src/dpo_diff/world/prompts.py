@@ -55,7 +55,7 @@ _EVAL_STRIDE = 5  # seed EVAL_PROMPT_SEEDS[k] owns eval_pool(kind)[k::5]: fixed 
 # The second evaluation pool ("eval2", docs/evaluation_protocol.md): hard prompts that no seed above can ever return.
 EVAL2_PROMPT_SEEDS: tuple[int, ...] = tuple(range(1005, 1015))
 _EVAL2_KINDS = ("rare_word", "two_objects")  # the only kinds with prompts left beyond the first pool's reach
-EVAL_IMAGE_SEEDS: tuple[int, ...] = tuple(range(9000, 9018))  # 9016-9017 added 2026-12-07 (EVAL2_REPORT_SEEDS)
+EVAL_IMAGE_SEEDS: tuple[int, ...] = tuple(range(9000, 9026))  # added 2026-12-07: 9016-9017, 9018-9025
 EVAL_SELECT_SEEDS = EVAL_IMAGE_SEEDS[0:2]  # `dpo-diff select` on evaluation prompts
 EVAL_REPORT_SEEDS = EVAL_IMAGE_SEEDS[2:10]  # `--report-seeds` of evaluation runs
 EVAL_QUALITY_SEEDS = EVAL_IMAGE_SEEDS[10:15]  # benchmarks/world_quality.py: one per evaluation prompt seed
@@ -63,6 +63,9 @@ EVAL_QUALITY_SEEDS = EVAL_IMAGE_SEEDS[10:15]  # benchmarks/world_quality.py: one
 # for the report, none of them a search, validation or screening seed; they share 9010-9014 with the first pool's
 # model-quality measurements, which scored other prompts and chose nothing.
 EVAL2_REPORT_SEEDS = EVAL_IMAGE_SEEDS[10:18]
+# Report seeds of the judge evaluation (selection judges, prompt seed 1007 of "eval2"): unused by any run before it,
+# so no search, tuning or report of the sparse-first evaluation (1006) shares its images.
+EVAL2_JUDGE_REPORT_SEEDS = EVAL_IMAGE_SEEDS[18:26]
 # Tuning and model selection use the "v1" pool with these prompt seeds (0 and 1 were used before the protocol).
 DEV_PROMPT_SEEDS: tuple[int, ...] = tuple(range(2, 1000))
 _EVAL_SHUFFLE_SEED = 20261201  # fixes the order of the evaluation pool once; never change it
