@@ -286,8 +286,39 @@ def summarise(records: list[dict], pairs: list[tuple[str, str, str, str]] = ()) 
                      f"{_cell(df)} | {_cell(da)} | {statistics.median(changes) if changes else '-'} | {cost:.1f} | "
                      f"{secs:.1f} |")
     lines += ["", *paired_lines(records, pairs), "", *user_lines(records), "", *time_matched_lines(records), "",
-              *gaming_lines(records), "", *sparsity_lines(records), "", *thread_lines(records)]
+              *gaming_lines(records), "", *sparsity_lines(records), "", *selection_lines(records), "",
+              *thread_lines(records)]
     return "\n".join(lines)
+
+
+def selection_lines(records: list[dict]) -> list[str]:
+    """What the selection judges (``+select=PRESET``) cost and decided, per (task, method, variant) that has them:
+    charged generations (the same budget as without them), selection-judge calls, the user prompt's validation
+    generations the agreement rule adds (uncharged baseline), how often the user prompt was kept, and each judge's
+    vetoes of re-ranked candidates. Nothing for runs without selection judges."""
+    import statistics
+    from collections import defaultdict
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("select"):
+            groups[(r["task"], r["method"], r["variant"])].append(r)
+    if not groups:
+        return []
+    lines = ["Selection judges (per search; kept: the user prompt kept because a selection judge vetoed every "
+             "re-ranked candidate):", "", "| task | method | variant | searches | generations charged | "
+             "selection-judge calls | kept the user prompt | vetoes per search |", "|---|---|---|---|---|---|---|---|"]
+    for key, rs in sorted(groups.items()):
+        ran = [r for r in rs if r.get("kept_user") is not None]
+        vetoes = defaultdict(list)
+        for r in ran:
+            for judge, n in r["vetoes"].items():
+                vetoes[judge].append(n)
+        veto = "; ".join(f"{j} {statistics.mean(v):.2f}" for j, v in sorted(vetoes.items())) or "-"
+        lines.append(f"| {' | '.join(key)} | {len(rs)} | {statistics.mean(r['cost'] for r in rs):.1f} | "
+                     f"{statistics.mean(r.get('select_calls', 0) for r in rs):.1f} | "
+                     f"{sum(bool(r['kept_user']) for r in ran)} of {len(ran)} | {veto} |")
+    return lines
 
 
 def gaming_lines(records: list[dict]) -> list[str]:

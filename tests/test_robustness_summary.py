@@ -133,3 +133,17 @@ def test_with_a_select_preset_the_selection_judges_decide_whether_the_user_promp
     plain = bench.run_job(ImageProblem(synthetic_space(4, 3), "improve", costs, noise=0.0), Checker(),
                           "w0 w1 w2 w3", "random", "rerank", 0, [7], base, 40)
     assert "select" not in plain and plain["best_prompt"] == problem.space.prompt  # the search judge alone
+
+
+def test_selection_judges_costs_and_verdicts_are_tabled_only_for_runs_that_have_them(bench):
+    plain = _rec("improve", "p", 0.3, 0.2, 0.0, 0.5)
+    assert bench.selection_lines([plain]) == []
+    judged = [dict(_rec("improve", p, 0.3, 0.2, 0.0, 0.5), method="greedy+select=judge_b", select="judge_b",
+                   kept_user=kept, vetoes={"clip:world:judge_b": n}, select_calls=10)
+              for p, kept, n in (("a", True, 4), ("b", False, 1))]
+    skipped = dict(judged[0], prompt="c", kept_user=None, vetoes={}, select_calls=0)  # re-ranking skipped
+    rows = [line for line in bench.selection_lines([plain, *judged, skipped]) if line.startswith("| improve")]
+    assert rows == ["| improve | greedy+select=judge_b | rerank | 3 | 40.0 | 6.7 | 1 of 2 | "
+                    "clip:world:judge_b 2.50 |"]
+    full = [dict(r, best_prompt="p", best_negative_prompt="") for r in (plain, *judged)]
+    assert "Selection judges" in bench.summarise(full)
