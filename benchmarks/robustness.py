@@ -27,7 +27,6 @@ how often the answer is the same under each.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -99,6 +98,20 @@ def worth_searching(problem, checker, prompt: str, task: str, seeds: list[int], 
     _, imgs = problem.losses([problem.space.render(problem.space.default)], seeds, keep_images=True)
     rate = summarize(checker.score(imgs, [prompt] * len(seeds)))["all_correct"]
     return rate <= 0.5 if task == "improve" else rate >= attack_min_rate
+
+
+def screened(path: Path, key: dict, screen) -> bool:
+    """``screen()``'s verdict for ``key`` (task, prompt, seeds, rule, steps), computed once and kept in ``path`` (one
+    JSON line per prompt), so that a resumed run re-reads its prompt list instead of regenerating every screening
+    image; a line cut short by a kill is skipped with a warning and screened again."""
+    for r in read_records(path) if path.is_file() else ():
+        if {k: r.get(k) for k in key} == key and isinstance(r.get("worth"), bool):
+            return r["worth"]
+    from dpo_diff.files import append_jsonl
+
+    worth = bool(screen())
+    append_jsonl(path, {**key, "worth": worth})  # ends a line cut short by a kill first
+    return worth
 
 
 def method_settings(args: argparse.Namespace) -> dict:
@@ -185,6 +198,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     import torch
 
     from dpo_diff.backends.diffusers_sd import StableDiffusionBackend
+    from dpo_diff.files import append_jsonl
     from dpo_diff.judges.clip import ClipJudge
     from dpo_diff.problem import Problem, SamplingConfig, Task
     from dpo_diff.seeding import parse_seeds
@@ -203,6 +217,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     sampling = SamplingConfig(args.steps, RECOMMENDED_GUIDANCE, batch_size=args.batch_size)
     settings = method_settings(args)
     needed = sorted({s for v in args.variants for s in (*VARIANTS[v]["seeds"], *VARIANTS[v]["validation_seeds"])})
+    torch.set_num_threads(args.threads[0])  # screening at the run's thread count, whether it starts or resumes
     for task in args.tasks:
         kind = "hard" if task == "improve" else args.attack_kind
         prompts = heldout_prompts(kind, args.n * args.screen, seed=args.prompt_seed, pool=args.pool)
@@ -213,8 +228,10 @@ def run(args: argparse.Namespace) -> list[dict]:
             if space.is_trivial or kept >= args.n or small:
                 continue
             problem = Problem(space, Task(task), backend, judge, sampling)
-            if args.screen > 1 and not worth_searching(problem, checker, prompt, task, screen_seeds,
-                                                       args.attack_min_rate):
+            key = {"task": task, "prompt": prompt, "seeds": screen_seeds, "attack_min_rate": args.attack_min_rate,
+                   "steps": args.steps}
+            if args.screen > 1 and not screened(out / "screening.jsonl", key, lambda: worth_searching(
+                    problem, checker, prompt, task, screen_seeds, args.attack_min_rate)):
                 continue
             kept += 1
             base = None
@@ -233,8 +250,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                             rec.update(run_job(problem_for(problem, method), checker, prompt, method, variant, root,
                                                report, base, budget, settings))
                             rec["budget"] = budget
-                            with path.open("a") as f:
-                                f.write(json.dumps(rec) + "\n")
+                            append_jsonl(path, rec)  # one write; a line cut short by a kill is ended first
                             print(f"[{task} {i + 1}/{len(prompts)} {method} {label} root {root} t{threads}] "
                                   f"loss {rec['user_report_loss']:.4f} -> {rec['best_report_loss']:.4f}  faithful "
                                   f"{rec['user_faithful']:.2f} -> {rec['best_faithful']:.2f} "

@@ -147,3 +147,24 @@ def test_selection_judges_costs_and_verdicts_are_tabled_only_for_runs_that_have_
                     "clip:world:judge_b 2.50 |"]
     full = [dict(r, best_prompt="p", best_negative_prompt="") for r in (plain, *judged)]
     assert "Selection judges" in bench.summarise(full)
+
+
+def test_screening_verdicts_are_kept_so_a_resumed_run_does_not_screen_again(bench, tmp_path):
+    calls = []
+
+    def screen(verdict):
+        calls.append(verdict)
+        return verdict
+
+    path = tmp_path / "screening.jsonl"
+    key = {"task": "improve", "prompt": "a red circle", "seeds": [9000, 9001], "attack_min_rate": 0.5, "steps": 20}
+    assert bench.screened(path, key, lambda: screen(True)) is True
+    assert bench.screened(path, key, lambda: screen(False)) is True  # kept: not screened again
+    other = dict(key, seeds=[50, 51])  # another screening rule is another verdict
+    assert bench.screened(path, other, lambda: screen(False)) is False
+    assert calls == [True, False]
+    with path.open("a") as f:
+        f.write('{"task": "improve", "prompt": "a blue')  # a write cut short by a kill
+    assert bench.screened(path, dict(key, prompt="a blue square"), lambda: screen(True)) is True
+    assert calls == [True, False, True]
+    assert bench.screened(path, dict(key, prompt="a blue square"), lambda: screen(False)) is True  # kept whole
