@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> None:
     from dpo_diff.bench.runner import run_bench
     from dpo_diff.seeding import parse_seeds
     from dpo_diff.world import RECOMMENDED_GUIDANCE
+    from dpo_diff.world.spaces import PAPER_KINDS
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> None:
         cfg = BenchConfig(task=args.task, methods=tuple(args.methods), budget=args.budget, seeds=(0,),
                           report_seeds=parse_seeds(args.report_seeds), seed=root, world=True, steps=args.steps,
                           guidance=RECOMMENDED_GUIDANCE, eval_judges=tuple(args.eval_judges), device="cpu",
-                          dtype="fp32", batch_size=args.batch_size)
+                          dtype="fp32", batch_size=args.batch_size,
+                          space_kind=PAPER_KINDS[args.task])  # as registered and screened, not bench's default
         run_bench(cfg, str(prompts_file), out / f"root{root}", argv=list(sys.argv),
                   log=lambda line: print(line, flush=True))
 

@@ -5,12 +5,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from dpo_diff.bench.results import load_records, without_wall_clock
 from dpo_diff.cli import main
+from dpo_diff.space import load_spaces
 from dpo_diff.testing import assert_close_records
 
 PROMPTS = ["a red dog on the grass", "a big happy cat", "a small black car near a tall tree"]
@@ -75,9 +75,9 @@ def test_every_method_on_every_prompt_at_equal_budget(full_run):
             seconds = [t for t, _ in r["time_history"]]
             assert seconds == sorted(seconds) and 0 < seconds[-1] <= r["search_seconds"] <= r["seconds"]
             assert r["time_history"][-1][1] == pytest.approx(r["history"][-1][1]) and "evaluation" in r["timings"]
-            assert r["best"]["prompt"] == r["prompt"]  # improve searches the negative prompt only
-            # The method's prompt is kept only if it beat the user prompt on the search seeds.
-            if r["best"]["negative_prompt"]:
+            # The method's answer (improve's hybrid space: negative terms and synonym swaps) is kept only if it beat
+            # the user prompt on the search seeds.
+            if (r["best"]["prompt"], r["best"]["negative_prompt"]) != (r["prompt"], ""):
                 assert sum(r["search_losses"]) < sum(r["user_search_losses"])
         # Every job measures the user prompt on the same seeds: the same numbers as the 'user' job's.
         assert r["user_report_losses"] == pytest.approx(by[(r["prompt"], "user")]["report_losses"], abs=1e-5)
@@ -229,7 +229,9 @@ def test_world_bench_measures_ground_truth_faithfulness(tmp_path):
             assert 0 <= r["faithfulness"][who]["all_correct"] <= 1 and r["faithfulness"][who]["n"] == 2
     settings = json.loads((out / "bench.json").read_text())["settings"]
     assert settings["model"].startswith("sha256:")  # retrained world models must not mix with old results
-    assert Path(out / "spaces.json").is_file()
+    spaces = load_spaces(out / "spaces.json").values()  # improve's default: the world's hybrid space
+    assert settings["space_kind"] == "hybrid" and {s.target for space in spaces for s in space.slots} == {
+        "positive", "negative"}
 
 
 def test_attack_with_a_spaces_file_and_the_meaning_constraint(tiny_sd, tiny_clip, tmp_path):

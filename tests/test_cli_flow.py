@@ -21,6 +21,8 @@ def test_optimize(which, task, guidance, space_file, tiny_clip, tmp_path, reques
             "--judge", tiny_clip, "--task", task, "--method", "gpo", "--steps", "4", "--budget", "4",
             "--gpo-iterations", "2", "--seeds", "0", "--report-seeds", "5", "--guidance", guidance,
             "--out", str(out), "--quiet", "--device", "cpu"]
+    if task == "improve":  # the negative prompt through FLUX's true CFG: the file's antonym terms only
+        argv += ["--target", "negative"]
     assert main(argv) == 0
     result = json.loads((out / "result.json").read_text())
     assert 0 < result["cost"] <= 4 and result["user_prompt"] == PROMPT

@@ -27,11 +27,11 @@ def test_optimize_through_the_cli(space_file, tiny_sd, tiny_clip, tmp_path, task
     assert result["user_prompt"] == PROMPT
     assert set(result["before"]["report_losses"]) == {"5", "6"} and set(result["after"]["search_losses"]) == {"0"}
     assert 0 < result["cost"] <= 6
-    best = result["best"]
-    if task == "improve":  # the negative (antonym) space is searched; the prompt stays the user's
-        assert best["prompt"] == PROMPT
-    else:
-        assert best["negative_prompt"] == ""
+    best, searched = result["best"], {slot["target"] for slot in config["space"]["slots"]}
+    if task == "improve":  # the file's antonym terms and, as in the default hybrid space, its synonym swaps
+        assert searched == {"negative", "positive"}
+    else:  # the synonym rewrites only
+        assert searched == {"positive"} and best["negative_prompt"] == ""
     if result["note"] == "":  # the optimized candidate beat the user prompt on the search seeds
         sign = 1 if task == "improve" else -1
         assert sign * result["after"]["search_mean"] < sign * result["before"]["search_mean"]

@@ -26,8 +26,8 @@ def test_optimize_greedy_records_its_settings_and_scores_single_edits_first(spac
 
 def test_optimize_random_with_the_sparse_proposal(space_file, tiny_sd, tiny_clip, tmp_path):
     out = tmp_path / "sparse"
-    assert main(optimize_args(space_file, tiny_sd, tiny_clip, out, "--proposal", "sparse", "--sparsity-mean",
-                              "1")) == 0
+    assert main(optimize_args(space_file, tiny_sd, tiny_clip, out, "--method", "random", "--proposal", "sparse",
+                              "--sparsity-mean", "1")) == 0
     config = json.loads((out / "config.json").read_text())["config"]
     assert config["proposal"] == {"kind": "sparse", "mean_changes": 1.0}
     lines = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]

@@ -12,7 +12,9 @@ def test_demo_smoke_runs_end_to_end_on_the_shipped_world(tmp_path, capsys):
         for who in ("user", "best"):
             assert 0 <= result["metrics"][who]["report"]["all_correct"] <= 1
         assert (tmp_path / task / "comparison.png").is_file()
-    improve = json.loads((tmp_path / "improve" / "result.json").read_text())
-    assert improve["best"]["prompt"] == improve["user_prompt"]  # improve searches the negative prompt only
+    # each task's defaults: greedy over the hybrid space for improve, random over synonym rewrites for attack
+    for task, method, targets in (("improve", "greedy", {"negative", "positive"}), ("attack", "random", {"positive"})):
+        config = json.loads((tmp_path / task / "config.json").read_text())
+        assert config["config"]["method"] == method and {s["target"] for s in config["space"]["slots"]} == targets
     out = capsys.readouterr().out
     assert "faithful" in out and "held-out seeds" in out

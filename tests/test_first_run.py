@@ -29,10 +29,14 @@ def test_optimize_without_space_builds_the_tasks_space_and_saves_it(tiny_sd, tin
     printed = capsys.readouterr().out
     assert "no --space given: built the improve space" in printed and str(out / "space.json") in printed
     saved = load_spaces(out / "space.json")[CLI_PROMPT]
-    assert saved.slots and all(s.target == "negative" for s in saved.slots)  # WordNet antonyms: red, on
-    assert {s.word for s in saved.slots} >= {"red"}
+    # improve's default, the hybrid space: WordNet antonyms (red, on) as negative terms with synonym swaps, the swaps
+    # pre-filtered by the meaning constraint as attack's rewrites are
+    assert saved.meta["kind"] == "hybrid" and "constraint" in saved.meta
+    assert {s.target for s in saved.slots} == {"positive", "negative"}
+    assert {s.word for s in saved.slots if s.target == "negative"} >= {"red"}
     config = json.loads((out / "config.json").read_text())
-    assert config["space"]["slots"] == saved.to_dict()["slots"]  # the run searched the saved space
+    assert config["space"]["slots"] == saved.to_dict()["slots"]  # the run searched all of the saved space
+    assert config["config"]["method"] == "greedy"
     result = json.loads((out / "result.json").read_text())
     assert result["slots"] == len(saved.slots) and result["cost"] > 0
 

@@ -14,7 +14,8 @@ from dpo_diff.space import save_spaces, space_from_substitutes
 
 @pytest.fixture
 def big_space(tmp_path) -> str:
-    """An antonym space too large to enumerate at budget 20, so the search re-ranks on validation seeds."""
+    """A space (antonym terms, one synonym swap) too large to enumerate at budget 20, so the search re-ranks on
+    validation seeds."""
     s = space_from_substitutes(PROMPT, {"dog": ["hound"]}, {"red": ["blue", "green", "pink", "white"],
                                                            "grass": ["sand", "snow", "mud"], "dog": ["cat", "bird"]})
     save_spaces([s], tmp_path / "spaces.json")

@@ -146,11 +146,12 @@ def test_optimize_runs_the_llm_search_from_the_cli(server, tiny_sd, tiny_clip, s
     from dpo_diff.cli import main
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the answer cache's default folder
-    server.default = answer((1, 2), (2, 1))  # the negative slots of "red" and "grass"
+    server.default = answer((1, 2), (2, 1))  # the negative slots of "red" and "grass" (--target negative)
     out = tmp_path / "run"
     assert main(["optimize", "--prompt", "a red dog on the grass", "--space", space_file, "--model", tiny_sd,
                  "--judge", tiny_clip, "--steps", "3", "--budget", "4", "--seeds", "0", "--report-seeds", "5",
                  "--out", str(out), "--quiet", "--device", "cpu", "--rerank-top", "0", "--method", "llm",
+                 "--target", "negative",
                  "--llm-model", "test-model", "--llm-base-url", server.url, "--llm-per-round", "2"]) == 0
     search_record = json.loads((out / "search.json").read_text())
     assert search_record["method"] == "llm" and search_record["cost"] <= 4

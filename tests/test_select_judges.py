@@ -161,16 +161,17 @@ def test_empty_judges_keep_saved_configs_and_fingerprints_byte_identical():
     from dpo_diff.bench.config import BenchConfig
     from dpo_diff.optimize import OptimizeConfig
 
-    plain = BenchConfig(model="CompVis/stable-diffusion-v1-4", device="cpu")
+    # The defaults of then, named: the paper's antonym space (keyed as no --space kind) and random search.
+    plain = BenchConfig(model="CompVis/stable-diffusion-v1-4", device="cpu", space_kind="antonym")
     assert (plain.key(), plain.method_key("random")) == ("f59430ace2a7cdec", "e7864f80040833b2")
     judged = BenchConfig(model="CompVis/stable-diffusion-v1-4", device="cpu", eval_judges=(
-        "clip:openai/clip-vit-large-patch14",), seeds=(0, 1), budget=20)
+        "clip:openai/clip-vit-large-patch14",), seeds=(0, 1), budget=20, space_kind="antonym")
     assert judged.key() == "a1b6b7f59c95cc99"
-    cfg = OptimizeConfig(prompt="a red car", model="m").to_dict()
+    cfg = OptimizeConfig(prompt="a red car", model="m", method="random").to_dict()
     assert "judges" not in cfg["selection"]
     assert hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16] == "462f798f609cd66a"
     # With selection judges: saved, read back, and a key of their own.
-    sel = BenchConfig(model="CompVis/stable-diffusion-v1-4", device="cpu",
+    sel = BenchConfig(model="CompVis/stable-diffusion-v1-4", device="cpu", space_kind="antonym",
                       selection=SelectionConfig(4, judges=("clip:world:judge_b",)))
     assert sel.key() != plain.key()
     assert BenchConfig.from_dict(sel.to_dict()).selection.judges == ("clip:world:judge_b",)

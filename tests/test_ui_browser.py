@@ -114,7 +114,7 @@ def test_a_smoke_search_runs_to_its_images(server, page):
     import json
 
     config = json.loads((run / "config.json").read_text())
-    green = next(s for s in config["space"]["slots"] if s["word"] == "green")
+    green = next(s for s in config["space"]["slots"] if s["word"] == "green" and s["target"] == "negative")
     assert green["options"][:3] == ["", "red", "cyan"]  # the edited space was searched
     if os.environ.get("DPO_DIFF_UI_SCREENSHOT"):
         save_screenshot(page, Path(os.environ["DPO_DIFF_UI_SCREENSHOT"]))

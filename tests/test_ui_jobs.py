@@ -247,11 +247,11 @@ def test_controller_runs_the_edited_space(tmp_path):
     fake.release.set()
     c = Controller(tmp_path, WORLD, JobManager(tmp_path, runner=fake, loader=fake.loader))
     text, _, built = c.build("a green orb", "improve")
-    assert "2. green [antonym]: white, red" in text
+    assert "4. green [antonym]: white, red" in text
     edited = text.replace("white, red", "red, cyan")
     job_id = c.start(RunRequest("a green orb", budget=6, steps=10, space_text=edited), built)
     job = c.jobs.get(job_id)
-    assert job.space.slots[1].options[:3] == ("", "red", "cyan") and job.cfg.steps == 10
+    assert job.space.slots[3].options[:3] == ("", "red", "cyan") and job.cfg.steps == 10
     assert job.out.parent == tmp_path.resolve() and job.cfg.similarity_threshold is None
     assert job.cfg.proposal.kind == "uniform"  # the paper's, unless the page asks for sparse edits
     sparse = c.jobs.get(c.start(RunRequest("a green orb", method="greedy", proposal="sparse"), built))
@@ -260,6 +260,20 @@ def test_controller_runs_the_edited_space(tmp_path):
     other = c.jobs.get(c.start(RunRequest("a big red square", space_text=edited), built))
     assert other.space.prompt == "a big red square" and other.space == build_space("a big red square", "improve",
                                                                                    WORLD)
+
+
+def test_the_apps_jobs_take_each_tasks_defaults_unless_the_page_names_them(tmp_path):
+    fake = FakeRun()
+    fake.release.set()
+    c = Controller(tmp_path, WORLD, JobManager(tmp_path, runner=fake, loader=fake.loader))
+    improve = c.jobs.get(c.start(RunRequest("a green orb", task="improve"), None))
+    assert (improve.cfg.method, improve.cfg.proposal.kind) == ("greedy", "uniform")
+    assert {s.target for s in improve.space.slots} == {"positive", "negative"}  # the hybrid space
+    attack = c.jobs.get(c.start(RunRequest("a big purple circle in the center", task="attack"), None))
+    assert (attack.cfg.method, attack.cfg.proposal.kind) == ("random", "uniform")
+    assert {s.target for s in attack.space.slots} == {"positive"}  # synonym rewrites
+    named = c.jobs.get(c.start(RunRequest("a green orb", method="random", proposal="sparse"), None))
+    assert (named.cfg.method, named.cfg.proposal.kind) == ("random", "sparse")
 
 
 def test_the_cli_and_the_job_layer_never_import_gradio():

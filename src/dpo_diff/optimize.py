@@ -27,7 +27,7 @@ from typing import Any
 from dpo_diff.config_dict import from_known_keys
 from dpo_diff.fidelity import check_ladder
 from dpo_diff.files import strict_dumps
-from dpo_diff.search import DEFAULT_METHOD, DEFAULT_RERANK_TOP, METHODS
+from dpo_diff.search import AUTO, DEFAULT_RERANK_TOP, METHODS, resolve_method, resolve_proposal
 from dpo_diff.search.evolution import EvolutionSearchConfig
 from dpo_diff.search.gradient import GradientSearchConfig
 from dpo_diff.search.greedy import GreedyConfig
@@ -46,10 +46,10 @@ class OptimizeConfig:
     prompt: str = ""
     task: str = "improve"
     space: str | None = None  # JSON file with the space for `prompt` (None: pass a SearchSpace to optimize())
-    target: str = "auto"  # which slots to search: auto = negative for improve, positive for attack
+    target: str = "auto"  # which slots to search: auto = the task's (select_target)
     model: str = ""
     judge: str = "openai/clip-vit-base-patch32"
-    method: str = DEFAULT_METHOD
+    method: str = AUTO  # "auto": the task's default (dpo_diff.search.TASK_DEFAULTS), resolved on construction
     budget: float = 40.0  # full-generation equivalents (one full sampler run on one seed = 1)
     seeds: tuple[int, ...] = (0,)  # image seeds seen by the search
     report_seeds: tuple[int, ...] = (1000, 1001, 1002)  # held-out seeds for the final before/after numbers
@@ -73,7 +73,9 @@ class OptimizeConfig:
     tpe: TPEConfig = field(default_factory=TPEConfig)
     llm: LLMSearchConfig = field(default_factory=LLMSearchConfig)  # the endpoint of method "llm"
     greedy: GreedyConfig = field(default_factory=GreedyConfig)  # method "greedy": beam width, expansions, ...
-    proposal: Proposal = field(default_factory=Proposal)  # how random, epo, hybrid, tpe and mf draw candidates
+    # How random, epo, hybrid, tpe and mf draw candidates: a Proposal, or a kind name ("auto": the task's default),
+    # made a Proposal on construction so that config.json records the proposal used.
+    proposal: Proposal | str = AUTO
     # seed-robust selection: re-rank the best 4 on 2 validation seeds (chosen above the search seeds when not given)
     selection: SelectionConfig = field(default_factory=lambda: SelectionConfig(DEFAULT_RERANK_TOP))
     time_budget: float | None = None  # optional wall-clock limit of the search, seconds
@@ -97,8 +99,9 @@ class OptimizeConfig:
             self.llm = from_known_keys(LLMSearchConfig, self.llm)
         if isinstance(self.greedy, dict):
             self.greedy = from_known_keys(GreedyConfig, self.greedy)
-        if isinstance(self.proposal, dict):
-            self.proposal = from_known_keys(Proposal, self.proposal)
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        self._resolve_task_defaults()
         if self.method == "llm" and not self.llm.model:
             raise ValueError("method llm needs a chat model: --llm-model NAME (and --llm-base-url URL for a local "
                              "OpenAI-compatible server)")
@@ -109,10 +112,6 @@ class OptimizeConfig:
                              f"{self.time_budget}")
         self.seeds, self.report_seeds = tuple(self.seeds), tuple(self.report_seeds)
         self.objective, self.eval_judges = normalised_judge_specs(self.objective, self.eval_judges)
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.target not in SEARCH_TARGETS:
             raise ValueError(f"unknown target {self.target!r}; choose one of {SEARCH_TARGETS}")
         if not self.budget > 0 or not math.isfinite(self.budget):
@@ -145,6 +144,16 @@ class OptimizeConfig:
             except ValueError as e:
                 raise ValueError(f"--{self.method}-ladder: {e}") from None
 
+    def _resolve_task_defaults(self) -> None:
+        """Replace "auto" by the task's method and proposal (a user's choice is kept as given)."""
+        self.method = resolve_method(self.method, self.task)
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {(AUTO, *METHODS)}")
+        if isinstance(self.proposal, dict):
+            self.proposal = from_known_keys(Proposal, self.proposal)
+        elif isinstance(self.proposal, str):
+            self.proposal = Proposal(resolve_proposal(self.proposal, self.task))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["seeds"], d["report_seeds"] = list(self.seeds), list(self.report_seeds)
@@ -172,26 +181,30 @@ def normalised_judge_specs(objective: str | None, eval_judges) -> tuple[str | No
 
 
 def select_target(space: SearchSpace, task: str, target: str) -> SearchSpace:
-    """The part of ``space`` the task searches (the antonym/negative part for improve, synonyms for attack).
+    """The part of ``space`` a run searches. ``auto``: for improve, every slot of a space with negative-prompt terms
+    (the default hybrid space's synonym swaps with its antonym terms; an antonym or nplib space's terms); for attack,
+    the rewrites of the prompt's words (positive slots). ``negative``, ``positive`` and ``both`` as named (``negative``
+    for improve: the paper's negative-prompt-only search).
 
-    Raises ``ValueError`` when the space has slots but none of that kind (e.g. a synonym space for improve): searching
-    something else than the task asks would silently answer another question.
+    Raises ``ValueError`` when the space has slots but none of the kind the task or target needs (e.g. a synonym space
+    for improve): searching something else than asked would silently answer another question.
     """
     from dpo_diff.problem import Task
 
-    chosen = Task(task).default_target if target == "auto" else target
-    sub = space.select(chosen)
+    needed = Task(task).default_target if target == "auto" else target
+    sub = space.select(needed)
     if sub.slots or not space.slots:
-        return sub
-    other = "positive" if chosen == "negative" else "negative"
+        # improve may also rewrite the prompt where the space offers it (the registered default, TASK_DEFAULTS)
+        return space if target == "auto" and task == "improve" else sub
+    other = "positive" if needed == "negative" else "negative"
     kind = {"negative": "negative-prompt terms (antonym or nplib space)",
             "positive": "rewrites of the prompt's words (synonym space)"}
     words = ", ".join(dict.fromkeys(s.word or "(nplib)" for s in space.slots))
-    how = "--kind antonym" if chosen == "negative" else "--kind synonym"
+    how = "--kind antonym" if needed == "negative" else "--kind synonym"
     raise ValueError(
         f"the space for {space.prompt!r} has only {other} slots ({kind[other]}; words: {words}), but "
-        f"{'--task ' + task if target == 'auto' else '--target ' + target} searches {chosen} slots "
-        f"({kind[chosen]}). Build a space with them ('dpo-diff space build {how}' or --kind hybrid), or pass "
+        f"{'--task ' + task if target == 'auto' else '--target ' + target} searches {needed} slots "
+        f"({kind[needed]}). Build a space with them ('dpo-diff space build {how}' or --kind hybrid), or pass "
         f"--target {other} to search the slots it has")
 
 
@@ -296,8 +309,9 @@ def uses_world(model: str) -> bool:
 
 def default_space(cfg: OptimizeConfig) -> SearchSpace:
     """The task's space for ``cfg.prompt``, built as ``space build`` and ``bench`` build it
-    (:func:`~dpo_diff.space_builder.build_task_spaces`): antonym terms for improve, synonym rewrites pre-filtered by
-    the meaning constraint for attack; the shapes world's own substitutes for the bundled world model."""
+    (:func:`~dpo_diff.space_builder.build_task_spaces`): the hybrid space for improve (antonym terms with synonym
+    swaps), synonym rewrites for attack, rewrites pre-filtered by the meaning constraint; the shapes world's own
+    substitutes for the bundled world model."""
     from dpo_diff.space_builder import build_task_spaces
 
     prompt = " ".join(cfg.prompt.split())
@@ -643,7 +657,10 @@ def run_search(cfg: OptimizeConfig, problem, full_space: SearchSpace, out: Path,
         problem.constraint = constraint
     bar.n = result.cost  # re-ranking included: all the search was charged
     tracker.close()
-    if verdicts["asked"] and not verdicts["accepted"] and not preloaded:  # only the user prompt itself was scored
+    # Every rewrite rejected and nothing else scored than the user prompt itself (a hybrid space's negative terms
+    # leave the prompt's text alone: candidates of those alone pass and may be the answer).
+    only_user = all(e.candidate == space.default for e in result.evaluations)
+    if verdicts["asked"] and not verdicts["accepted"] and not preloaded and only_user:
         print(f"dpo-diff: {none_admissible}")
         atomic_write_text(out / "search.json", strict_dumps(result.to_dict(), indent=2) + "\n")
         return _Searched(result, user, space.default, none_admissible, t0, earlier)

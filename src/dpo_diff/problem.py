@@ -25,8 +25,9 @@ TaskName = Literal["improve", "attack"]
 
 @dataclass(frozen=True)
 class Task:
-    """``improve``: make images follow the prompt (negative antonym space by default, minimise the loss).
-    ``attack``: a meaning-preserving synonym rewrite that breaks faithfulness (positive space, maximise the loss)."""
+    """``improve``: make images follow the prompt (negative-prompt terms, by default with synonym swaps of the
+    prompt's words: the hybrid space; minimise the loss). ``attack``: a meaning-preserving synonym rewrite that breaks
+    faithfulness (positive space, maximise the loss)."""
 
     name: TaskName
 
@@ -44,6 +45,8 @@ class Task:
 
     @property
     def default_target(self) -> Literal["negative", "positive"]:
+        """The slots the task cannot search without (improve's ``auto`` also takes a space's positive slots:
+        :func:`dpo_diff.optimize.select_target`)."""
         return "negative" if self.name == "improve" else "positive"
 
 

@@ -380,9 +380,25 @@ DEFAULT_SIMILARITY_THRESHOLD = 0.9  # the paper's attack setting
 
 
 def task_space_kind(task: str) -> str:
-    """The space a task searches when none is named: antonym (negative-prompt terms) for improve, synonym (rewrites
-    of the prompt's words) for attack."""
-    return "antonym" if task == "improve" else "synonym"
+    """The space a task searches when none is named (:data:`dpo_diff.search.TASK_DEFAULTS`): hybrid (synonym swaps of
+    the prompt's words with antonym negative-prompt terms) for improve, synonym (rewrites of the prompt's words) for
+    attack."""
+    from dpo_diff.search import task_defaults
+
+    return task_defaults(task).space
+
+
+WORLD_KINDS = {"antonym": "antonym", "synonym": "synonym", "hybrid": "both"}
+"""The shapes world's name (:func:`dpo_diff.world.spaces.world_space`) of each space kind it can build (it has no
+NPLib terms)."""
+
+
+def world_kind(kind: str) -> str:
+    """The shapes world's name of space ``kind`` (``SpaceError`` for a kind the world cannot build)."""
+    if kind not in WORLD_KINDS:
+        raise SpaceError(f"the shapes world builds {', '.join(WORLD_KINDS)} spaces from its own substitutes, not "
+                         f"{kind!r}")
+    return WORLD_KINDS[kind]
 
 
 def meaning_constraint_for(kind: str, threshold: float | None,
@@ -400,17 +416,17 @@ def build_task_spaces(prompts: Sequence[str], task: str, *, kind: str | None = N
                       on_error: Literal["raise", "skip"] = "skip") -> BuildReport:
     """The spaces ``optimize`` (without ``--space``) and ``bench`` search, built as ``space build`` builds them:
     ``kind`` (default :func:`task_space_kind`) from the offline WordNet lexicon, pre-filtered by the meaning
-    constraint (:func:`meaning_constraint_for`); with ``world`` the shapes world's own substitutes (its synonyms
-    denote the same scene by construction, so no constraint is needed). ``out``: as :func:`build_spaces` (``None``:
-    in memory)."""
+    constraint (:func:`meaning_constraint_for`); with ``world`` the shapes world's own substitutes of that kind (its
+    synonyms denote the same scene by construction, so no constraint is needed). ``out``: as :func:`build_spaces`
+    (``None``: in memory)."""
+    kind = kind or task_space_kind(task)
     if world:
         from dpo_diff.world.spaces import world_space
 
-        spaces = {p: world_space(p, task) for p in dict.fromkeys(prompts)}
+        spaces = {p: world_space(p, task, world_kind(kind)) for p in dict.fromkeys(prompts)}
         if out is not None:
             old = load_spaces(out) if Path(out).is_file() else {}
             save_spaces({**old, **spaces}.values(), out)
         return BuildReport(spaces, built=list(spaces))
-    kind = kind or task_space_kind(task)
     return build_spaces(prompts, kind, out=out, on_error=on_error,  # type: ignore[arg-type]
                         constraint=meaning_constraint_for(kind, similarity_threshold, similarity_model))

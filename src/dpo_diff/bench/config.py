@@ -29,6 +29,7 @@ from dpo_diff.search.model_based import TPEConfig
 from dpo_diff.search.multi_fidelity import MultiFidelityConfig
 from dpo_diff.search.proposal import Proposal
 from dpo_diff.search.selection import SelectionConfig
+from dpo_diff.world.spaces import PAPER_KINDS
 
 # baseline first in tables: random, then the others (tpe, mf, epo, gpo, hybrid)
 SEARCH_METHODS = ("random", *(m for m in reversed(SEARCH_METHOD_NAMES) if m != "random"))
@@ -59,7 +60,9 @@ class BenchConfig:
     world: bool = False  # the bundled shapes-world models, substitutes and ground-truth checker
     model: str = ""  # diffusers pipeline hub id or folder: SD 1.x/2.x, SDXL, SD 3, FLUX (ignored with world)
     judge: str = DEFAULT_JUDGE  # CLIP hub id or folder (ignored with world)
-    space_kind: str | None = None  # built with the offline WordNet lexicon; None: antonym (improve) / synonym (attack)
+    # Built with the offline WordNet lexicon (the world's own substitutes with `world`); None: the task's
+    # (dpo_diff.space_builder.task_space_kind: hybrid for improve, synonym for attack).
+    space_kind: str | None = None
     spaces: str | None = None  # a spaces JSON file instead of building them
     steps: int = 50
     guidance: float = 7.5
@@ -135,8 +138,11 @@ class BenchConfig:
             raise BenchError(f"budget {self.budget} is smaller than one evaluation on {len(self.seeds)} seeds")
         if self.space_kind is not None and self.space_kind not in SPACE_KINDS:
             raise BenchError(f"unknown space kind {self.space_kind!r}; choose one of {SPACE_KINDS}")
-        if self.world and (self.spaces or self.space_kind):
-            raise BenchError("--world uses the shapes world's own substitutes; drop --spaces/--space-kind")
+        if self.world and self.spaces:
+            raise BenchError("--world uses the shapes world's own substitutes; drop --spaces")
+        if self.world and self.space_kind == "nplib":
+            raise BenchError("the shapes world has no NPLib terms: --space-kind with --world is antonym, synonym or "
+                             "hybrid")
         if self.spaces and self.space_kind:
             raise BenchError("give either --spaces FILE or --space-kind, not both")
         if not self.world and not self.model:
@@ -160,7 +166,19 @@ class BenchConfig:
 
     @property
     def resolved_space_kind(self) -> str:
-        return self.space_kind or ("antonym" if self.task == "improve" else "synonym")
+        from dpo_diff.space_builder import task_space_kind
+
+        return self.space_kind or task_space_kind(self.task)
+
+    def _improve_rewrites_prompt(self) -> bool:
+        """Whether improve searches positive slots too: its spaces have them (select_target's ``auto``)."""
+        if self.task != "improve":
+            return False
+        if not self.spaces:
+            return self.resolved_space_kind == "hybrid"
+        from dpo_diff.space import load_spaces
+
+        return any(space.slots_of("positive") for space in load_spaces(self.spaces).values())
 
     def model_paths(self) -> tuple[str, str]:
         """The generator and judge to load (the bundled ones with ``world``)."""
@@ -190,6 +208,14 @@ class BenchConfig:
         d["model"], d["judge"] = model_fingerprint(model), model_fingerprint(judge)
         if d["dtype"] == "auto" and _runs_on_cpu(self.device):
             d["dtype"] = "fp32"  # what auto means on a CPU, so folders made before auto keep their fingerprint
+        kind = None if self.spaces else self.resolved_space_kind
+        # Without --space-kind a bench built the paper's space until improve's default became the hybrid space
+        # (TASK_DEFAULTS): a bench building it is keyed as before, with no kind, so folders made then resume.
+        d["space_kind"] = None if kind == PAPER_KINDS[self.task] else kind
+        if self._improve_rewrites_prompt():
+            # improve has also searched the positive slots of a space with negative ones since its default became
+            # the hybrid space; records of the older, negative-only search of such spaces must not mix with these
+            d["improve_target"] = "both"
         if self.spaces:
             d["spaces"] = model_fingerprint(self.spaces)
         elif not self.world and self.resolved_space_kind in ("synonym", "hybrid") and self.similarity_threshold:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from dpo_diff.search import METHODS, NEEDS_ENDPOINT
+from dpo_diff.search import METHODS, NEEDS_ENDPOINT, per_task
 
 # llm needs an endpoint (--llm-model, --llm-base-url): it runs when asked for, never by default
 DEFAULT_METHODS = ",".join(("user", "random", *(m for m in reversed(METHODS) if m != "random"
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from dpo_diff.commands.judge_args import add_judge_arguments
     from dpo_diff.commands.optimize import BACKBONE_GUIDANCE, BACKBONE_STEPS, add_llm_arguments
     from dpo_diff.commands.search_args import add_search_arguments
+    from dpo_diff.commands.space import KINDS
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--prompts", required=True,
@@ -47,14 +48,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "report, and go on; a rerun retries it)")
     g = p.add_argument_group("models and spaces")
     g.add_argument("--world", action="store_true",
-                   help="the bundled shapes-world generator and judge, the world's substitutes as spaces and its "
-                        "ground-truth checker for faithfulness")
+                   help="the bundled shapes-world generator and judge, the world's substitutes as spaces (of "
+                        "--space-kind) and its ground-truth checker for faithfulness")
     g.add_argument("--model", default="", help="Stable Diffusion hub id or local diffusers folder")
     g.add_argument("--judge", default="openai/clip-vit-base-patch32", help="CLIP hub id or local folder")
     add_judge_arguments(g)
-    g.add_argument("--space-kind", default=None, choices=("antonym", "synonym", "nplib", "hybrid"),
-                   help="build spaces with the offline WordNet lexicon (default antonym for improve, synonym for "
-                        "attack)")
+    g.add_argument("--space-kind", default=None, choices=KINDS,
+                   help=f"build spaces of this kind with the offline WordNet lexicon, or the world's substitutes "
+                        f"with --world (no nplib there) (default: the task's, {per_task('space')}; antonym: the "
+                        f"paper's improve space, negative-prompt terms only)")
     g.add_argument("--spaces", default=None, help="a spaces JSON file ('dpo-diff space build') instead")
     g.add_argument("--promptist-model", default="microsoft/Promptist", help="hub id or folder of the rewriter")
     g.add_argument("--promptist-tokenizer", default=None, help="its tokenizer (default: the model's, else gpt2)")

@@ -1,8 +1,10 @@
 """Run DPO-Diff end to end on the bundled shapes-world models (no downloads, a few minutes on a CPU).
 
-Optimizes one held-out hard prompt (improve: negative-prompt search over the world's antonyms) and attacks one
-held-out easy prompt (synonym rewrites), then prints the judge's CLIP loss and the ground-truth checker's
-faithfulness before and after, on held-out report seeds, and writes images side by side to --out.
+Optimizes one held-out hard prompt (improve) and attacks one held-out easy prompt, each with the task's default
+method over the task's default space (dpo_diff.search.TASK_DEFAULTS: improve searches the world's antonyms as
+negative-prompt terms with synonym swaps of the prompt's words, attack rewrites it with synonyms), then prints the
+judge's CLIP loss and the ground-truth checker's faithfulness before and after, on held-out report seeds, and writes
+images side by side to --out.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ DEMO_IMPROVE_PROMPT = "a green orb"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    from dpo_diff.search import DEFAULT_METHOD, DEFAULT_RERANK_TOP, METHOD_HELP, METHODS
+    from dpo_diff.search import AUTO, DEFAULT_RERANK_TOP, METHOD_HELP, METHODS
 
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help=METHOD_HELP)
+    p.add_argument("--method", default=AUTO, choices=(AUTO, *METHODS), help=METHOD_HELP)
     p.add_argument("--budget", type=float, default=40.0)
     p.add_argument("--seed", type=int, default=0, help="root seed of the searches' random streams")
     p.add_argument("--seeds", default="0", help="search seeds")
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from dpo_diff.search.gradient import GradientSearchConfig
     from dpo_diff.search.selection import SelectionConfig
     from dpo_diff.seeding import parse_seeds
+    from dpo_diff.space_builder import build_task_spaces
     from dpo_diff.world import (
         RECOMMENDED_GUIDANCE,
         RECOMMENDED_STEPS,
@@ -55,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
         load_checker,
         verify_model_folder,
     )
-    from dpo_diff.world.spaces import world_space
 
     for kind in ("generator", "judge", "checker"):
         verify_model_folder(kind)  # a clear error naming the file and the script that rebuilds it
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             ("attack", args.attack_prompt or heldout_prompts("easy", 1, seed=0)[0])]
     summary = []
     for task, prompt in runs:
-        space = world_space(prompt, task)
+        space = build_task_spaces([prompt], task, world=True).spaces[prompt]  # the task's space, as optimize's
         cfg = OptimizeConfig(
             prompt=prompt, task=task, model=str(generator_path()), judge=str(judge_path()), method=args.method,
             budget=budget, seeds=seeds, report_seeds=report, steps=steps, guidance=RECOMMENDED_GUIDANCE,

@@ -1,4 +1,5 @@
-"""Optimize one prompt with DPO-Diff: improve it (negative antonym space) or attack the model (synonym space).
+"""Optimize one prompt with DPO-Diff: improve it (by default greedy search over antonym negative-prompt terms and
+synonym swaps of its words) or attack the model (by default random search over synonym rewrites).
 
 Writes DIR/config.json, DIR/result.json (before/after losses on search and held-out report seeds), DIR/search.json,
 DIR/progress.jsonl and side-by-side PNGs of the user prompt's images and the optimized ones on the same seeds. Without
@@ -25,7 +26,7 @@ BACKBONE_GUIDANCE = ("the backbone's pipeline default: 7.5 for SD 1.x/2.x, 5.0 f
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from dpo_diff.commands.judge_args import add_judge_arguments
     from dpo_diff.commands.search_args import add_search_arguments
-    from dpo_diff.search import DEFAULT_METHOD, METHOD_HELP, METHODS
+    from dpo_diff.search import AUTO, METHOD_HELP, METHODS, per_task
     from dpo_diff.space import SEARCH_TARGETS
 
     p.add_argument("--prompt", required=True, help="the user prompt")
@@ -33,11 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default=None,
                    help="search-space JSON (hand-edited, from 'dpo-diff space build' or the reference "
                         "implementation's layout); the entry for --prompt is used. Default: the task's space is "
-                        "built for --prompt as 'space build' builds it (antonym terms for improve, synonym rewrites "
-                        "kept by the meaning constraint for attack; the world's own substitutes with the shapes "
-                        "world) and saved as DIR/space.json")
+                        f"built for --prompt as 'space build --kind KIND' builds it (KIND: {per_task('space')}; "
+                        "rewrites of the prompt kept by the meaning constraint; the world's own substitutes with the "
+                        "shapes world) and saved as DIR/space.json")
     p.add_argument("--target", default="auto", choices=SEARCH_TARGETS,
-                   help="slots to search (auto: negative for improve, positive for attack)")
+                   help="slots to search (auto: for improve every slot of a space with negative-prompt terms, i.e. "
+                        "the hybrid space's synonym swaps too; for attack the rewrites, positive slots). --target "
+                        "negative with --task improve is the paper's search: negative-prompt terms only")
     p.add_argument("--model", default=None,
                    help="Stable Diffusion hub id or local diffusers folder (default: the bundled shapes-world "
                         "generator, which runs on a CPU with no download)")
@@ -45,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"CLIP hub id or local folder (default: the shapes-world judge with the bundled generator, "
                         f"else {DEFAULT_JUDGE})")
     add_judge_arguments(p)
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help=METHOD_HELP)
+    p.add_argument("--method", default=AUTO, choices=(AUTO, *METHODS), help=METHOD_HELP)
     p.add_argument("--budget", type=float, default=40.0, help="full-generation equivalents (default 40, as the paper)")
     p.add_argument("--seeds", default="0", help="image seeds for the search, e.g. 0,1,2")
     p.add_argument("--report-seeds", default="1000,1001,1002", help="held-out seeds for before/after numbers")
@@ -73,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sentence-transformers model for the constraint (default: offline all-MiniLM-L6-v2; "
                         "sentence-transformers/sentence-t5-base for paper parity)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="reuse evaluations already in DIR/progress.jsonl")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse evaluations already in DIR/progress.jsonl (without --method/--proposal: the ones "
+                        "DIR/config.json records, so a run keeps its method when the task's default changes)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print only the answer as one JSON document (user_prompt, "
@@ -175,6 +180,26 @@ def models_of(args: argparse.Namespace) -> tuple[str, str]:
     return str(generator_path()), judge
 
 
+def recorded_choices(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with an ``auto`` --method or --proposal replaced by the one DIR/config.json records for the same
+    task (what ``--resume`` continues); unchanged when there is no readable record (the resume check reports it)."""
+    from pathlib import Path
+
+    from dpo_diff.search import AUTO
+
+    try:
+        recorded = json.loads((Path(args.out) / "config.json").read_text()).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return args
+    if not isinstance(recorded, dict) or recorded.get("task") != args.task:
+        return args
+    proposal = recorded.get("proposal")
+    choices = {"method": recorded.get("method"),
+               "proposal": proposal.get("kind") if isinstance(proposal, dict) else None}
+    return argparse.Namespace(**{**vars(args), **{k: v for k, v in choices.items()
+                                                   if isinstance(v, str) and getattr(args, k) == AUTO}})
+
+
 def run(args: argparse.Namespace) -> int:
     from dpo_diff.commands.judge_args import eval_judge_specs
     from dpo_diff.commands.search_args import search_settings
@@ -184,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, judge = models_of(args)
     device = resolve_device(args.device)
+    args = recorded_choices(args) if args.resume else args
     cfg = OptimizeConfig(
         prompt=args.prompt, task=args.task, space=args.space, target=args.target, model=model,
         judge=judge, method=args.method, budget=args.budget, seeds=parse_seeds(args.seeds),

@@ -53,12 +53,11 @@ def add_search_arguments(g) -> None:
 
 def add_sparse_arguments(g) -> None:
     """The proposal every sampler takes and the greedy search's settings."""
-    from dpo_diff.search import DEFAULT_PROPOSAL, DEFAULT_SPARSE_MEAN, PROPOSAL_HELP, PROPOSALS
+    from dpo_diff.search import AUTO, DEFAULT_SPARSE_MEAN, PROPOSAL_HELP, PROPOSALS
     from dpo_diff.search.greedy import GreedyConfig
 
     greedy = GreedyConfig()
-    g.add_argument("--proposal", default=DEFAULT_PROPOSAL, choices=PROPOSALS,
-                   help=f"{PROPOSAL_HELP} (default {DEFAULT_PROPOSAL})")
+    g.add_argument("--proposal", default=AUTO, choices=(AUTO, *PROPOSALS), help=PROPOSAL_HELP)
     g.add_argument("--sparsity-mean", type=float, default=DEFAULT_SPARSE_MEAN,
                    help=f"--proposal sparse: mean number of changed words/terms per candidate (>= 1; default "
                         f"{DEFAULT_SPARSE_MEAN:g})")
@@ -74,8 +73,9 @@ def add_sparse_arguments(g) -> None:
 
 
 def search_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """``gpo``, ``mf``, ``tpe``, ``greedy``, ``proposal``, ``selection`` and ``time_budget`` keyword arguments of
-    OptimizeConfig / BenchConfig."""
+    """``gpo``, ``mf``, ``tpe``, ``greedy``, ``proposal`` (an ``auto`` one: ``--task``'s default), ``selection`` and
+    ``time_budget`` keyword arguments of OptimizeConfig / BenchConfig."""
+    from dpo_diff.search import resolve_proposal
     from dpo_diff.search.gradient import GradientSearchConfig
     from dpo_diff.search.greedy import GreedyConfig
     from dpo_diff.search.model_based import TPEConfig
@@ -93,6 +93,6 @@ def search_settings(args: argparse.Namespace) -> dict[str, Any]:
             "tpe": TPEConfig(ladder=args.tpe_ladder, keep=args.tpe_keep),
             "greedy": GreedyConfig(beam=args.beam, expand=args.greedy_expand, max_changes=args.max_changes,
                                    screen=args.greedy_screen),
-            "proposal": Proposal(args.proposal, args.sparsity_mean),
+            "proposal": Proposal(resolve_proposal(args.proposal, args.task), args.sparsity_mean),
             "selection": SelectionConfig(args.rerank_top, validation, judges=args.select_judge),
             "time_budget": args.time_budget}

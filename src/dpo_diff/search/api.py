@@ -5,8 +5,9 @@ Methods (all at the same, honestly counted budget, see :mod:`dpo_diff.search.bas
 * ``hybrid`` (the paper's best): GPO, then EPO seeded from the learned distribution.
 * ``gpo``: shortcut-gradient training, then samples from the learned distribution (GPO-sampling).
 * ``epo``: evolutionary search from a uniform population.
-* ``random`` (default, :data:`dpo_diff.search.DEFAULT_METHOD`): uniform random search, the baseline; nothing
-  beat it on the registered evaluation (``docs/world_bench.md``).
+* ``random`` (:func:`search`'s default, :data:`dpo_diff.search.BASELINE_METHOD`): uniform random search, the
+  baseline. The commands (optimize, demo, the web app) take the task's default instead
+  (:data:`dpo_diff.search.TASK_DEFAULTS`).
 * ``mf``: multi-fidelity successive halving: many cheap looks (the no-grad shortcut loss, few-step generations),
   full evaluations for the best (:mod:`dpo_diff.search.multi_fidelity`).
 * ``tpe``: optuna's Tree-structured Parzen Estimator, optionally with a cheap rung
@@ -29,7 +30,7 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from dpo_diff.search import DEFAULT_METHOD, METHODS
+from dpo_diff.search import BASELINE_METHOD, METHODS
 from dpo_diff.search.base import BudgetExhausted, Evaluation, Evaluator, NothingToSearch, SearchResult, finish
 from dpo_diff.search.cost import generation_calls
 from dpo_diff.search.evolution import EvolutionSearchConfig, evolution_search
@@ -46,7 +47,7 @@ from dpo_diff.search.selection import SelectionConfig, normalised_select_judges,
 __all__ = ["METHODS", "search"]
 
 
-def search(problem, *, method: str = DEFAULT_METHOD, budget: float = 40.0, seeds: Sequence[int] = (0,), seed: int = 0,
+def search(problem, *, method: str = BASELINE_METHOD, budget: float = 40.0, seeds: Sequence[int] = (0,), seed: int = 0,
            gpo: GradientSearchConfig | None = None, epo: EvolutionSearchConfig | None = None,
            selection: SelectionConfig | None = None, mf: MultiFidelityConfig | None = None,
            tpe: TPEConfig | None = None, llm: LLMSearchConfig | None = None,

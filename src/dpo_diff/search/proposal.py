@@ -21,7 +21,7 @@ import random
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 
-from dpo_diff.search import DEFAULT_PROPOSAL, DEFAULT_SPARSE_MEAN, PROPOSALS
+from dpo_diff.search import DEFAULT_SPARSE_MEAN, PAPER_PROPOSAL, PROPOSALS
 from dpo_diff.space import Candidate
 
 MAX_DRAWS_PER_CANDIDATE = 50  # attempts per wanted candidate before a small space is taken as exhausted
@@ -37,7 +37,7 @@ class Proposal:
             truncated at the number of slots that can change.
     """
 
-    kind: str = DEFAULT_PROPOSAL
+    kind: str = PAPER_PROPOSAL
     mean_changes: float = DEFAULT_SPARSE_MEAN
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dpo_diff.search import PROPOSALS
+from dpo_diff.search import AUTO, PROPOSALS, per_task
 from dpo_diff.ui.controller import Controller, RunView, UserMessage
 from dpo_diff.ui.jobs import RunRequest
 
@@ -30,6 +30,11 @@ def offline_gradio() -> Any:
     import gradio as gr
 
     return gr
+
+
+def task_default(field: str) -> tuple[str, str]:
+    """The choice of a form field (method or proposal) that leaves it to the task of the run (one form, two tasks)."""
+    return f"the task's ({per_task(field)})", AUTO
 
 
 def error_text(e: Exception) -> str:
@@ -57,9 +62,9 @@ def _run_tab(gr: Any, c: Controller, d: RunRequest, methods: tuple[str, ...]) ->
     with gr.Row():
         prompt = gr.Textbox(d.prompt, label="prompt", elem_id="prompt", scale=3)
         task = gr.Radio(["improve", "attack"], value=d.task, label="task", elem_id="task")
-        method = gr.Dropdown(list(methods), value=d.method, label="method", elem_id="method")
-        proposal = gr.Radio(list(PROPOSALS), value=d.proposal, label="candidates (random, epo, hybrid, tpe, mf)",
-                            elem_id="proposal")
+        method = gr.Dropdown([task_default("method"), *methods], value=d.method, label="method", elem_id="method")
+        proposal = gr.Radio([task_default("proposal"), *PROPOSALS], value=d.proposal,
+                            label="candidates (random, epo, hybrid, tpe, mf)", elem_id="proposal")
     with gr.Row():
         budget = gr.Number(d.budget, label="budget (full generations)", elem_id="budget")
         seeds = gr.Textbox(d.seeds, label="search seeds", elem_id="seeds")

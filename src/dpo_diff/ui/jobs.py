@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_diff.optimize import OptimizeConfig
-from dpo_diff.search import DEFAULT_METHOD, DEFAULT_PROPOSAL
-from dpo_diff.search.proposal import Proposal
+from dpo_diff.search import AUTO
 from dpo_diff.search.selection import SelectionConfig
 from dpo_diff.space import SearchSpace, SpaceError
 
@@ -55,21 +54,21 @@ class RunRequest:
 
     prompt: str
     task: str = "improve"
-    method: str = DEFAULT_METHOD
+    method: str = AUTO  # "auto": the task's default method (dpo_diff.search.TASK_DEFAULTS), resolved by OptimizeConfig
     budget: float = 40.0
     seeds: str = "0"
     report_seeds: str = "100-103"
     seed: int = 0
     steps: int | None = None  # None: the model's recommended number (50)
     space_text: str | None = None  # the edited space (see dpo_diff.ui.space_text); None: as built
-    proposal: str = DEFAULT_PROPOSAL  # how the samplers draw candidates: uniform (the paper's) or sparse edits
+    proposal: str = AUTO  # how the samplers draw candidates: uniform (the paper's), sparse edits, auto (the task's)
     select_judges: str = ""  # --select-judge: judges that must all prefer the answer to the user prompt
 
 
 def build_space(prompt: str, task: str, models: Models) -> SearchSpace:
-    """The space the lexicon builds for ``prompt``: the world's own antonyms/synonyms in the shapes world,
-    WordNet (as ``dpo-diff space build``) otherwise. Raises ``ValueError`` with the CLI's message when there is
-    nothing to search."""
+    """The task's space for ``prompt`` (:func:`~dpo_diff.space_builder.task_space_kind`), built from the world's own
+    antonyms/synonyms in the shapes world, WordNet (as ``dpo-diff space build``) otherwise. Raises ``ValueError``
+    with the CLI's message when there is nothing to search."""
     from dpo_diff.problem import TASKS
 
     if task not in TASKS:
@@ -116,7 +115,7 @@ def make_config(request: RunRequest, models: Models, out: Path, built: SearchSpa
     cfg = OptimizeConfig(prompt=space.prompt, task=request.task, method=request.method, budget=float(request.budget),
                          seeds=parse_seeds(request.seeds), report_seeds=parse_seeds(request.report_seeds),
                          seed=int(request.seed), steps=50 if request.steps is None else int(request.steps),
-                         device=models.device, proposal=Proposal(request.proposal),
+                         device=models.device, proposal=request.proposal,
                          selection=page_selection(request.select_judges, models), out=str(out), **extra)
     return cfg, space
 
