@@ -32,9 +32,10 @@ TASK_DEFAULTS: dict[str, TaskDefaults] = {
 """The defaults of optimize, demo, bench's spaces and the web app, per task; each follows a registered evaluation
 (docs/evaluation_protocol.md, docs/world_bench.md). improve: on the registered evaluation of prompt seed 1006 the
 rule fixed before it ran chose greedy search (single edits first, then the best combined) over the hybrid space
-(synonym swaps of the prompt's words with antonym negative-prompt terms). attack: that evaluation's result is not
-in; it stays where the evaluations of prompt seeds 1004 and 1005 left it (no search beat uniform random search over
-the synonym space, so the cheapest of the tied best)."""
+(synonym swaps of the prompt's words with antonym negative-prompt terms): +9.1 points all-correct [+0.3, +18.1] and
++1.8 attribute accuracy [+0.1, +3.6] against uniform random search. attack: uniform random search over the synonym
+space stays (evaluations 1004-1006): greedy and sparse random search changed half as many words but were not
+non-inferior in breaking the prompt (all-correct lower bounds -16.9 and -11.5 points, the rule's margin -5)."""
 AUTO = "auto"  # a method or proposal of "auto" is the task's default (TASK_DEFAULTS), resolved before a run starts
 BASELINE_METHOD = "random"
 """The method of :func:`dpo_diff.search.api.search` when a library caller names none: the baseline, independent of
