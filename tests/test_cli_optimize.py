@@ -209,6 +209,36 @@ def test_a_bad_model_path_fails_before_anything_is_written(space_file, tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["optimize", "bench"])
+@pytest.mark.parametrize("flag, value, bad, role, message", [
+    ("--objective", "{bad}=1", "clip:{tmp}/missing", "objective term", "CLIP judge folder '{tmp}/missing' does not"),
+    ("--objective", "world:judge=1,{bad}<=+0.1", "vqa:{tmp}/empty", "objective term", "has no config.json"),
+    ("--select-judge", "{bad}", "aesthetic:{tmp}/no.pth", "selection judge", "weights file '{tmp}/no.pth' does not"),
+    ("--eval-judges", "world:judge_b,{bad}", "aesthetic:{tmp}/w.pth[clip={tmp}/none]", "evaluation judge",
+     "CLIP backbone folder '{tmp}/none' does not exist"),
+])
+def test_a_bad_path_in_a_judge_spec_fails_before_anything_is_written(space_file, tmp_path, capsys, command, flag,
+                                                                     value, bad, role, message):
+    """As a bad --model or --judge: refused before config.json (optimize) or the bench folder is written, in one
+    line that names the spec as given."""
+    from dpo_diff.world import generator_path, judge_path
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "w.pth").write_bytes(b"")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PROMPT + "\n")
+    bad, message = bad.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    argv = {"optimize": ["optimize", "--prompt", PROMPT, "--space", space_file, "--quiet"],
+            "bench": ["bench", "--prompts", str(prompts), "--spaces", space_file, "--methods", "user"]}[command]
+    out = tmp_path / "o"
+    assert main([*argv, "--model", str(generator_path()), "--judge", str(judge_path()), flag, value.format(bad=bad),
+                 "--steps", "4", "--guidance", "7.5", "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{role} {bad!r}: " in err and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 class _FirstGeneration(Exception):
     """Raised where a run would generate its first image: the test has seen what it needs by then."""
 

@@ -3,6 +3,8 @@ on tiny random models saved and loaded through ``from_pretrained`` (or the weigh
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +60,25 @@ def test_objective_spec_parses_weights_options_and_constraints():
 def test_bad_objective_specs_say_what_is_allowed(bad, message):
     with pytest.raises(ValueError, match=message):
         parse_objective(bad)
+
+
+def test_judge_sources_are_checked_without_loading(tmp_path, tiny_clip):
+    from dpo_diff.judges.spec import check_judge_sources
+    from dpo_diff.loading import ModelNotFoundError
+
+    empty, weights = tmp_path / "empty", tmp_path / "w.pth"
+    empty.mkdir()
+    weights.write_bytes(b"")  # only its existence is checked: the weights are read when the judge loads
+    check_judge_sources([f"clip:{tiny_clip}", "world:judge", "world:vqa", "checker",
+                         f"aesthetic:{weights}[clip={tiny_clip}]", f"aesthetic:{weights}[clip=world:judge_b]"])
+    for bad, message in [(f"clip:{empty}", f"CLIP judge folder {str(empty)!r} has no config.json"),
+                         (f"vqa:{empty}", "VQA judge folder"), (f"siglip:{tmp_path}/no", "does not exist"),
+                         (f"aesthetic:{tmp_path}/no.pth", "weights file"), (f"aesthetic:{empty}", "is a folder"),
+                         (f"aesthetic:{weights}[clip={empty}]", "CLIP backbone folder"),
+                         ("clip:world:nothing", "the shapes world has no model 'nothing'")]:
+        with pytest.raises(ModelNotFoundError, match=re.escape(message)) as e:
+            check_judge_sources(["world:judge", bad], "evaluation judge")
+        assert str(e.value).startswith(f"evaluation judge {bad!r}: ")
 
 
 # ---------------------------------------------------------------------------------------------------- preprocessing

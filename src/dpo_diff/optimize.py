@@ -267,6 +267,7 @@ def optimize(cfg: OptimizeConfig, *, space: SearchSpace | None = None, backend=N
     with output_lock(out):  # a busy folder is the first error, before the model's defaults are looked up
         check_models(None if backend is not None else cfg.model,
                      None if judge is not None or cfg.objective else cfg.judge)
+        check_judge_specs(cfg, objective=judge is None)
         resolve_sampling(cfg, space, backend)  # before config.json is written: it records the values used
         prepare_folder(cfg, space, out, resume=resume, overwrite=overwrite)
         if built:
@@ -397,6 +398,19 @@ def check_models(model: str | None, judge: str | None) -> None:
         backend_class(model)
     if judge is not None:
         resolve_model(judge, "CLIP judge", "config.json")
+
+
+def check_judge_specs(cfg, objective: bool = True) -> None:
+    """Refuse a judge spec of ``cfg`` (an :class:`OptimizeConfig` or a bench config) whose weights are not where it
+    says: the objective's terms (unless ``objective`` is false: its judge is given loaded), the selection judges and
+    the evaluation judges, checked as :func:`check_models` checks ``--judge``, without loading them
+    (:func:`~dpo_diff.judges.spec.check_judge_sources`)."""
+    from dpo_diff.judges.spec import check_judge_sources, parse_judges, parse_objective
+
+    if objective and cfg.objective:
+        check_judge_sources([t.judge for t in parse_objective(cfg.objective).terms], "objective term")
+    check_judge_sources(parse_judges(list(cfg.selection.judges)), "selection judge")
+    check_judge_sources(parse_judges(list(cfg.eval_judges)), "evaluation judge")
 
 
 def warn_gpo_skip(cfg: OptimizeConfig, problem) -> None:

@@ -116,10 +116,11 @@ def _run_locked(cfg: BenchConfig, pset: PromptSet, out: Path, ray: RayOptions | 
 
         load_spaces(cfg.spaces)
     if ray is None and job_fn is run_job:  # the models this process will load (a Ray worker checks its own)
-        from dpo_diff.optimize import check_models
+        from dpo_diff.optimize import check_judge_specs, check_models
 
         model, judge = cfg.model_paths()
         check_models(model, None if cfg.objective else judge)  # a bad path is refused before anything is written
+        check_judge_specs(cfg)  # and so is one in a judge spec
     executor = None
     if ray is not None:
         from dpo_diff.bench.ray_executor import RayExecutor

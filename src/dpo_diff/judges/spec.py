@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,43 @@ def display_source(source: str) -> str:
     except (ValueError, OSError):
         return source
     return f"world:{rel.as_posix()}" if len(rel.parts) == 1 else source
+
+
+_MODEL_KINDS = {"clip": "CLIP judge", "siglip": "SigLIP judge", "vqa": "VQA judge"}  # their names in messages
+
+
+def check_judge_sources(specs: Iterable[JudgeSpec | str], role: str = "judge") -> None:
+    """Refuse a judge whose weights are not where its spec says, without loading them: a clip, siglip or vqa
+    source (or an aesthetic judge's ``clip=`` backbone) must be a model folder with ``config.json`` or a hub id that
+    can be had (:func:`dpo_diff.loading.resolve_model`), an aesthetic predictor's weights an existing file. Called
+    before anything is written to an output folder: loading would find the same only after it was prepared.
+
+    Raises :class:`~dpo_diff.loading.ModelNotFoundError` whose one-line message starts with ``role`` and the spec
+    (``"evaluation judge 'clip:/no/such': CLIP judge folder '/no/such' does not exist; check the path"``).
+    """
+    from dpo_diff.loading import ModelNotFoundError, resolve_model
+
+    checked: set[tuple[str, str]] = set()
+
+    def model(source: str, kind: str) -> None:
+        if (source, kind) not in checked:
+            resolve_model(resolve_source(source), kind, "config.json")
+            checked.add((source, kind))
+
+    for spec in specs:
+        spec = parse_judge(spec) if isinstance(spec, str) else spec
+        try:
+            if spec.kind in _MODEL_KINDS:
+                model(spec.source, _MODEL_KINDS[spec.kind])
+            elif spec.kind == "aesthetic":
+                weights = Path(resolve_source(spec.source))  # as the predictor's loader reads it
+                if not weights.is_file():
+                    what = "is a folder" if weights.is_dir() else "does not exist"
+                    raise ModelNotFoundError(f"the aesthetic predictor's weights file {str(weights)!r} {what}; give "
+                                             f"the predictor's .pth or .safetensors file")
+                model(spec.option_dict.get("clip", DEFAULT_AESTHETIC_BACKBONE), "CLIP backbone")
+        except (ModelNotFoundError, ValueError) as e:  # ValueError: a world:NAME the shapes world lacks
+            raise ModelNotFoundError(f"{role} {str(spec)!r}: {e}") from e
 
 
 def source_fingerprints(specs: list[JudgeSpec]) -> list[str]:
