@@ -343,6 +343,17 @@ def judge_out(args) -> Path:
     return judge_path() if args.judge_out == "judge" else world_data_dir() / args.judge_out
 
 
+def judge_rounding(rng: np.random.Generator, n: int, most: float) -> list[float] | None:
+    """Corner rounding per image (:func:`dpo_diff.world.render.render`): none for the shipped judges (``most`` 0,
+    nothing drawn, so their batches stay as they were); else 0 for a third of the images and a share of the object's
+    radius up to ``most`` for the rest, so the judge reads rounded squares and blunt triangles, the generator's
+    shapes, as the shapes they are (0.35 at most: beyond it a small triangle turns into a disc)."""
+    if most <= 0:
+        return None
+    share = rng.uniform(0.0, most, n)
+    return [float(v) if keep else 0.0 for v, keep in zip(share, rng.random(n) >= 1 / 3)]
+
+
 def train_judge(args) -> None:
     device = args.device
     model = build_judge(args).to(device)
@@ -376,7 +387,8 @@ def train_judge(args) -> None:
                     break
             scenes.append(ps)
             texts.append(t)
-        x = augment(to_tensor(render_batch(scenes), device), gen)
+        x = augment(to_tensor(render_batch(scenes, judge_rounding(rng, len(scenes), args.judge_rounding)), device),
+                    gen)
         ids, mask = tok(texts)
         # Same caption twice in a batch would be a false negative: mask duplicate texts out of the loss.
         same = torch.tensor([[a == b for b in texts] for a in texts], device=device)
@@ -431,6 +443,8 @@ def export_judge(args) -> None:
     record = {"steps": step, "seed": args.seed}
     if args.judge_arch != "vit4":  # the shipped judge's record stays as it was
         record.update(arch=args.judge_arch, batch=args.judge_batch)
+    if args.judge_rounding > 0:
+        record.update(rounding=args.judge_rounding)
     (out / "training_state.json").write_text(json.dumps(record) + "\n")
 
 
@@ -792,6 +806,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-steps", type=int, default=3000)
     p.add_argument("--judge-batch", type=int, default=128)
     p.add_argument("--judge-minutes", type=float, default=60)
+    p.add_argument("--judge-rounding", type=float, default=0.0, metavar="SHARE",
+                   help="round the training scenes' corners by up to SHARE of each object's radius (two images in "
+                        "three), as the generator draws shapes; 0: plain renderings (the shipped judge and judge_b)")
     p.add_argument("--judge-arch", default="vit4", choices=sorted(JUDGE_ARCHS),
                    help="judge architecture (vit4: the shipped judge; vit8s: the smaller second judge)")
     p.add_argument("--judge-out", default="judge", help="folder name of the exported judge under the world's data "

@@ -34,6 +34,29 @@ def test_render_paints_the_object_colour_at_its_centre_and_background_at_the_cor
     assert tuple(img[0, 31]) == BACKGROUNDS["gray"]
 
 
+def object_pixels(img: np.ndarray, background: str) -> np.ndarray:
+    return np.abs(img.astype(int) - np.array(BACKGROUNDS[background])).sum(-1) > 60
+
+
+def test_rounding_blunts_corners_and_leaves_discs_and_small_shapes_alone():
+    square = Scene((make_object("blue", "square", "big", "center", pair=False),), "black")
+    plain = render(square)
+    # the opening path with (almost) no rounding draws what the plain path draws (one grey level of rounding apart)
+    assert np.abs(render(square, 1e-6).astype(int) - plain).max() <= 1
+    rounded = render(square, 0.35)
+    obj = square.objects[0]
+    corner = (int(obj.y - 0.8 * obj.radius), int(obj.x - 0.8 * obj.radius))  # just inside the square's corner
+    assert tuple(plain[corner]) == COLOURS["blue"] and tuple(rounded[corner]) != COLOURS["blue"]
+    assert tuple(rounded[int(obj.y), int(obj.x)]) == COLOURS["blue"]
+    area = object_pixels(rounded, "black").sum() / object_pixels(plain, "black").sum()
+    assert 0.85 < area < 1.0  # corners go, the square stays
+    disc = Scene((make_object("red", "circle", "big", "center", pair=False),), "gray")
+    # a disc is open under the opening: only its anti-aliased rim moves, by a few levels
+    assert np.abs(render(disc, 0.35).astype(int) - render(disc)).max() <= 10
+    tiny = Scene((make_object("green", "triangle", "small", "left", pair=True),), "white")
+    assert object_pixels(render(tiny, 0.35), "white").sum() >= 0.6 * object_pixels(render(tiny), "white").sum()
+
+
 def test_parse_recovers_every_stated_attribute_of_sampled_captions():
     rng = np.random.default_rng(0)
     for _ in range(300):
