@@ -406,6 +406,47 @@ def summarise(records: list[dict]) -> str:
                       ""])
 
 
+# ------------------------------------------------------------------------------------------------ rescoring
+def rescored(records: list[dict], images_dir: Path, judges: dict[str, Any]) -> list[dict]:
+    """``records`` with every fixed-set image (search seeds) scored again by ``judges`` from the kept images (a new
+    judge, or new weights under an old name, cost no generation); their losses replace or join the recorded ones."""
+    import torch
+
+    out = []
+    for r in records:
+        imgs = load_images(images_dir / f"{r['prompt'].replace(' ', '_')}.npz")
+        keys = [(tuple(im["candidate"]), im["seed"]) for im in r["images"]]
+        scores = {}
+        for name, judge in judges.items():
+            vals = []
+            for i in range(0, len(keys), 64):
+                with torch.no_grad():
+                    vals += judge.loss(from_uint8([imgs[k] for k in keys[i:i + 64]]), r["prompt"]).cpu().tolist()
+            scores[name] = vals
+        images = [{**im, "losses": {**im["losses"], **{n: float(v[i]) for n, v in scores.items()}}}
+                  for i, im in enumerate(r["images"])]
+        out.append({**r, "judges": list(dict.fromkeys([*r["judges"], *judges])), "images": images})
+    return out
+
+
+def exhaustive_lines(records: list[dict]) -> list[str]:
+    """Each judge's exhaustive choice over the fixed set and the checker's, measured where they were chosen (the
+    search seeds: in-sample, so an upper bound of what the report seeds would show; no generation needed)."""
+    judges = records[0]["judges"]
+    rows = {j: [] for j in ("checker", *judges)}
+    for r in records:
+        by: dict[tuple[int, ...], list[dict]] = {}
+        for im in r["images"]:
+            by.setdefault(tuple(im["candidate"]), []).append(im)
+        right = {c: statistics.mean(float(im["labels"]["all claims"]) for im in ims) for c, ims in by.items()}
+        for j in judges:
+            pick = min(by, key=lambda c, j=j: statistics.mean(im["losses"][j] for im in by[c]))
+            rows[j].append(right[pick])
+        rows["checker"].append(max(right.values()))
+    return ["| exhaustive choice of | all-correct on the search seeds (in-sample) |", "|---|---|",
+            *(f"| {j} | {100 * statistics.mean(v):.1f}% |" for j, v in rows.items())]
+
+
 # ------------------------------------------------------------------------------------------------ rendered scenes
 def caption_negatives(judges: dict[str, Any], n: int, seed: int) -> str:
     """On ``n`` rendered scenes (60% pairs, drawn from ``seed``), one true caption and one false caption each (the
@@ -538,6 +579,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--caption-negatives", type=int, default=0, metavar="N",
                    help="instead: true against false captions on N rendered scenes, per negative kind")
     p.add_argument("--caption-seed", type=int, default=1, help="the rendered scenes' seed (--caption-negatives)")
+    p.add_argument("--rescore", default=None, type=lambda s: s.split(","), metavar="SPECS",
+                   help="instead: score the kept images of OUT's records again with these judges (no generation) "
+                        "and print the per-attribute table and the exhaustive choices on the search seeds")
     p.add_argument("--out", default="runs/judge_gap")
     args = p.parse_args(argv)
     from dpo_diff.world.prompts import DEV_PROMPT_SEEDS
@@ -550,6 +594,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
         print(caption_negatives(load_judges(args.judges), args.caption_negatives, args.caption_seed))
+        return
+    if args.rescore:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        records = rescored(read_records(Path(args.out) / "records.jsonl"), Path(args.out) / "images",
+                           load_judges(args.rescore))
+        print("\n".join([*auc_lines(records), "", *agreement_lines(records), "", *exhaustive_lines(records)]))
         return
     if not args.summary_only:
         run(args)

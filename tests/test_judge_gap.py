@@ -170,3 +170,21 @@ def test_caption_negatives_table_has_every_kind_and_the_clip_judge_reads_attribu
     assert {"attribute", "binding", "relation", "other"} <= set(rows)
     share = float(rows["attribute"].split(" | ")[2].split(" ")[0])
     assert share >= 0.8  # the shipped CLIP judge tells a changed attribute from the true one
+
+
+def test_rescoring_kept_images_adds_a_judge_and_its_exhaustive_choice(gap, tmp_path):
+    class Brightness:  # lower loss for brighter images: picks candidate (1,) whose images are white
+        def loss(self, images, text):
+            return 1.0 - images.mean(dim=(1, 2, 3))
+
+    white, black = np.full((32, 32, 3), 255, np.uint8), np.zeros((32, 32, 3), np.uint8)
+    images = {((0,), s): black for s in (0, 1, 2)} | {((1,), s): white for s in (0, 1, 2)}
+    gap.save_images(tmp_path / "a_red_disc.npz", images)
+    labels = {(0,): True, (1,): False}  # the checker likes the dark candidate: the new judge's choice is wrong
+    record = {"prompt": "a red disc", "judges": ["clip:old"], "images": [
+        {"candidate": [c], "seed": s, "losses": {"clip:old": 0.1 if c == 0 else 0.2},
+         "labels": {"all claims": labels[(c,)], "shape": labels[(c,)]}} for c in (0, 1) for s in (0, 1, 2)]}
+    out = gap.rescored([record], tmp_path, {"bright": Brightness()})
+    assert out[0]["judges"] == ["clip:old", "bright"] and record["judges"] == ["clip:old"]
+    assert [im["losses"]["bright"] for im in out[0]["images"]] == [1.0] * 3 + [0.0] * 3
+    assert gap.exhaustive_lines(out)[2:] == ["| checker | 100.0% |", "| clip:old | 100.0% |", "| bright | 0.0% |"]
