@@ -36,16 +36,20 @@ def _polygon(o: WorldObject) -> list[tuple[float, float]] | None:
     return None
 
 
-def _mask(o: WorldObject, size: int) -> np.ndarray:
-    """The object's filled shape at the supersampled resolution, as a boolean array."""
-    mask = Image.new("1", (size, size), 0)
-    draw = ImageDraw.Draw(mask)
+def _draw(draw: ImageDraw.ImageDraw, o: WorldObject, fill) -> None:
+    """Fill the object's shape at the supersampled resolution."""
     poly = _polygon(o)
     if poly is None:
         cx, cy, r = o.x * _SS, o.y * _SS, o.radius * _SS
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     else:
-        draw.polygon(poly, fill=1)
+        draw.polygon(poly, fill=fill)
+
+
+def _mask(o: WorldObject, size: int) -> np.ndarray:
+    """The object's filled shape at the supersampled resolution, as a boolean array."""
+    mask = Image.new("1", (size, size), 0)
+    _draw(ImageDraw.Draw(mask), o, 1)
     return np.asarray(mask, dtype=bool)
 
 
@@ -68,12 +72,7 @@ def render(scene: Scene, rounding: float = 0.0) -> np.ndarray:
         img = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
         draw = ImageDraw.Draw(img)
         for o in scene.objects:
-            poly = _polygon(o)
-            if poly is None:
-                cx, cy, r = o.x * _SS, o.y * _SS, o.radius * _SS
-                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=COLOURS[o.colour])
-            else:
-                draw.polygon(poly, fill=COLOURS[o.colour])
+            _draw(draw, o, COLOURS[o.colour])
         return np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.uint8).copy()
     big = np.empty((size, size, 3), dtype=np.float64)
     big[:] = BACKGROUNDS[scene.background]
